@@ -1,0 +1,1 @@
+"""archrefine: simulate and run LLM-driven architecture refinement loops."""
