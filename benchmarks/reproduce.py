@@ -1,0 +1,94 @@
+"""Speed of `archrefine reproduce` and of the batched loop against a per-candidate baseline.
+
+    python benchmarks/reproduce.py            # prints the figures and updates benchmarks/RESULTS.md
+
+* `reproduce` end to end (100 trials, all four experiments, figures included), wall time and
+  peak memory (this process and its worker processes).
+* The batched loop against `reference_loop.py`, the same model written one candidate at a time,
+  on the same work per trial-cycle, measured in this run: the ratio is the speed-up.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from reference_loop import simulate_reference  # noqa: E402
+
+from archrefine import Config, simulate  # noqa: E402
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, {cpu}"
+
+
+def peak_mb(who: int) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def main() -> None:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "archrefine", "reproduce", "--out",
+                        f"{tmp}/rep"], check=True, capture_output=True)
+        wall = time.perf_counter() - t
+    rows.append(("`archrefine reproduce` (100 trials, 4 experiments, figures)",
+                 f"{wall:.1f} s", f"peak RSS {peak_mb(resource.RUSAGE_CHILDREN):.0f} MB "
+                 "(largest process)"))
+
+    cfg = Config(trials=4, seed=0)
+    t = time.perf_counter()
+    simulate_reference(cfg)
+    ref = (time.perf_counter() - t) / (cfg.trials * cfg.loop.cycles)
+    big = cfg.with_overrides({"trials": 400})
+    simulate(big)  # warm-up
+    t = time.perf_counter()
+    simulate(big)
+    fast = (time.perf_counter() - t) / (big.trials * big.loop.cycles)
+    rows.append(("one trial-cycle, per-candidate baseline", f"{ref * 1e3:.2f} ms", ""))
+    rows.append(("one trial-cycle, batched (400 trials at once)", f"{fast * 1e3:.3f} ms",
+                 f"**{ref / fast:.0f}× faster**"))
+    rows.append(("peak RSS of the benchmark process", f"{peak_mb(resource.RUSAGE_SELF):.0f} MB",
+                 ""))
+
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"## reproduce\n", f"{stamp} · {machine()} · `python benchmarks/reproduce.py`\n",
+             "| measure | value | note |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    section = "\n".join(lines) + "\n"
+    print(section)
+    update_results("reproduce", section)
+
+
+def update_results(name: str, section: str) -> None:
+    path = HERE / "RESULTS.md"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^## {name}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else (
+        text.rstrip() + "\n\n" + section)
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

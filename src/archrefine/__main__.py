@@ -1,0 +1,3 @@
+from archrefine.cli import main
+
+main()

@@ -1,0 +1,169 @@
+"""The `archrefine` command: a thin layer that parses, calls the library and prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from archrefine.config import Config, ConfigError, load_config
+from archrefine.store import StoreError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Simulate and run LLM-driven architecture refinement loops.")
+console = Console(stderr=True)
+out_console = Console()
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: dotted.key=value (repeatable)."),
+]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Reuse a non-empty output directory.")]
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, disable=not console.is_terminal)
+
+
+@app.command()
+def reproduce(
+    trials: Annotated[int | None, typer.Option(help="Trials per condition [100].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Root random seed [0].")] = None,
+    out: OutOpt = None,
+    config: Annotated[Path | None, typer.Option(help="Base config TOML.")] = None,
+    space: Annotated[str | None, typer.Option(help="space.kind")] = None,
+    generator: Annotated[str | None, typer.Option(help="generator.kind")] = None,
+    set_: SetOpt = None,
+    workers: Annotated[int | None, typer.Option(help="Processes [one per core].")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Run the paper's four experiments; write figures, metrics and the claims table."""
+    from archrefine.experiments import reproduce as rep
+    from archrefine.store import default_dir
+
+    overrides = list(set_ or [])
+    for key, value in (("trials", trials), ("seed", seed), ("space.kind", space),
+                       ("generator.kind", generator)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_config(config, overrides)
+    out = out or default_dir("reproduce")
+    started = rep.start(out, cfg, force=force)
+    with _progress() as progress:
+        task = progress.add_task("simulating conditions", total=rep.conditions(cfg))
+        result = rep.reproduce(cfg, workers=workers, on_done=lambda: progress.advance(task))
+    rep.write(out, cfg, result, started=started)
+    _print_claims(result.claims)
+    console.print(f"wrote {out}/ in {time.time() - started:.1f} s "
+                  f"({sum(c.holds for c in result.claims)}/{len(result.claims)} claims hold)")
+
+
+def _print_claims(claims) -> None:
+    from archrefine.experiments.reproduce import _fmt
+
+    table = Table(title="Paper claims vs. this simulation")
+    for col in ("id", "claim", "paper", "measured", "holds"):
+        table.add_column(col, overflow="fold")
+    for c in claims:
+        table.add_row(c.id, c.claim, _fmt(c.paper), _fmt(c.measured),
+                      "[green]yes[/]" if c.holds else "[red]no[/]")
+    out_console.print(table)
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Argument(help="Config TOML (defaults if omitted).")] = None,  # noqa: E501
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Run one configuration; write config.toml, metrics.parquet and a trajectory figure."""
+    from archrefine import plots
+    from archrefine.loop import simulate
+    from archrefine.store import (
+        atomic_write_text,
+        close_run,
+        default_dir,
+        open_run,
+        write_parquet,
+    )
+
+    cfg = load_config(config, list(set_ or []))
+    out = out or default_dir("run")
+    open_run(out, force=force, kind="run", meta={"seed": cfg.seed, "trials": cfg.trials})
+    started = time.time()
+    atomic_write_text(out / "config.toml", cfg.to_toml())
+    with _progress() as progress:
+        task = progress.add_task("cycles", total=cfg.loop.cycles)
+        result = simulate(cfg, on_cycle=lambda c: progress.update(task, completed=c))
+    write_parquet(out / "metrics.parquet", result.metrics)
+    plots.trajectory(result.metrics, out / "trajectory.png")
+    close_run(out, files=["config.toml", "metrics.parquet", "trajectory.png"], started=started)
+    last = result.mean().iloc[-1]
+    out_console.print("final cycle: " + ", ".join(f"{k} {v:.3f}" for k, v in last.items()))
+    console.print(f"wrote {out}/")
+
+
+@app.command()
+def plot(directory: Annotated[Path, typer.Argument(help="A run or reproduce directory.")]) -> None:
+    """Redraw a directory's figures from its saved metrics.parquet."""
+    from archrefine import plots
+    from archrefine.analysis import Phases
+    from archrefine.experiments.claims import detect
+    from archrefine.experiments.reproduce import draw
+    from archrefine.store import read_metrics
+
+    frame = read_metrics(directory)
+    if "experiment" not in frame.columns:
+        plots.trajectory(frame, directory / "trajectory.png")
+        console.print(f"redrew {directory}/trajectory.png")
+        return
+    cfg = load_config(directory / "config.toml") if (directory / "config.toml").exists() \
+        else Config()
+    phases_file = directory / "phases.json"
+    try:
+        found = Phases(**json.loads(phases_file.read_text()))
+    except (OSError, ValueError, TypeError):
+        found = detect(frame, cfg.schedule.kind, seed=cfg.seed)
+    draw(directory, frame, found, cfg.schedule.kind)
+    console.print(f"redrew the figures in {directory}/")
+
+
+@app.command("config")
+def show_config(
+    config: Annotated[Path | None, typer.Argument(help="Config TOML to resolve.")] = None,
+    set_: SetOpt = None,
+    reference: Annotated[bool, typer.Option(help="Print every key as a Markdown table.")] = False,
+) -> None:
+    """Print the fully resolved configuration as TOML (or the key reference)."""
+    from archrefine.config import reference_table
+
+    text = reference_table() if reference else load_config(config, list(set_ or [])).to_toml()
+    print(text)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except (ConfigError, StoreError) as err:
+        print(f"error: {err}", file=sys.stderr)  # one line, never wrapped
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted; files already written are complete")
+        sys.exit(130)
+    except Exception as err:  # click's own usage errors
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        raise

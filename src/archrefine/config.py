@@ -1,0 +1,208 @@
+"""Typed configuration: pydantic models, TOML load/dump, dotted overrides, one-line errors.
+
+Defaults are the paper's setup (d=15, V=30, 50 candidates, 22 cycles, top-k 10) with the paper
+model's calibrated parameters (docs/model.md says where each value comes from).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a one-line message naming the key and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SpaceConfig(_Strict):
+    """What a token sequence means. `abstract` is the paper's space."""
+
+    kind: Literal["abstract"] = Field("abstract", description="what a token sequence means")
+    length: int = Field(15, ge=2, le=256, description="tokens per architecture (d)")
+    vocab: int = Field(30, ge=2, le=127, description="component types (V)")
+    known: int = Field(50, ge=0, le=100_000, description="known architectures in the archive")
+
+
+class GeneratorConfig(_Strict):
+    """The paper model's generator: a per-position prior plus a learned validity bonus."""
+
+    kind: Literal["paper"] = Field("paper", description="who proposes candidates")
+    base_logit: float = Field(1.0, description="per-token correctness log-odds before learning")
+    bonus_max: float = Field(3.0, ge=0, description="largest learned validity bonus (log-odds)")
+    bonus_rate: float = Field(0.2, ge=0, description="bonus gained per full selection")
+    familiarity: float = Field(1.0, ge=0, description="log-odds per nat of token familiarity")
+    ceiling: float = Field(0.97, gt=0, le=1, description="validity ceiling (non-structural faults)")
+    prior_rate: float = Field(0.3, ge=0, le=1, description="prior step toward the selection")
+    smoothing: float = Field(0.3, ge=0, le=1, description="label smoothing of the fine-tune target")
+
+
+class LoopConfig(_Strict):
+    cycles: int = Field(22, ge=1, le=10_000, description="refinement cycles")
+    population: int = Field(50, ge=2, le=1_000_000, description="candidates per cycle")
+    top_k: int = Field(10, ge=1, description="selected per cycle: templates and fine-tune set")
+    fresh_fraction: float = Field(0.1, ge=0, le=1, description="share sampled fresh each cycle")
+    novelty_k: int = Field(15, ge=1, description="neighbours averaged for novelty")
+    archive: Literal["selected", "valid", "all"] = Field(
+        "selected", description="which candidates of earlier cycles join the novelty archive"
+    )
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> LoopConfig:
+        if self.top_k > self.population:
+            raise ValueError(
+                f"top_k ({self.top_k}) must not exceed population ({self.population})"
+            )
+        return self
+
+
+class ScheduleConfig(_Strict):
+    """Mutation rate per cycle; see schedules.py for the closed forms."""
+
+    kind: Literal["constant", "linear", "cosine", "cyclic"] = Field(
+        "constant", description="mutation-rate schedule"
+    )
+    rate: float = Field(0.5, ge=0, le=1, description="start (and constant) rate")
+    min_rate: float = Field(0.3, ge=0, le=1, description="floor of decays and cyclic")
+    max_rate: float = Field(0.9, ge=0, le=1, description="peak of the cyclic schedule")
+    period: int = Field(5, ge=2, description="cycles per cyclic period")
+    shape: Literal["triangular", "cosine"] = Field(
+        "triangular", description="cyclic shape: Smith 2017 triangle or SGDR warm restarts"
+    )
+
+
+class FitnessConfig(_Strict):
+    kind: Literal["nk"] = Field("nk", description="fitness landscape (NK, Kauffman 1989)")
+    k: int = Field(1, ge=0, le=4, description="NK epistasis: neighbours each position reads")
+
+
+class Config(_Strict):
+    """A whole run. `trials` independent replicates share nothing but the seed's root."""
+
+    trials: int = Field(100, ge=1, le=100_000, description="independent replicates, batched")
+    seed: int = Field(0, ge=0, description="root of every random draw")
+    space: SpaceConfig = SpaceConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    loop: LoopConfig = LoopConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    fitness: FitnessConfig = FitnessConfig()
+
+    def with_overrides(self, overrides: dict[str, Any] | list[str]) -> Config:
+        """Return a copy with dotted keys replaced (`{"loop.top_k": 5}` or `["loop.top_k=5"]`)."""
+        data = self.model_dump()
+        items = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        for key, value in items.items():
+            _set_dotted(data, key, value)
+        return validate_config(data)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.model_dump())
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "config"
+    kind, msg = first["type"], first["msg"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    if kind == "literal_error":
+        allowed = first["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
+        return f"{key}: {first['input']!r} is not one of {allowed}"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return f"{key}: {msg} (got {first.get('input')!r})"
+
+
+def validate_config(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: unknown section")
+        node = node[part]
+    if parts[-1] not in node:
+        raise ConfigError(f"{key}: unknown key")
+    node[parts[-1]] = value
+
+
+def _parse_value(text: str) -> Any:
+    """Parse a command-line value as TOML (numbers, booleans), falling back to a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a TOML file (or the defaults when `path` is None) and apply `key=value` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    config = validate_config(data)
+    return config.with_overrides(overrides) if overrides else config
+
+
+def reference_table() -> str:
+    """The configuration reference as a Markdown table (the README embeds this output)."""
+    rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            allowed = _allowed(field)
+            doc = field.description or ""
+            rows.append(f"| `{prefix}{name}` | `{field.default!r}` | {allowed} | {doc} |")
+
+    walk(Config, "")
+    return "\n".join(rows)
+
+
+def _allowed(field: Any) -> str:
+    args = getattr(field.annotation, "__args__", None)
+    if args and all(isinstance(a, str) for a in args):
+        return ", ".join(args)
+    bounds = []
+    for meta in field.metadata:
+        for attr, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+            if getattr(meta, attr, None) is not None:
+                bounds.append(f"{sym} {getattr(meta, attr)}")
+    kind = getattr(field.annotation, "__name__", str(field.annotation))
+    return f"{kind} {', '.join(bounds)}".strip()

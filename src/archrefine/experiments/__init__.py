@@ -1,0 +1,1 @@
+"""The paper's four experiments, the claims check, and `reproduce`."""

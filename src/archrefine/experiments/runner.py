@@ -1,0 +1,74 @@
+"""Run named conditions of an experiment, deduplicated and in parallel processes.
+
+An experiment is a base config plus named overrides. Every condition uses the base seed (common
+random numbers), so differences between conditions are not differences between random streams;
+conditions whose resolved configs coincide are simulated once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+
+import pandas as pd
+
+from archrefine.config import Config
+from archrefine.loop import simulate
+
+Plan = dict[str, dict[str, dict]]  # experiment → condition → dotted overrides
+
+
+def _run(config: Config) -> pd.DataFrame:
+    return simulate(config).metrics
+
+
+def run_plan(
+    base: Config,
+    plan: Plan,
+    *,
+    workers: int | None = None,
+    on_done: Callable[[], None] | None = None,
+) -> pd.DataFrame:
+    """Simulate every (experiment, condition) of `plan`; return one long DataFrame.
+
+    Columns: experiment, condition, trial, cycle, then the loop's metrics.
+    """
+    configs = {
+        (exp, cond): base.with_overrides(over) for exp, conds in plan.items()
+        for cond, over in conds.items()
+    }
+    unique: dict[str, Config] = {}
+    for config in configs.values():
+        unique.setdefault(config.model_dump_json(), config)
+    workers = workers or min(len(unique), os.cpu_count() or 1)
+    results: dict[str, pd.DataFrame] = {}
+    if workers <= 1:
+        for key, config in unique.items():
+            results[key] = _run(config)
+            if on_done:
+                on_done()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {key: pool.submit(_run, config) for key, config in unique.items()}
+            for key, future in futures.items():
+                results[key] = future.result()
+                if on_done:
+                    on_done()
+    frames = []
+    for (exp, cond), config in configs.items():
+        frame = results[config.model_dump_json()].copy()
+        frame.insert(0, "condition", cond)
+        frame.insert(0, "experiment", exp)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def count_unique(base: Config, plan: Plan) -> int:
+    return len(
+        {
+            base.with_overrides(over).model_dump_json()
+            for conds in plan.values()
+            for over in conds.values()
+        }
+    )

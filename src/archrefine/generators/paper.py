@@ -1,0 +1,107 @@
+"""The paper's generator (§2): template mutation plus a prior that learns, and a validity bonus.
+
+Mechanisms (docs/model.md gives the equations and the reasons for each parameter value):
+
+* **Prior.** Each trial's generator is a per-position categorical distribution P (d × V), uniform
+  at first. Fresh candidates are drawn from P; a mutation replaces a template token with a draw
+  from P at that position, as a model rewrites a token with what it finds likely.
+* **Reference slots.** The prompt holds up to k templates (the pool). A candidate is a mutated
+  template; when the pool has fewer than k members (few valid outputs so far), the unfilled share
+  of the population is sampled fresh, as a model writes freely when given fewer references.
+* **Validity.** A candidate compiles only if every token is right. Tokens copied from a
+  template (which was valid) stay right; a token the generator writes (a mutation, or every
+  token of a fresh sample) is right with probability sigmoid(base + bonus_max·b + familiarity·log(V·P_i(x_i))): the learned *validity
+  bonus* b ∈ [0, 1] raises every token's odds, and tokens the prior finds familiar (likely) are
+  right more often than unfamiliar ones. Validity is the product over the d tokens, times a
+  ceiling for faults no learning removes.
+* **Fine-tuning.** The selection is the training set, and what a cycle teaches is proportional
+  to how full it is, s = (selected) / k: with fewer than k valid outputs there is less to learn
+  from. Every full selection teaches the same amount until nothing is left to learn, so the bonus
+  grows linearly and stops, b ← min(1, b + rate·s), and the prior steps toward the selection's token frequencies (label-smoothed)
+  by prior_rate·s; like SFT run to convergence, a small selection is learned as sharply as a
+  large one, so a small k concentrates the prior more. Because learning speed rises with validity, which learning raises, validity
+  takes off late and fast (autocatalysis), and the same step narrows the prior, so novelty and
+  diversity fall while validity rises: the trade-off is one mechanism, not two curves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from archrefine.config import GeneratorConfig
+from archrefine.generators.base import Candidates
+from archrefine.metrics import token_counts
+
+
+def sample_categorical(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draws: `cdf (trials, d, V)`, `u (trials, n, d)` → tokens `(trials, n, d)`.
+
+    One searchsorted over all rows at once: row r's CDF is shifted by r, which keeps the
+    concatenation sorted, and each query u is shifted by its own row.
+    """
+    trials, d, vocab = cdf.shape
+    rows = np.arange(trials * d, dtype=float).reshape(trials, 1, d)
+    flat = (np.minimum(cdf, 1.0) + rows.reshape(trials, d, 1)).ravel()
+    hit = np.searchsorted(flat, (u * (1 - 1e-12) + rows).ravel(), side="right")
+    return (hit.reshape(u.shape) - rows.astype(np.int64) * vocab).astype(np.int16)
+
+
+class PaperGenerator:
+    """Batched paper generator; all state is `(trials, ...)` numpy arrays."""
+
+    def __init__(
+        self,
+        config: GeneratorConfig,
+        *,
+        trials: int,
+        length: int,
+        vocab: int,
+        rng: np.random.Generator,
+    ):
+        self.cfg, self.rng, self.vocab = config, rng, vocab
+        self.prior = np.full((trials, length, vocab), 1.0 / vocab)
+        self.bonus = np.zeros(trials)
+
+    def sample(self, n: int) -> np.ndarray:
+        trials, d, _ = self.prior.shape
+        return sample_categorical(np.cumsum(self.prior, axis=2), self.rng.random((trials, n, d)))
+
+    def propose(
+        self, pool: np.ndarray, pool_size: np.ndarray, n: int, rate: float, fresh: float
+    ) -> Candidates:
+        trials, d, _ = self.prior.shape
+        draws = self.sample(n)  # fresh samples double as mutation replacements
+        if not np.isfinite(rate) or pool_size.max() == 0:
+            return Candidates(draws, np.ones(draws.shape, dtype=bool))
+        pick = (self.rng.random((trials, n)) * np.maximum(pool_size, 1)[:, None]).astype(int)
+        templates = pool[np.arange(trials)[:, None], pick]
+        mutate = self.rng.random((trials, n, d)) < rate
+        children = np.where(mutate, draws, templates)
+        # one reference slot per template: slots the pool cannot fill are written freely
+        share = np.maximum(fresh, 1.0 - pool_size / pool.shape[1])
+        keep_fresh = (np.arange(n)[None, :] < np.round(share * n)[:, None])[..., None]
+        return Candidates(np.where(keep_fresh, draws, children), keep_fresh | mutate)
+
+    def validity(self, cands: Candidates) -> np.ndarray:
+        cfg = self.cfg
+        seqs = cands.seqs
+        trials, n, d = seqs.shape
+        p_tok = self.prior[np.arange(trials)[:, None, None], np.arange(d)[None, None, :], seqs]
+        logit = (
+            cfg.base_logit
+            + cfg.bonus_max * self.bonus[:, None, None]
+            + cfg.familiarity * np.log(self.vocab * p_tok)
+        )
+        # log sigmoid summed over the written tokens, computed stably
+        return cfg.ceiling * np.exp(-(np.logaddexp(0.0, -logit) * cands.written).sum(axis=2))
+
+    def refine(self, pool: np.ndarray, pool_size: np.ndarray) -> None:
+        cfg = self.cfg
+        trials, k, d = pool.shape
+        signal = pool_size / k  # how full the fine-tuning set is
+        self.bonus = np.minimum(self.bonus + cfg.bonus_rate * signal, 1.0)
+        counts = token_counts(pool, self.vocab, np.arange(k)[None, :] < pool_size[:, None])
+        empirical = counts / np.maximum(pool_size, 1)[:, None, None]
+        target = (1 - cfg.smoothing) * empirical + cfg.smoothing / self.vocab  # label smoothing
+        step = (cfg.prior_rate * signal)[:, None, None]
+        self.prior = (1 - step) * self.prior + step * target

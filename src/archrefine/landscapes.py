@@ -1,0 +1,35 @@
+"""Fitness landscapes for the abstract space.
+
+The NK landscape (Kauffman & Weinberger 1989) is the standard tunable-ruggedness model: position
+i contributes f_i(x_i, x_{i+1}, ..., x_{i+K}) drawn uniformly from [0, 1], and fitness is the
+mean contribution. K = 0 is a smooth, additive landscape; larger K adds epistasis and local optima.
+Each trial draws its own landscape, so trial-to-trial spread includes landscape variation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class NKLandscape:
+    """Per-trial NK tables `(trials, d, V**(K+1))`, evaluated for whole batches at once."""
+
+    def __init__(self, trials: int, length: int, vocab: int, k: int, rng: np.random.Generator):
+        cells = trials * length * vocab ** (k + 1)
+        if cells > 200_000_000:
+            raise ValueError(
+                f"fitness.k: {k} needs {cells:,} table entries for {trials} trials; "
+                "use a smaller k or fewer trials"
+            )
+        self.k, self.vocab, self.length = k, vocab, length
+        self.tables = rng.random((trials, length, vocab ** (k + 1)), dtype=np.float32)
+
+    def __call__(self, seqs: np.ndarray) -> np.ndarray:
+        """Fitness `(trials, n)` of `seqs (trials, n, d)`, in [0, 1]."""
+        trials, n, d = seqs.shape
+        index = np.zeros((trials, n, d), dtype=np.int64)
+        for j in range(self.k + 1):
+            index += np.roll(seqs, -j, axis=2).astype(np.int64) * self.vocab**j
+        t = np.arange(trials)[:, None, None]
+        i = np.arange(d)[None, None, :]
+        return self.tables[t, i, index].mean(axis=2, dtype=np.float64)

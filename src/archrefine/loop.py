@@ -1,0 +1,122 @@
+"""The refinement cycle, batched across trials: propose → evaluate → record → select → refine.
+
+Python loops run over cycles only; every step inside a cycle is one numpy operation over
+`(trials, population, length)` arrays. This module does no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from archrefine import metrics
+from archrefine.config import Config
+from archrefine.generators.paper import PaperGenerator
+from archrefine.landscapes import NKLandscape
+from archrefine.schedules import rates
+from archrefine.selection import top_k
+
+METRICS = ("validity", "novelty", "diversity", "fitness")
+EXTRA = ("best_fitness", "mutation_rate", "pool_size", "bonus")
+
+
+@dataclass
+class Result:
+    """A finished simulation: its config and one row per (trial, cycle)."""
+
+    config: Config
+    metrics: pd.DataFrame
+
+    def mean(self) -> pd.DataFrame:
+        """Per-cycle means over trials."""
+        return self.metrics.groupby("cycle")[list(METRICS)].mean()
+
+
+class Archive:
+    """Known architectures plus what earlier cycles added, per trial, in a preallocated array."""
+
+    def __init__(self, known: np.ndarray, capacity: int):
+        trials, n_known, d = known.shape
+        self.rows = np.zeros((trials, n_known + capacity, d), dtype=known.dtype)
+        self.rows[:, :n_known] = known
+        self.filled = np.full(trials, n_known)
+
+    def add(self, seqs: np.ndarray, mask: np.ndarray) -> None:
+        """Append each trial's `seqs[t][mask[t]]` (order kept)."""
+        order = np.argsort(~mask, axis=1, kind="stable")
+        count = mask.sum(axis=1)
+        t, j = np.nonzero(np.arange(seqs.shape[1])[None, :] < count[:, None])
+        self.rows[t, self.filled[t] + j] = seqs[t, order[t, j]]
+        self.filled += count
+
+
+def simulate(
+    config: Config, *, on_cycle: Callable[[int], None] | None = None
+) -> Result:
+    """Run `config.trials` independent refinement loops and return per-cycle metrics.
+
+    All randomness comes from one `numpy.random.Generator` seeded with `config.seed`, so the same
+    config gives the same result on every machine.
+    """
+    rng = np.random.default_rng(config.seed)
+    space, loop = config.space, config.loop
+    trials, n, d, vocab = config.trials, loop.population, space.length, space.vocab
+    landscape = NKLandscape(trials, d, vocab, config.fitness.k, rng)
+    generator = PaperGenerator(config.generator, trials=trials, length=d, vocab=vocab, rng=rng)
+    known = rng.integers(0, vocab, size=(trials, space.known, d), dtype=np.int16)
+    per_cycle = {"all": n, "valid": n, "selected": loop.top_k}[loop.archive]
+    archive = Archive(known, per_cycle * loop.cycles)
+    schedule = rates(config.schedule, loop.cycles)
+
+    pool = np.zeros((trials, loop.top_k, d), dtype=np.int16)
+    pool_size = np.zeros(trials, dtype=int)
+    records = []
+    for c in range(loop.cycles):
+        cands = generator.propose(pool, pool_size, n, schedule[c], loop.fresh_fraction)
+        seqs = cands.seqs
+        valid = rng.random((trials, n)) < generator.validity(cands)
+        fit = landscape(seqs)
+        nov = metrics.novelty(seqs, archive.rows, archive.filled, loop.novelty_k)
+        n_valid = valid.sum(axis=1)
+        with np.errstate(invalid="ignore"):
+            mean_fit = np.where(valid, fit, 0.0).sum(axis=1) / n_valid
+        records.append(
+            {
+                "validity": n_valid / n,
+                "novelty": nov.mean(axis=1),
+                "diversity": metrics.diversity(seqs, vocab),
+                "fitness": np.where(n_valid > 0, mean_fit, np.nan),
+                "best_fitness": np.where(valid, fit, -np.inf).max(axis=1),
+                "mutation_rate": np.full(trials, schedule[c]),
+                "bonus": generator.bonus.copy(),
+            }
+        )
+        new_pool, new_size = top_k(seqs, fit, valid, loop.top_k, rng)
+        keep_old = new_size == 0  # nothing valid: the templates stay as they were
+        pool = np.where(keep_old[:, None, None], pool, new_pool)
+        pool_size = np.where(keep_old, pool_size, new_size)
+        records[-1]["pool_size"] = pool_size.copy()
+        if loop.archive == "selected":
+            archive.add(new_pool, np.arange(loop.top_k)[None, :] < new_size[:, None])
+        else:
+            archive.add(seqs, valid if loop.archive == "valid" else np.ones_like(valid))
+        generator.refine(new_pool, new_size)
+        if on_cycle is not None:
+            on_cycle(c + 1)
+    return Result(config=config, metrics=_frame(records, trials))
+
+
+def _frame(records: list[dict[str, np.ndarray]], trials: int) -> pd.DataFrame:
+    cycles = len(records)
+    data = {
+        "trial": np.tile(np.arange(trials), cycles),
+        "cycle": np.repeat(np.arange(1, cycles + 1), trials),
+    }
+    for key in (*METRICS, *EXTRA):
+        data[key] = np.concatenate([r[key] for r in records])
+    frame = pd.DataFrame(data)
+    frame["best_fitness"] = frame["best_fitness"].replace(-np.inf, np.nan)
+    return frame.sort_values(["trial", "cycle"], ignore_index=True)

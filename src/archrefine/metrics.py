@@ -1,0 +1,76 @@
+"""Population metrics, batched over trials: diversity and kNN novelty on normalized Hamming.
+
+Arrays are `(trials, n, d)` integer token sequences. Every function has a brute-force twin in the
+tests; these versions exist because the loop calls them thousands of times.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def diversity(seqs: np.ndarray, vocab: int) -> np.ndarray:
+    """Mean pairwise normalized Hamming distance within each trial's population, O(n·d).
+
+    Two sequences agree at position i iff they hold the same token there, so the number of agreeing
+    pairs at i is sum_v c_iv (c_iv - 1) / 2 over the token counts c_iv; no pair is ever formed.
+    """
+    trials, n, d = seqs.shape
+    if n < 2:
+        return np.zeros(trials)
+    counts = token_counts(seqs, vocab)  # (trials, d, vocab)
+    agree = (counts * (counts - 1)).sum(axis=(1, 2)) / 2
+    pairs = n * (n - 1) / 2
+    return 1.0 - agree / (pairs * d)
+
+
+def token_counts(seqs: np.ndarray, vocab: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """Per-trial, per-position token counts `(trials, d, vocab)` with one bincount.
+
+    `mask (trials, n)` restricts the count to the rows where it is true.
+    """
+    trials, n, d = seqs.shape
+    offset = (np.arange(trials)[:, None, None] * d + np.arange(d)[None, None, :]) * vocab
+    flat = (seqs.astype(np.int64) + offset).ravel()
+    weights = None if mask is None else np.repeat(mask.astype(float).ravel(), d)
+    counts = np.bincount(flat, weights=weights, minlength=trials * d * vocab)
+    return counts.reshape(trials, d, vocab)
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distances `(trials, n, m)` between `a (trials, n, d)` and `b (trials, m, d)`.
+
+    Accumulates one position at a time into the smallest integer type that holds d, so memory
+    stays at trials·n·m bytes, not ·d.
+    """
+    dtype = np.uint8 if a.shape[2] < 255 else np.int32
+    out = np.zeros((a.shape[0], a.shape[1], b.shape[1]), dtype=dtype)
+    for i in range(a.shape[2]):
+        out += a[:, :, None, i] != b[:, None, :, i]
+    return out
+
+
+def novelty(
+    seqs: np.ndarray, archive: np.ndarray, filled: np.ndarray, k: int
+) -> np.ndarray:
+    """Mean normalized Hamming distance to the k nearest archive members (Lehman & Stanley 2011).
+
+    `archive (trials, A, d)` is valid in its first `filled[t]` rows for trial t; k shrinks to the
+    archive size when the archive is smaller. Returns `(trials, n)`; NaN where the archive is empty.
+    """
+    trials, n, d = seqs.shape
+    width = int(filled.max()) if filled.size else 0
+    if width == 0:
+        return np.full((trials, n), np.nan)
+    dist = hamming(seqs, archive[:, :width])
+    empty = np.arange(width)[None, :] >= filled[:, None]  # (trials, width)
+    dist[np.broadcast_to(empty[:, None, :], dist.shape)] = np.iinfo(dist.dtype).max
+    kmax = min(k, width)
+    nearest = np.partition(dist, kmax - 1, axis=2)[:, :, :kmax] if kmax < width else dist
+    kk = np.minimum(k, filled)
+    if (kk < kmax).any():  # a ragged archive smaller than k: drop the padding
+        nearest = np.sort(nearest, axis=2)
+        nearest = np.where(np.arange(kmax)[None, None, :] < kk[:, None, None], nearest, 0)
+    total = nearest.sum(axis=2, dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / (kk[:, None] * d)

@@ -1,0 +1,23 @@
+"""Selection: which candidates become the next cycle's templates and fine-tuning set."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def top_k(
+    seqs: np.ndarray, score: np.ndarray, valid: np.ndarray, k: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best valid candidates of each trial by `score`; ties are broken at random.
+
+    Returns `pool (trials, k, d)` with the selection in its first `size[t]` rows, best first, and
+    `size (trials,) = min(k, valid count)`. Invalid candidates are never selected: code that does
+    not run teaches nothing but its own failure.
+    """
+    trials, n, _ = seqs.shape
+    jitter = rng.random((trials, n))  # random tie-break
+    keyed = np.where(valid, score, -np.inf)
+    order = np.lexsort((jitter, -keyed), axis=1)[:, :k]
+    pool = np.take_along_axis(seqs, order[..., None], axis=1)
+    size = np.minimum(valid.sum(axis=1), k)
+    return pool, size

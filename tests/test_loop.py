@@ -1,0 +1,72 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from archrefine import Config, simulate
+from archrefine.loop import Archive
+from archrefine.selection import top_k
+
+SMALL = Config(trials=8, seed=3).with_overrides({"loop.cycles": 12})
+
+
+def test_metrics_frame_shape_and_columns():
+    m = simulate(SMALL).metrics
+    assert list(m.columns[:6]) == ["trial", "cycle", "validity", "novelty", "diversity",
+                                   "fitness"]
+    assert len(m) == 8 * 12 and m.cycle.min() == 1 and m.cycle.max() == 12
+    assert m[["validity", "novelty", "diversity"]].apply(lambda s: s.between(0, 1).all()).all()
+
+
+def test_same_seed_same_results_other_seed_other_results():
+    a, b = simulate(SMALL).metrics, simulate(SMALL).metrics
+    pd.testing.assert_frame_equal(a, b)
+    c = simulate(SMALL.with_overrides({"seed": 4})).metrics
+    assert not np.allclose(a.validity, c.validity)
+
+
+def test_validity_rises_only_through_learning():
+    base = Config(trials=20, seed=11)
+    learned = simulate(base).mean().validity
+    assert learned.iloc[-3:].mean() - learned.iloc[:3].mean() > 0.3
+    frozen = simulate(base.with_overrides({"generator.bonus_rate": 0.0,
+                                           "generator.prior_rate": 0.0})).mean().validity
+    assert abs(frozen.iloc[-3:].mean() - frozen.iloc[:3].mean()) < 0.05
+
+
+def test_stronger_selection_concentrates_the_population():
+    base = Config(trials=20, seed=5)
+    strict = simulate(base.with_overrides({"loop.top_k": 1})).mean()
+    loose = simulate(base.with_overrides({"loop.top_k": 50})).mean()
+    assert strict.diversity.iloc[-1] < loose.diversity.iloc[-1]
+    assert strict.fitness.iloc[-1] > loose.fitness.iloc[-1]
+
+
+def test_first_cycle_is_fresh_samples_from_a_uniform_prior():
+    m = simulate(Config(trials=30, seed=1)).mean()
+    assert m.diversity.iloc[0] == pytest.approx(1 - 1 / 30, abs=0.01)
+
+
+def test_top_k_selects_the_best_valid_candidates():
+    rng = np.random.default_rng(0)
+    seqs = np.arange(2 * 5 * 3).reshape(2, 5, 3)
+    score = np.array([[0.1, 0.9, 0.5, 0.7, 0.3], [0.2, 0.1, 0.0, 0.4, 0.3]])
+    valid = np.array([[1, 0, 1, 1, 1], [0, 0, 1, 0, 0]], dtype=bool)
+    pool, size = top_k(seqs, score, valid, 3, rng)
+    assert size.tolist() == [3, 1]
+    assert [tuple(r) for r in pool[0]] == [tuple(seqs[0, i]) for i in (3, 2, 4)]
+    assert tuple(pool[1, 0]) == tuple(seqs[1, 2])
+
+
+def test_archive_appends_masked_rows_per_trial():
+    known = np.zeros((2, 1, 2), dtype=np.int16)
+    arc = Archive(known, capacity=4)
+    seqs = np.array([[[1, 1], [2, 2], [3, 3]], [[4, 4], [5, 5], [6, 6]]], dtype=np.int16)
+    arc.add(seqs, np.array([[False, True, True], [True, False, False]]))
+    assert arc.filled.tolist() == [3, 2]
+    assert arc.rows[0, 1:3, 0].tolist() == [2, 3] and arc.rows[1, 1, 0] == 4
+
+
+@pytest.mark.parametrize("policy", ["selected", "valid", "all"])
+def test_archive_policies_run(policy):
+    m = simulate(SMALL.with_overrides({"loop.archive": policy})).mean()
+    assert m.novelty.notna().all()

@@ -1,0 +1,67 @@
+import json
+
+import pandas as pd
+import pytest
+
+from archrefine.store import (
+    StoreError,
+    atomic_write_text,
+    close_run,
+    open_run,
+    read_metrics,
+    write_parquet,
+)
+
+
+def frame():
+    return pd.DataFrame({"trial": [0], "cycle": [1], "validity": [0.1], "novelty": [0.9],
+                         "diversity": [0.9], "fitness": [0.5]})
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    atomic_write_text(tmp_path / "a.txt", "hello")
+    assert (tmp_path / "a.txt").read_text() == "hello"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "a.txt"
+    atomic_write_text(target, "old")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_run_directory_is_not_overwritten_without_force(tmp_path):
+    out = tmp_path / "run"
+    open_run(out, force=False, kind="run")
+    with pytest.raises(StoreError, match="already holds a run; choose another --out or pass"):
+        open_run(out, force=False, kind="run")
+    open_run(out, force=True, kind="run")
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    close_run(out, files=["x"], started=0.0)
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+def test_metrics_round_trip(tmp_path):
+    write_parquet(tmp_path / "metrics.parquet", frame())
+    pd.testing.assert_frame_equal(read_metrics(tmp_path), frame())
+
+
+def test_corrupt_and_foreign_files_fail_with_one_line(tmp_path):
+    bad = tmp_path / "metrics.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(StoreError, match="not a readable Parquet file") as err:
+        read_metrics(bad)
+    assert "\n" not in str(err.value)
+    write_parquet(bad, pd.DataFrame({"a": [1]}))
+    with pytest.raises(StoreError, match="not an archrefine metrics file .missing columns: trial"):
+        read_metrics(bad)
+    with pytest.raises(StoreError, match="no such file"):
+        read_metrics(tmp_path / "nope.parquet")
