@@ -36,10 +36,11 @@ def _save(fig: plt.Figure, path: Path) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def _shade_phases(ax: plt.Axes, found: Phases | None, cycles: int, label: bool = False) -> None:
-    if not found or not found.boundaries:
+def _shade_phases(ax: plt.Axes, bounds: list[float] | None, cycles: int,
+                  label: bool = False) -> None:
+    if not bounds:
         return
-    edges = [0.5, *found.boundaries, cycles + 0.5]
+    edges = [0.5, *bounds, cycles + 0.5]
     for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
         ax.axvspan(a, b, color=("#f2f2f2", "#e0ecf8", "#fbe9e7")[i % 3], zorder=0)
         if label and len(edges) == 4:
@@ -49,13 +50,15 @@ def _shade_phases(ax: plt.Axes, found: Phases | None, cycles: int, label: bool =
 
 def trajectory(sel: pd.DataFrame, path: Path, *, found: Phases | None = None,
                title: str = "Evolution over refinement cycles") -> None:
-    """Fig. 1: the four metrics per cycle, mean ± std over trials."""
+    """Fig. 1: the four metrics per cycle, mean ± std over trials, shaded by the best
+    three-phase fit (Fig. 3 shows what BIC itself prefers)."""
     g = sel.groupby("cycle")[list(METRICS)]
     mean, std = g.mean(), g.std().fillna(0.0)
     cycles = mean.index.to_numpy()
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), sharex=True)
     for ax, key in zip(axes, METRICS):
-        _shade_phases(ax, found, int(cycles.max()), label=True)
+        _shade_phases(ax, found.three_phase_fit if found else None, int(cycles.max()),
+                      label=True)
         ax.plot(cycles, mean[key], color=COLORS[key], lw=2)
         ax.fill_between(cycles, mean[key] - std[key], mean[key] + std[key],
                         color=COLORS[key], alpha=0.2, lw=0)
@@ -102,7 +105,7 @@ def phases(sel: pd.DataFrame, found: Phases, path: Path) -> None:
     mean = sel.groupby("cycle")[["validity", "novelty", "diversity"]].mean()
     cycles = mean.index.to_numpy()
     fig, ax = plt.subplots(figsize=(8, 4))
-    _shade_phases(ax, found, int(cycles.max()), label=True)
+    _shade_phases(ax, found.boundaries, int(cycles.max()), label=True)
     for key in mean.columns:
         ax.plot(cycles, derivative(mean[key].to_numpy()), marker=".", color=COLORS[key],
                 label=f"d {key} / d cycle")
