@@ -55,24 +55,30 @@ def run_trial(config: Config, rng: np.random.Generator) -> list[dict[str, float]
         for x, w in zip(cands, written):
             logp = 0.0
             for i in np.flatnonzero(w):
-                z = (g.base_logit + g.bonus_max * bonus
-                     + g.familiarity * np.log(vocab * prior[i, x[i]]))
+                z = (
+                    g.base_logit
+                    + g.bonus_max * bonus
+                    + g.familiarity * np.log(vocab * prior[i, x[i]])
+                )
                 logp -= np.logaddexp(0.0, -z)
             valid.append(rng.random() < g.ceiling * np.exp(logp))
             fits.append(fitness(x))
             dists = np.sort([np.mean(x != a) for a in archive])
             novs.append(float(np.mean(dists[: min(loop.novelty_k, len(dists))])))
-        pairs = [np.mean(a != b) for i, a in enumerate(cands) for b in cands[i + 1:]]
+        pairs = [np.mean(a != b) for i, a in enumerate(cands) for b in cands[i + 1 :]]
         n_valid = sum(valid)
         ranked = sorted((i for i in range(n) if valid[i]), key=lambda i: -fits[i])[:k]
-        out.append({
-            "cycle": c + 1,
-            "validity": n_valid / n,
-            "novelty": float(np.mean(novs)),
-            "diversity": float(np.mean(pairs)),
-            "fitness": float(np.mean([fits[i] for i in range(n) if valid[i]]))
-            if n_valid else float("nan"),
-        })
+        out.append(
+            {
+                "cycle": c + 1,
+                "validity": n_valid / n,
+                "novelty": float(np.mean(novs)),
+                "diversity": float(np.mean(pairs)),
+                "fitness": float(np.mean([fits[i] for i in range(n) if valid[i]]))
+                if n_valid
+                else float("nan"),
+            }
+        )
         if ranked:
             pool = [cands[i] for i in ranked]
             archive.extend(pool)

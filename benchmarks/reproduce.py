@@ -50,12 +50,19 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "archrefine", "reproduce", "--out",
-                        f"{tmp}/rep"], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "archrefine", "reproduce", "--out", f"{tmp}/rep"],
+            check=True,
+            capture_output=True,
+        )
         wall = time.perf_counter() - t
-    rows.append(("`archrefine reproduce` (100 trials, 4 experiments, figures)",
-                 f"{wall:.1f} s", f"peak RSS {peak_mb(resource.RUSAGE_CHILDREN):.0f} MB "
-                 "(largest process)"))
+    rows.append(
+        (
+            "`archrefine reproduce` (100 trials, 4 experiments, figures)",
+            f"{wall:.1f} s",
+            f"peak RSS {peak_mb(resource.RUSAGE_CHILDREN):.0f} MB (largest process)",
+        )
+    )
 
     cfg = Config(trials=4, seed=0)
     t = time.perf_counter()
@@ -67,14 +74,24 @@ def main() -> None:
     simulate(big)
     fast = (time.perf_counter() - t) / (big.trials * big.loop.cycles)
     rows.append(("one trial-cycle, per-candidate baseline", f"{ref * 1e3:.2f} ms", ""))
-    rows.append(("one trial-cycle, batched (400 trials at once)", f"{fast * 1e3:.3f} ms",
-                 f"**{ref / fast:.0f}× faster**"))
-    rows.append(("peak RSS of the benchmark process", f"{peak_mb(resource.RUSAGE_SELF):.0f} MB",
-                 ""))
+    rows.append(
+        (
+            "one trial-cycle, batched (400 trials at once)",
+            f"{fast * 1e3:.3f} ms",
+            f"**{ref / fast:.0f}× faster**",
+        )
+    )
+    rows.append(
+        ("peak RSS of the benchmark process", f"{peak_mb(resource.RUSAGE_SELF):.0f} MB", "")
+    )
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"## reproduce\n", f"{stamp} · {machine()} · `python benchmarks/reproduce.py`\n",
-             "| measure | value | note |", "|---|---|---|"]
+    lines = [
+        "## reproduce\n",
+        f"{stamp} · {machine()} · `python benchmarks/reproduce.py`\n",
+        "| measure | value | note |",
+        "|---|---|---|",
+    ]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     section = "\n".join(lines) + "\n"
     print(section)
@@ -85,8 +102,11 @@ def update_results(name: str, section: str) -> None:
     path = HERE / "RESULTS.md"
     text = path.read_text() if path.exists() else "# Benchmark results\n"
     pattern = re.compile(rf"^## {name}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else (
-        text.rstrip() + "\n\n" + section)
+    text = (
+        pattern.sub(lambda _: section + "\n", text)
+        if pattern.search(text)
+        else (text.rstrip() + "\n\n" + section)
+    )
     path.write_text(text)
 
 

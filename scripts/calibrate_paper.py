@@ -51,8 +51,11 @@ def loss(claims) -> float:
     total += 20 * hinge(m4["kept"], 0.92, 0.96) + 50 * max(0.0, 0.995 - m4["validity_share"])
     total += 20 * hinge(c["C5"].measured, 0.80, 0.84)
     m6 = c["C6"].measured
-    total += 5 * (max(0, m6["rho_validity"] + 0.9) + max(0, m6["rho_fitness"] + 0.9)
-                  + max(0, 0.9 - m6["rho_diversity"]))
+    total += 5 * (
+        max(0, m6["rho_validity"] + 0.9)
+        + max(0, m6["rho_fitness"] + 0.9)
+        + max(0, 0.9 - m6["rho_diversity"])
+    )
     bal = m6["balance"]
     others = max(v for k, v in bal.items() if k != 10)
     total += 20 * max(0.0, others - bal.get(10, 0.0) + 0.005)
@@ -107,8 +110,10 @@ def main() -> None:
         if value < best_loss:
             best, best_loss = cand, value
             held = "".join("1" if c.holds else "0" for c in claims)
-            print(json.dumps({"eval": i, "loss": round(value, 4), "holds": held, "point": best}),
-                  flush=True)
+            print(
+                json.dumps({"eval": i, "loss": round(value, 4), "holds": held, "point": best}),
+                flush=True,
+            )
 
 
 def _get(data: dict, dotted: str):

@@ -19,10 +19,21 @@ from archrefine.experiments.claims import detect, evaluate, paper_plan
 from archrefine.experiments.runner import run_plan
 
 PARAMS = [
-    "generator.base_logit", "generator.bonus_max", "generator.bonus_rate",
-    "generator.familiarity", "generator.ceiling", "generator.prior_rate", "generator.smoothing",
-    "schedule.rate", "schedule.min_rate", "schedule.max_rate", "schedule.period",
-    "loop.fresh_fraction", "loop.novelty_k", "space.known", "fitness.k",
+    "generator.base_logit",
+    "generator.bonus_max",
+    "generator.bonus_rate",
+    "generator.familiarity",
+    "generator.ceiling",
+    "generator.prior_rate",
+    "generator.smoothing",
+    "schedule.rate",
+    "schedule.min_rate",
+    "schedule.max_rate",
+    "schedule.period",
+    "loop.fresh_fraction",
+    "loop.novelty_k",
+    "space.known",
+    "fitness.k",
 ]
 DOC = Path(__file__).resolve().parents[1] / "docs" / "model.md"
 
@@ -86,12 +97,18 @@ def main() -> None:
         print(rows[-1], flush=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     rows.append("")
-    rows.append(f"Generated {stamp} by `python scripts/sensitivity.py --trials {args.trials} "
-                f"--seed {args.seed}`.")
+    rows.append(
+        f"Generated {stamp} by `python scripts/sensitivity.py --trials {args.trials} "
+        f"--seed {args.seed}`."
+    )
     table = "\n".join(rows)
     text = DOC.read_text()
-    new = re.sub(r"(<!-- sensitivity:start -->\n).*?(\n<!-- sensitivity:end -->)",
-                 lambda m: m.group(1) + table + m.group(2), text, flags=re.S)
+    new = re.sub(
+        r"(<!-- sensitivity:start -->\n).*?(\n<!-- sensitivity:end -->)",
+        lambda m: m.group(1) + table + m.group(2),
+        text,
+        flags=re.S,
+    )
     DOC.write_text(new)
 
 

@@ -19,8 +19,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def replace(text: str, marker: str, body: str) -> str:
     pattern = rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)"
-    return re.sub(pattern, lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text,
-                  flags=re.S)
+    return re.sub(
+        pattern, lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text, flags=re.S
+    )
 
 
 def main() -> None:
@@ -28,9 +29,11 @@ def main() -> None:
     if len(sys.argv) > 1:
         run = Path(sys.argv[1])
         claims = (run / "claims.md").read_text().split("\n", 2)[2]  # drop the title line
-        header = (f"From `archrefine reproduce --trials {_get(run, 'trials')} --seed "
-                  f"{_get(run, 'seed')}` (the defaults); regenerate with the command at the top "
-                  "of `scripts/update_readme.py`.\n")
+        header = (
+            f"From `archrefine reproduce --trials {_get(run, 'trials')} --seed "
+            f"{_get(run, 'seed')}` (the defaults); regenerate with the command at the top "
+            "of `scripts/update_readme.py`.\n"
+        )
         text = replace(text, "claims", header + "\n" + claims)
     README.write_text(text)
 

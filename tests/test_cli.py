@@ -11,8 +11,13 @@ from archrefine.store import read_metrics
 
 
 def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "archrefine", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "archrefine", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def test_run_writes_resolved_config_and_metrics(tmp_path):
@@ -34,7 +39,7 @@ def test_run_from_a_config_file(tmp_path):
     cfg.write_text("trials = 2\n[loop]\ncycles = 3\n[schedule]\nkind = 'cyclic'\n")
     p = cli("run", str(cfg), "--out", str(tmp_path / "r"))
     assert p.returncode == 0, p.stderr
-    assert "kind = \"cyclic\"" in (tmp_path / "r" / "config.toml").read_text()
+    assert 'kind = "cyclic"' in (tmp_path / "r" / "config.toml").read_text()
 
 
 @pytest.mark.parametrize(
@@ -63,9 +68,16 @@ def test_reproduce_small_writes_every_output_and_plot_redraws(tmp_path):
     out = tmp_path / "rep"
     p = cli("reproduce", "--trials", "6", "--seed", "2", "--out", str(out))
     assert p.returncode == 0, p.stderr
-    for name in ("fig1_trajectory.png", "fig2_topk.png", "fig3_phases.png",
-                 "fig4_schedules.png", "metrics.parquet", "claims.json", "claims.md",
-                 "config.toml"):
+    for name in (
+        "fig1_trajectory.png",
+        "fig2_topk.png",
+        "fig3_phases.png",
+        "fig4_schedules.png",
+        "metrics.parquet",
+        "claims.json",
+        "claims.md",
+        "config.toml",
+    ):
         assert (out / name).exists(), name
     claims = json.loads((out / "claims.json").read_text())
     assert [c["id"] for c in claims] == [f"C{i}" for i in range(1, 8)]

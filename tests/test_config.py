@@ -6,7 +6,12 @@ from archrefine.config import Config, ConfigError, load_config, parse_overrides
 def test_defaults_are_the_papers_setup():
     c = Config()
     assert (c.space.length, c.space.vocab, c.loop.population, c.loop.cycles, c.loop.top_k) == (
-        15, 30, 50, 22, 10)
+        15,
+        30,
+        50,
+        22,
+        10,
+    )
 
 
 def test_toml_round_trip(tmp_path):
@@ -24,7 +29,10 @@ def test_overrides_parse_types():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["schedule.kind=cosin"], "schedule.kind: 'cosin' is not one of constant, linear, cosine, cyclic"),
+        (
+            ["schedule.kind=cosin"],
+            "schedule.kind: 'cosin' is not one of constant, linear, cosine, cyclic",
+        ),
         (["loop.population=-5"], "loop.population: Input should be greater than or equal to 2"),
         (["loop.top_k=60"], "top_k (60) must not exceed population (50)"),
         (["loop.colour=1"], "loop.colour: unknown key"),
@@ -57,5 +65,7 @@ def test_malformed_toml_and_missing_file(tmp_path):
 
 
 def test_parse_overrides_keeps_strings():
-    assert parse_overrides(["schedule.kind=cyclic", "seed=3"]) == {"schedule.kind": "cyclic",
-                                                                    "seed": 3}
+    assert parse_overrides(["schedule.kind=cyclic", "seed=3"]) == {
+        "schedule.kind": "cyclic",
+        "seed": 3,
+    }

@@ -11,8 +11,7 @@ SMALL = Config(trials=8, seed=3).with_overrides({"loop.cycles": 12})
 
 def test_metrics_frame_shape_and_columns():
     m = simulate(SMALL).metrics
-    assert list(m.columns[:6]) == ["trial", "cycle", "validity", "novelty", "diversity",
-                                   "fitness"]
+    assert list(m.columns[:6]) == ["trial", "cycle", "validity", "novelty", "diversity", "fitness"]
     assert len(m) == 8 * 12 and m.cycle.min() == 1 and m.cycle.max() == 12
     assert m[["validity", "novelty", "diversity"]].apply(lambda s: s.between(0, 1).all()).all()
 
@@ -28,8 +27,11 @@ def test_validity_rises_only_through_learning():
     base = Config(trials=20, seed=11)
     learned = simulate(base).mean().validity
     assert learned.iloc[-3:].mean() - learned.iloc[:3].mean() > 0.3
-    frozen = simulate(base.with_overrides({"generator.bonus_rate": 0.0,
-                                           "generator.prior_rate": 0.0})).mean().validity
+    frozen = (
+        simulate(base.with_overrides({"generator.bonus_rate": 0.0, "generator.prior_rate": 0.0}))
+        .mean()
+        .validity
+    )
     assert abs(frozen.iloc[-3:].mean() - frozen.iloc[:3].mean()) < 0.05
 
 

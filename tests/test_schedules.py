@@ -44,23 +44,46 @@ def test_closed_forms_match_torch_lr_schedulers():
     lo, hi = 0.1, 0.6
     cases = {
         "constant": (dict(rate=hi), lambda t, o: t.optim.lr_scheduler.ConstantLR(o, factor=1.0)),
-        "linear": (dict(rate=hi, min_rate=lo), lambda t, o: t.optim.lr_scheduler.LinearLR(
-            o, start_factor=1.0, end_factor=lo / hi, total_iters=steps - 1)),
-        "cosine": (dict(rate=hi, min_rate=lo), lambda t, o: t.optim.lr_scheduler.CosineAnnealingLR(
-            o, T_max=steps - 1, eta_min=lo)),
+        "linear": (
+            dict(rate=hi, min_rate=lo),
+            lambda t, o: t.optim.lr_scheduler.LinearLR(
+                o, start_factor=1.0, end_factor=lo / hi, total_iters=steps - 1
+            ),
+        ),
+        "cosine": (
+            dict(rate=hi, min_rate=lo),
+            lambda t, o: t.optim.lr_scheduler.CosineAnnealingLR(o, T_max=steps - 1, eta_min=lo),
+        ),
     }
     for kind, (kw, factory) in cases.items():
         ours = rates(ScheduleConfig(kind=kind, **kw), CYCLES)[1:]
         assert np.allclose(ours, _torch_rates(factory, hi, steps)), kind
     for period in (4, 5, 6):
-        ours = rates(ScheduleConfig(kind="cyclic", min_rate=lo, max_rate=hi, period=period),
-                     CYCLES)[1:]
-        oracle = _torch_rates(lambda t, o, p=period: t.optim.lr_scheduler.CyclicLR(
-            o, base_lr=lo, max_lr=hi, step_size_up=p / 2, mode="triangular",
-            cycle_momentum=False), lo, steps)
+        ours = rates(
+            ScheduleConfig(kind="cyclic", min_rate=lo, max_rate=hi, period=period), CYCLES
+        )[1:]
+        oracle = _torch_rates(
+            lambda t, o, p=period: t.optim.lr_scheduler.CyclicLR(
+                o,
+                base_lr=lo,
+                max_lr=hi,
+                step_size_up=p / 2,
+                mode="triangular",
+                cycle_momentum=False,
+            ),
+            lo,
+            steps,
+        )
         assert np.allclose(ours, oracle), period
-        ours = rates(ScheduleConfig(kind="cyclic", shape="cosine", min_rate=lo, max_rate=hi,
-                                    period=period), CYCLES)[1:]
-        oracle = _torch_rates(lambda t, o, p=period: t.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-            o, T_0=p, eta_min=lo), hi, steps)
+        ours = rates(
+            ScheduleConfig(kind="cyclic", shape="cosine", min_rate=lo, max_rate=hi, period=period),
+            CYCLES,
+        )[1:]
+        oracle = _torch_rates(
+            lambda t, o, p=period: t.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+                o, T_0=p, eta_min=lo
+            ),
+            hi,
+            steps,
+        )
         assert np.allclose(ours, oracle), ("sgdr", period)

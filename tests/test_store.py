@@ -14,8 +14,16 @@ from archrefine.store import (
 
 
 def frame():
-    return pd.DataFrame({"trial": [0], "cycle": [1], "validity": [0.1], "novelty": [0.9],
-                         "diversity": [0.9], "fitness": [0.5]})
+    return pd.DataFrame(
+        {
+            "trial": [0],
+            "cycle": [1],
+            "validity": [0.1],
+            "novelty": [0.9],
+            "diversity": [0.9],
+            "fitness": [0.5],
+        }
+    )
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):

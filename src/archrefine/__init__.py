@@ -1,9 +1,9 @@
 """archrefine: simulate and run LLM-driven architecture refinement loops.
 
-    >>> from archrefine import Config, simulate
-    >>> result = simulate(Config(trials=5))
-    >>> result.metrics.columns[:6].tolist()
-    ['trial', 'cycle', 'validity', 'novelty', 'diversity', 'fitness']
+>>> from archrefine import Config, simulate
+>>> result = simulate(Config(trials=5))
+>>> result.metrics.columns[:6].tolist()
+['trial', 'cycle', 'validity', 'novelty', 'diversity', 'fitness']
 """
 
 from archrefine.config import Config, ConfigError, load_config

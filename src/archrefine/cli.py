@@ -16,8 +16,11 @@ from rich.table import Table
 from archrefine.config import Config, ConfigError, load_config
 from archrefine.store import StoreError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Simulate and run LLM-driven architecture refinement loops.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Simulate and run LLM-driven architecture refinement loops.",
+)
 console = Console(stderr=True)
 out_console = Console()
 
@@ -30,8 +33,14 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Reuse a non-empty outpu
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, disable=not console.is_terminal)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
 
 
 @app.command()
@@ -51,8 +60,12 @@ def reproduce(
     from archrefine.store import default_dir
 
     overrides = list(set_ or [])
-    for key, value in (("trials", trials), ("seed", seed), ("space.kind", space),
-                       ("generator.kind", generator)):
+    for key, value in (
+        ("trials", trials),
+        ("seed", seed),
+        ("space.kind", space),
+        ("generator.kind", generator),
+    ):
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(config, overrides)
@@ -63,8 +76,10 @@ def reproduce(
         result = rep.reproduce(cfg, workers=workers, on_done=lambda: progress.advance(task))
     rep.write(out, cfg, result, started=started)
     _print_claims(result.claims)
-    console.print(f"wrote {out}/ in {time.time() - started:.1f} s "
-                  f"({sum(c.holds for c in result.claims)}/{len(result.claims)} claims hold)")
+    console.print(
+        f"wrote {out}/ in {time.time() - started:.1f} s "
+        f"({sum(c.holds for c in result.claims)}/{len(result.claims)} claims hold)"
+    )
 
 
 def _print_claims(claims) -> None:
@@ -74,14 +89,21 @@ def _print_claims(claims) -> None:
     for col in ("id", "claim", "paper", "measured", "holds"):
         table.add_column(col, overflow="fold")
     for c in claims:
-        table.add_row(c.id, c.claim, _fmt(c.paper), _fmt(c.measured),
-                      "[green]yes[/]" if c.holds else "[red]no[/]")
+        table.add_row(
+            c.id,
+            c.claim,
+            _fmt(c.paper),
+            _fmt(c.measured),
+            "[green]yes[/]" if c.holds else "[red]no[/]",
+        )
     out_console.print(table)
 
 
 @app.command()
 def run(
-    config: Annotated[Path | None, typer.Argument(help="Config TOML (defaults if omitted).")] = None,  # noqa: E501
+    config: Annotated[
+        Path | None, typer.Argument(help="Config TOML (defaults if omitted).")
+    ] = None,  # noqa: E501
     set_: SetOpt = None,
     out: OutOpt = None,
     force: ForceOpt = False,
@@ -127,8 +149,9 @@ def plot(directory: Annotated[Path, typer.Argument(help="A run or reproduce dire
         plots.trajectory(frame, directory / "trajectory.png")
         console.print(f"redrew {directory}/trajectory.png")
         return
-    cfg = load_config(directory / "config.toml") if (directory / "config.toml").exists() \
-        else Config()
+    cfg = (
+        load_config(directory / "config.toml") if (directory / "config.toml").exists() else Config()
+    )
     phases_file = directory / "phases.json"
     try:
         found = Phases(**json.loads(phases_file.read_text()))

@@ -30,30 +30,46 @@ class _Strict(BaseModel):
 class SpaceConfig(_Strict):
     """What a token sequence means. `abstract` is the paper's space."""
 
-    kind: Literal["abstract"] = Field("abstract", description="what a token sequence means")
+    kind: Literal["abstract", "grounded"] = Field(
+        "abstract", description="what a token sequence means (grounded: a real PyTorch network)"
+    )
     length: int = Field(15, ge=2, le=256, description="tokens per architecture (d)")
     vocab: int = Field(30, ge=2, le=127, description="component types (V)")
-    known: int = Field(50, ge=0, le=100_000, description="known architectures in the archive")
+    known: int = Field(50, ge=0, le=100_000, description="abstract: known architectures archived")
+    distance: Literal["hamming", "canonical"] = Field(
+        "hamming", description="grounded: canonical = edit distance with no-ops removed"
+    )
+
+    @model_validator(mode="after")
+    def _grounded_shape(self) -> SpaceConfig:
+        if self.kind == "grounded" and (self.length, self.vocab) != (15, 30):
+            raise ValueError(
+                f"the grounded space has length 15 and vocab 30 "
+                f"(got length {self.length}, vocab {self.vocab})"
+            )
+        if self.kind == "abstract" and self.distance != "hamming":
+            raise ValueError("distance 'canonical' needs space.kind = 'grounded'")
+        return self
 
 
 class GeneratorConfig(_Strict):
     """The paper model's generator: a per-position prior plus a learned validity bonus."""
 
     kind: Literal["paper"] = Field("paper", description="who proposes candidates")
-    base_logit: float = Field(1.0, description="per-token correctness log-odds before learning")
-    bonus_max: float = Field(3.0, ge=0, description="largest learned validity bonus (log-odds)")
-    bonus_rate: float = Field(0.2, ge=0, description="bonus gained per full selection")
-    familiarity: float = Field(1.0, ge=0, description="log-odds per nat of token familiarity")
+    base_logit: float = Field(1.34, description="per-token correctness log-odds before learning")
+    bonus_max: float = Field(2.95, ge=0, description="largest learned validity bonus (log-odds)")
+    bonus_rate: float = Field(0.105, ge=0, description="bonus gained per full selection")
+    familiarity: float = Field(0.5, ge=0, description="log-odds per nat of token familiarity")
     ceiling: float = Field(0.97, gt=0, le=1, description="validity ceiling (non-structural faults)")
-    prior_rate: float = Field(0.3, ge=0, le=1, description="prior step toward the selection")
-    smoothing: float = Field(0.3, ge=0, le=1, description="label smoothing of the fine-tune target")
+    prior_rate: float = Field(0.51, ge=0, le=1, description="prior step toward the selection")
+    smoothing: float = Field(0.42, ge=0, le=1, description="label smoothing of fine-tune targets")
 
 
 class LoopConfig(_Strict):
     cycles: int = Field(22, ge=1, le=10_000, description="refinement cycles")
     population: int = Field(50, ge=2, le=1_000_000, description="candidates per cycle")
     top_k: int = Field(10, ge=1, description="selected per cycle: templates and fine-tune set")
-    fresh_fraction: float = Field(0.1, ge=0, le=1, description="share sampled fresh each cycle")
+    fresh_fraction: float = Field(0.3, ge=0, le=1, description="share sampled fresh each cycle")
     novelty_k: int = Field(15, ge=1, description="neighbours averaged for novelty")
     archive: Literal["selected", "valid", "all"] = Field(
         "selected", description="which candidates of earlier cycles join the novelty archive"
@@ -62,9 +78,7 @@ class LoopConfig(_Strict):
     @model_validator(mode="after")
     def _k_fits(self) -> LoopConfig:
         if self.top_k > self.population:
-            raise ValueError(
-                f"top_k ({self.top_k}) must not exceed population ({self.population})"
-            )
+            raise ValueError(f"top_k ({self.top_k}) must not exceed population ({self.population})")
         return self
 
 
@@ -74,10 +88,10 @@ class ScheduleConfig(_Strict):
     kind: Literal["constant", "linear", "cosine", "cyclic"] = Field(
         "constant", description="mutation-rate schedule"
     )
-    rate: float = Field(0.5, ge=0, le=1, description="start (and constant) rate")
-    min_rate: float = Field(0.3, ge=0, le=1, description="floor of decays and cyclic")
-    max_rate: float = Field(0.9, ge=0, le=1, description="peak of the cyclic schedule")
-    period: int = Field(5, ge=2, description="cycles per cyclic period")
+    rate: float = Field(0.7, ge=0, le=1, description="start (and constant) rate")
+    min_rate: float = Field(0.33, ge=0, le=1, description="floor of decays and cyclic")
+    max_rate: float = Field(1.0, ge=0, le=1, description="peak of the cyclic schedule")
+    period: int = Field(4, ge=2, description="cycles per cyclic period")
     shape: Literal["triangular", "cosine"] = Field(
         "triangular", description="cyclic shape: Smith 2017 triangle or SGDR warm restarts"
     )

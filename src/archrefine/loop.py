@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from archrefine import metrics
 from archrefine.config import Config
 from archrefine.generators.paper import PaperGenerator
 from archrefine.landscapes import NKLandscape
 from archrefine.schedules import rates
 from archrefine.selection import top_k
+from archrefine.spaces import make_space
 
 METRICS = ("validity", "novelty", "diversity", "fitness")
 EXTRA = ("best_fitness", "mutation_rate", "pool_size", "bonus")
@@ -53,9 +53,7 @@ class Archive:
         self.filled += count
 
 
-def simulate(
-    config: Config, *, on_cycle: Callable[[int], None] | None = None
-) -> Result:
+def simulate(config: Config, *, on_cycle: Callable[[int], None] | None = None) -> Result:
     """Run `config.trials` independent refinement loops and return per-cycle metrics.
 
     All randomness comes from one `numpy.random.Generator` seeded with `config.seed`, so the same
@@ -64,9 +62,10 @@ def simulate(
     rng = np.random.default_rng(config.seed)
     space, loop = config.space, config.loop
     trials, n, d, vocab = config.trials, loop.population, space.length, space.vocab
+    world = make_space(config)
     landscape = NKLandscape(trials, d, vocab, config.fitness.k, rng)
     generator = PaperGenerator(config.generator, trials=trials, length=d, vocab=vocab, rng=rng)
-    known = rng.integers(0, vocab, size=(trials, space.known, d), dtype=np.int16)
+    known = world.known(trials, rng)
     per_cycle = {"all": n, "valid": n, "selected": loop.top_k}[loop.archive]
     archive = Archive(known, per_cycle * loop.cycles)
     schedule = rates(config.schedule, loop.cycles)
@@ -77,9 +76,9 @@ def simulate(
     for c in range(loop.cycles):
         cands = generator.propose(pool, pool_size, n, schedule[c], loop.fresh_fraction)
         seqs = cands.seqs
-        valid = rng.random((trials, n)) < generator.validity(cands)
+        valid = world.validity(cands, generator, rng)
         fit = landscape(seqs)
-        nov = metrics.novelty(seqs, archive.rows, archive.filled, loop.novelty_k)
+        nov = world.novelty(seqs, archive.rows, archive.filled, loop.novelty_k)
         n_valid = valid.sum(axis=1)
         with np.errstate(invalid="ignore"):
             mean_fit = np.where(valid, fit, 0.0).sum(axis=1) / n_valid
@@ -87,7 +86,7 @@ def simulate(
             {
                 "validity": n_valid / n,
                 "novelty": nov.mean(axis=1),
-                "diversity": metrics.diversity(seqs, vocab),
+                "diversity": world.diversity(seqs),
                 "fitness": np.where(n_valid > 0, mean_fit, np.nan),
                 "best_fitness": np.where(valid, fit, -np.inf).max(axis=1),
                 "mutation_rate": np.full(trials, schedule[c]),

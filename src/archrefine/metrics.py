@@ -50,9 +50,7 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def novelty(
-    seqs: np.ndarray, archive: np.ndarray, filled: np.ndarray, k: int
-) -> np.ndarray:
+def novelty(seqs: np.ndarray, archive: np.ndarray, filled: np.ndarray, k: int) -> np.ndarray:
     """Mean normalized Hamming distance to the k nearest archive members (Lehman & Stanley 2011).
 
     `archive (trials, A, d)` is valid in its first `filled[t]` rows for trial t; k shrinks to the

@@ -23,8 +23,12 @@ from archrefine.experiments.claims import (  # noqa: E402
 from archrefine.loop import METRICS  # noqa: E402
 from archrefine.store import atomic_write_bytes  # noqa: E402
 
-COLORS = {"validity": "tab:green", "novelty": "tab:purple", "diversity": "tab:blue",
-          "fitness": "tab:orange"}
+COLORS = {
+    "validity": "tab:green",
+    "novelty": "tab:purple",
+    "diversity": "tab:blue",
+    "fitness": "tab:orange",
+}
 SCHEDULE_COLORS = dict(zip(SCHEDULE_KINDS, ("tab:gray", "tab:blue", "tab:orange", "tab:red")))
 PHASE_NAMES = ("exploration", "transition", "specialization")
 
@@ -36,20 +40,34 @@ def _save(fig: plt.Figure, path: Path) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def _shade_phases(ax: plt.Axes, bounds: list[float] | None, cycles: int,
-                  label: bool = False) -> None:
+def _shade_phases(
+    ax: plt.Axes, bounds: list[float] | None, cycles: int, label: bool = False
+) -> None:
     if not bounds:
         return
     edges = [0.5, *bounds, cycles + 0.5]
     for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
         ax.axvspan(a, b, color=("#f2f2f2", "#e0ecf8", "#fbe9e7")[i % 3], zorder=0)
         if label and len(edges) == 4:
-            ax.text((a + b) / 2, 1.02, PHASE_NAMES[i], transform=ax.get_xaxis_transform(),
-                    ha="center", va="bottom", fontsize=8, color="0.3")
+            ax.text(
+                (a + b) / 2,
+                1.02,
+                PHASE_NAMES[i],
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color="0.3",
+            )
 
 
-def trajectory(sel: pd.DataFrame, path: Path, *, found: Phases | None = None,
-               title: str = "Evolution over refinement cycles") -> None:
+def trajectory(
+    sel: pd.DataFrame,
+    path: Path,
+    *,
+    found: Phases | None = None,
+    title: str = "Evolution over refinement cycles",
+) -> None:
     """Fig. 1: the four metrics per cycle, mean ± std over trials, shaded by the best
     three-phase fit (Fig. 3 shows what BIC itself prefers)."""
     g = sel.groupby("cycle")[list(METRICS)]
@@ -57,11 +75,11 @@ def trajectory(sel: pd.DataFrame, path: Path, *, found: Phases | None = None,
     cycles = mean.index.to_numpy()
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), sharex=True)
     for ax, key in zip(axes, METRICS):
-        _shade_phases(ax, found.three_phase_fit if found else None, int(cycles.max()),
-                      label=True)
+        _shade_phases(ax, found.three_phase_fit if found else None, int(cycles.max()), label=True)
         ax.plot(cycles, mean[key], color=COLORS[key], lw=2)
-        ax.fill_between(cycles, mean[key] - std[key], mean[key] + std[key],
-                        color=COLORS[key], alpha=0.2, lw=0)
+        ax.fill_between(
+            cycles, mean[key] - std[key], mean[key] + std[key], color=COLORS[key], alpha=0.2, lw=0
+        )
         ax.set_title(key, pad=14)
         ax.set_xlabel("cycle")
         ax.grid(alpha=0.3)
@@ -79,8 +97,15 @@ def topk(frame: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for key in METRICS:
         stats = [last[last.condition == c][key] for c in conds]
-        axes[0].errorbar(ks, [s.mean() for s in stats], yerr=[s.std() for s in stats],
-                         marker="o", capsize=3, color=COLORS[key], label=key)
+        axes[0].errorbar(
+            ks,
+            [s.mean() for s in stats],
+            yerr=[s.std() for s in stats],
+            marker="o",
+            capsize=3,
+            color=COLORS[key],
+            label=key,
+        )
     fc = [curves(frame, "topk", c) for c in conds]
     v = np.array([c.validity.iloc[-1] for c in fc])
     kept = np.array([retained(c) for c in fc])
@@ -107,8 +132,13 @@ def phases(sel: pd.DataFrame, found: Phases, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4))
     _shade_phases(ax, found.boundaries, int(cycles.max()), label=True)
     for key in mean.columns:
-        ax.plot(cycles, derivative(mean[key].to_numpy()), marker=".", color=COLORS[key],
-                label=f"d {key} / d cycle")
+        ax.plot(
+            cycles,
+            derivative(mean[key].to_numpy()),
+            marker=".",
+            color=COLORS[key],
+            label=f"d {key} / d cycle",
+        )
     for b, lo, hi in zip(found.boundaries, found.low, found.high):
         ax.axvline(b, color="black", ls="--", lw=1)
         if hi > lo:
@@ -116,8 +146,9 @@ def phases(sel: pd.DataFrame, found: Phases, path: Path) -> None:
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xlabel("cycle")
     ax.set_ylabel("rate of change per cycle")
-    bounds = ", ".join(f"{b:g} [{lo:g}, {hi:g}]" for b, lo, hi in
-                       zip(found.boundaries, found.low, found.high))
+    bounds = ", ".join(
+        f"{b:g} [{lo:g}, {hi:g}]" for b, lo, hi in zip(found.boundaries, found.low, found.high)
+    )
     ax.set_title(f"Phase transitions: boundaries {bounds or 'none found'}", pad=16, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -133,8 +164,13 @@ def schedules(frame: pd.DataFrame, path: Path) -> None:
             continue
         color = SCHEDULE_COLORS[kind]
         axes[0].plot(c.index, c.mutation_rate, marker=".", color=color, label=kind)
-        axes[1].plot(c.index, c.diversity / c.diversity.iloc[0], color=color, lw=2,
-                     label=f"{kind}: keeps {retained(c):.0%}")
+        axes[1].plot(
+            c.index,
+            c.diversity / c.diversity.iloc[0],
+            color=color,
+            lw=2,
+            label=f"{kind}: keeps {retained(c):.0%}",
+        )
         axes[2].plot(c.index, c.validity, color=color, lw=2, label=kind)
     for ax, title in zip(axes, ("mutation rate", "diversity / first cycle", "validity")):
         ax.set_title(title)

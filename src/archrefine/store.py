@@ -77,15 +77,20 @@ def open_run(path: Path, *, force: bool, kind: str, meta: dict[str, Any] | None 
     if path.is_dir() and any(path.iterdir()) and not force:
         raise StoreError(f"{path}: already holds a run; choose another --out or pass --force")
     path.mkdir(parents=True, exist_ok=True)
-    write_json(path / "run.json", {"kind": kind, "status": "running", "started": _now(),
-                                   **(meta or {})})
+    write_json(
+        path / "run.json", {"kind": kind, "status": "running", "started": _now(), **(meta or {})}
+    )
     return path
 
 
 def close_run(path: Path, *, files: Iterable[str], started: float) -> None:
     info = json.loads((Path(path) / "run.json").read_text())
-    info.update(status="complete", finished=_now(), seconds=round(time.time() - started, 3),
-                files=sorted(files))
+    info.update(
+        status="complete",
+        finished=_now(),
+        seconds=round(time.time() - started, 3),
+        files=sorted(files),
+    )
     write_json(Path(path) / "run.json", info)
 
 

@@ -85,43 +85,82 @@ def evaluate(frame: pd.DataFrame, found: Phases) -> list[Claim]:
     b = [round(x, 1) for x in found.boundaries]
     ci = [f"[{lo:g}, {hi:g}]" for lo, hi in zip(found.low, found.high)]
     ok = len(b) == 2 and abs(b[0] - 7.5) <= 2 and abs(b[1] - 15.5) <= 2
-    out.append(Claim("C1", "Three phases: exploration, transition, specialization",
-                     [7.5, 15.5],
-                     {"boundaries": b, "ci90": ci, "three_phase_fit": found.three_phase_fit},
-                     "BIC picks 2 boundaries, each ±2 cycles",
-                     ok))
+    out.append(
+        Claim(
+            "C1",
+            "Three phases: exploration, transition, specialization",
+            [7.5, 15.5],
+            {"boundaries": b, "ci90": ci, "three_phase_fit": found.three_phase_fit},
+            "BIC picks 2 boundaries, each ±2 cycles",
+            ok,
+        )
+    )
 
     r = float(pearsonr(traj.validity, traj.novelty)[0])
-    out.append(Claim("C2", "Validity and novelty are inversely correlated across cycles",
-                     "r < 0", round(r, 3), "Pearson r ≤ -0.7", r <= -0.7))
+    out.append(
+        Claim(
+            "C2",
+            "Validity and novelty are inversely correlated across cycles",
+            "r < 0",
+            round(r, 3),
+            "Pearson r ≤ -0.7",
+            r <= -0.7,
+        )
+    )
 
     sched = {s: curves(frame, "schedules", s) for s in SCHEDULE_KINDS}
     loss = {s: round(1 - retained(sched[s]), 3) for s in ("constant", "linear", "cosine")}
-    out.append(Claim("C3", "Without intervention diversity falls by 7–18%",
-                     [0.07, 0.18], loss, "each loss in [0.05, 0.21]",
-                     all(0.05 <= x <= 0.21 for x in loss.values())))
+    out.append(
+        Claim(
+            "C3",
+            "Without intervention diversity falls by 7–18%",
+            [0.07, 0.18],
+            loss,
+            "each loss in [0.05, 0.21]",
+            all(0.05 <= x <= 0.21 for x in loss.values()),
+        )
+    )
 
     final_v = {s: float(c.validity.iloc[-1]) for s, c in sched.items()}
     kept = retained(sched["cyclic"])
     share = final_v["cyclic"] / max(final_v.values())
-    out.append(Claim("C4", "Cyclic schedule keeps 94% of diversity at 99% of peak validity",
-                     {"kept": 0.94, "validity_share": 0.99},
-                     {"kept": round(kept, 3), "validity_share": round(share, 3)},
-                     "kept 0.94 ± 0.03, validity share ≥ 0.99",
-                     abs(kept - 0.94) <= 0.03 and share >= 0.99))
+    out.append(
+        Claim(
+            "C4",
+            "Cyclic schedule keeps 94% of diversity at 99% of peak validity",
+            {"kept": 0.94, "validity_share": 0.99},
+            {"kept": round(kept, 3), "validity_share": round(share, 3)},
+            "kept 0.94 ± 0.03, validity share ≥ 0.99",
+            abs(kept - 0.94) <= 0.03 and share >= 0.99,
+        )
+    )
 
     kept = retained(sched["cosine"])
-    out.append(Claim("C5", "Cosine decay keeps 82% of diversity", 0.82, round(kept, 3),
-                     "± 0.03", abs(kept - 0.82) <= 0.03))
+    out.append(
+        Claim(
+            "C5",
+            "Cosine decay keeps 82% of diversity",
+            0.82,
+            round(kept, 3),
+            "± 0.03",
+            abs(kept - 0.82) <= 0.03,
+        )
+    )
 
     out.append(_selection_claim(frame))
 
     dv, dn = derivative(traj.validity.to_numpy()), derivative(traj.novelty.to_numpy())
     cv, cn = int(np.argmax(dv)) + 1, int(np.argmin(dn)) + 1
-    out.append(Claim("C7", "Steepest validity rise coincides with steepest novelty fall",
-                     "cycles 6–10", {"validity_rise": cv, "novelty_fall": cn},
-                     "both in 6–10, ≤ 2 cycles apart",
-                     6 <= cv <= 10 and 6 <= cn <= 10 and abs(cv - cn) <= 2))
+    out.append(
+        Claim(
+            "C7",
+            "Steepest validity rise coincides with steepest novelty fall",
+            "cycles 6–10",
+            {"validity_rise": cv, "novelty_fall": cn},
+            "both in 6–10, ≤ 2 cycles apart",
+            6 <= cv <= 10 and 6 <= cn <= 10 and abs(cv - cn) <= 2,
+        )
+    )
     return out
 
 
@@ -137,12 +176,20 @@ def _selection_claim(frame: pd.DataFrame) -> Claim:
     score = balance(v, kept)
     best = int(ks[int(np.argmax(score))])
     ok = rv <= -0.8 and rf <= -0.8 and rd >= 0.8 and best == 10
-    return Claim("C6", "As k grows validity and fitness fall, diversity rises; k=10 balances",
-                 {"best_k": 10},
-                 {"rho_validity": round(rv, 3), "rho_fitness": round(rf, 3),
-                  "rho_diversity": round(rd, 3), "best_k": best,
-                  "balance": {int(k): round(float(s), 3) for k, s in zip(ks, score)}},
-                 "|rho| ≥ 0.8 with those signs; best_k = 10", ok)
+    return Claim(
+        "C6",
+        "As k grows validity and fitness fall, diversity rises; k=10 balances",
+        {"best_k": 10},
+        {
+            "rho_validity": round(rv, 3),
+            "rho_fitness": round(rf, 3),
+            "rho_diversity": round(rd, 3),
+            "best_k": best,
+            "balance": {int(k): round(float(s), 3) for k, s in zip(ks, score)},
+        },
+        "abs(rho) ≥ 0.8 with those signs; best_k = 10",
+        ok,
+    )
 
 
 def as_records(claims: list[Claim]) -> list[dict]:

@@ -46,8 +46,7 @@ def reproduce(
     n_boot: int = 200,
 ) -> Reproduction:
     """Run the four experiments and check the claims; no I/O."""
-    frame = run_plan(config, paper_plan(config.loop.population), workers=workers,
-                     on_done=on_done)
+    frame = run_plan(config, paper_plan(config.loop.population), workers=workers, on_done=on_done)
     found = detect(frame, config.schedule.kind, n_boot=n_boot, seed=config.seed)
     return Reproduction(frame, found, evaluate(frame, found))
 
@@ -59,8 +58,18 @@ def write(out: Path, config: Config, rep: Reproduction, *, started: float) -> No
     atomic_write_text(out / "claims.md", claims_markdown(rep.claims, config))
     write_json(out / "phases.json", rep.phases.__dict__)
     draw(out, rep.frame, rep.phases, config.schedule.kind)
-    close_run(out, files=["config.toml", "metrics.parquet", "claims.json", "claims.md",
-                          "phases.json", *FIGURES], started=started)
+    close_run(
+        out,
+        files=[
+            "config.toml",
+            "metrics.parquet",
+            "claims.json",
+            "claims.md",
+            "phases.json",
+            *FIGURES,
+        ],
+        started=started,
+    )
 
 
 def draw(out: Path, frame: pd.DataFrame, found: Phases, schedule_kind: str) -> None:
@@ -68,14 +77,16 @@ def draw(out: Path, frame: pd.DataFrame, found: Phases, schedule_kind: str) -> N
     plots.trajectory(traj, out / FIGURES[0], found=found)
     plots.topk(frame, out / FIGURES[1])
     exp, cond = phase_source(frame, schedule_kind)
-    plots.phases(frame[(frame.experiment == exp) & (frame.condition == cond)], found,
-                 out / FIGURES[2])
+    plots.phases(
+        frame[(frame.experiment == exp) & (frame.condition == cond)], found, out / FIGURES[2]
+    )
     plots.schedules(frame, out / FIGURES[3])
 
 
 def start(out: Path, config: Config, *, force: bool) -> float:
-    open_run(out, force=force, kind="reproduce", meta={"seed": config.seed,
-                                                       "trials": config.trials})
+    open_run(
+        out, force=force, kind="reproduce", meta={"seed": config.seed, "trials": config.trials}
+    )
     atomic_write_text(out / "config.toml", config.to_toml())
     return time.time()
 
@@ -97,8 +108,10 @@ def claims_markdown(claims: list[Claim], config: Config) -> str:
         "|---|---|---|---|---|---|",
     ]
     for c in claims:
-        rows.append(f"| {c.id} | {c.claim} | {_fmt(c.paper)} | {_fmt(c.measured)} | "
-                    f"{c.tolerance} | {'yes' if c.holds else '**no**'} |")
+        rows.append(
+            f"| {c.id} | {c.claim} | {_fmt(c.paper)} | {_fmt(c.measured)} | "
+            f"{c.tolerance} | {'yes' if c.holds else '**no**'} |"
+        )
     held = sum(c.holds for c in claims)
     rows += ["", f"{held} of {len(claims)} claims hold."]
     return "\n".join(rows) + "\n"

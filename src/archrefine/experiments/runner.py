@@ -35,7 +35,8 @@ def run_plan(
     Columns: experiment, condition, trial, cycle, then the loop's metrics.
     """
     configs = {
-        (exp, cond): base.with_overrides(over) for exp, conds in plan.items()
+        (exp, cond): base.with_overrides(over)
+        for exp, conds in plan.items()
         for cond, over in conds.items()
     }
     unique: dict[str, Config] = {}

@@ -10,18 +10,20 @@ Mechanisms (docs/model.md gives the equations and the reasons for each parameter
   of the population is sampled fresh, as a model writes freely when given fewer references.
 * **Validity.** A candidate compiles only if every token is right. Tokens copied from a
   template (which was valid) stay right; a token the generator writes (a mutation, or every
-  token of a fresh sample) is right with probability sigmoid(base + bonus_max·b + familiarity·log(V·P_i(x_i))): the learned *validity
-  bonus* b ∈ [0, 1] raises every token's odds, and tokens the prior finds familiar (likely) are
-  right more often than unfamiliar ones. Validity is the product over the d tokens, times a
+  token of a fresh sample) is right with probability
+  sigmoid(base + bonus_max·b + familiarity·log(V·P_i(x_i))): the learned *validity bonus*
+  b ∈ [0, 1] raises every token's odds, and tokens the prior finds familiar (likely) are right
+  more often than unfamiliar ones. Validity is the product over the written tokens, times a
   ceiling for faults no learning removes.
 * **Fine-tuning.** The selection is the training set, and what a cycle teaches is proportional
-  to how full it is, s = (selected) / k: with fewer than k valid outputs there is less to learn
-  from. Every full selection teaches the same amount until nothing is left to learn, so the bonus
-  grows linearly and stops, b ← min(1, b + rate·s), and the prior steps toward the selection's token frequencies (label-smoothed)
-  by prior_rate·s; like SFT run to convergence, a small selection is learned as sharply as a
-  large one, so a small k concentrates the prior more. Because learning speed rises with validity, which learning raises, validity
-  takes off late and fast (autocatalysis), and the same step narrows the prior, so novelty and
-  diversity fall while validity rises: the trade-off is one mechanism, not two curves.
+  to how full it is, s = |selection| / k: with fewer than k valid outputs there is less to
+  learn from. Every full selection teaches the same amount until nothing is left to learn, so
+  the bonus grows linearly and stops, b ← min(1, b + bonus_rate·s), and the prior steps toward
+  the selection's label-smoothed token frequencies by prior_rate·s; like SFT run to
+  convergence, a small selection is learned as sharply as a large one, so a small k
+  concentrates the prior more. Learning speed rises with validity, which learning raises, so
+  validity takes off late and fast (autocatalysis), and the same step narrows the prior, so
+  novelty and diversity fall while validity rises: the trade-off is one mechanism.
 """
 
 from __future__ import annotations

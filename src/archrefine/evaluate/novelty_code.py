@@ -1,0 +1,204 @@
+"""How new a piece of model-written code is: MinHash-estimated Jaccard similarity of token shingles.
+
+Text similarity on raw source would call a copy with renamed variables "novel" and two nets that
+differ in one layer "the same" as two nets with the same comments. So the source is tokenized
+(Python's `tokenize`), comments, layout and docstrings are dropped, identifiers are replaced by
+`ID` — except keywords, builtins, `torch`/`nn`/`F` and the API names reached through them
+(`nn.Conv2d`, `F.relu`, `x.view`), which carry the structure — and the novelty of a candidate is
+one minus its largest estimated Jaccard similarity to an archive, over sets of `shingle`
+consecutive tokens. MinHash sketches keep this cheap; an LSH index answers "is there a near
+duplicate?" without comparing against every archive member.
+
+The defaults (10-token shingles, 256 permutations, near-duplicate at Jaccard >= 0.90) are those
+of Khalid et al. (2026), arXiv:2601.02997.
+
+Example
+-------
+>>> nov = CodeNovelty()
+>>> nov.seed_with_known()  # doctest: +SKIP
+19
+>>> nov.score(source), nov.is_near_duplicate(source)  # doctest: +SKIP
+(0.62, False)
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import keyword
+import tokenize
+
+import numpy as np
+from datasketch import MinHash, MinHashLSH
+
+__all__ = ["CodeNovelty", "code_tokens"]
+
+KEPT_NAMES = frozenset({"torch", "nn", "F", "self", "super", "forward", "__init__"})
+BUILTINS = frozenset(n for n in dir(builtins) if not n.startswith("_"))
+"""Kept only where called (`range(`, `len(`): `input` or `id` as a variable name is a name."""
+_LAYOUT = {tokenize.COMMENT, tokenize.NL, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING}
+_STRINGS = {tokenize.STRING} | {
+    getattr(tokenize, name) for name in ("FSTRING_START", "FSTRING_MIDDLE", "FSTRING_END")
+    if hasattr(tokenize, name)
+}  # fmt: skip
+
+
+def code_tokens(source: str) -> list[str]:
+    """The normalized tokens of `source` that shingles are built from (see the module doc).
+
+    Source that does not tokenize to the end (unclosed brackets, bad indentation) keeps the
+    tokens read before the problem: broken candidates still get a novelty.
+    """
+    lines: list[list[tokenize.TokenInfo]] = [[]]
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
+                lines.append([])
+            elif tok.type not in _LAYOUT:
+                lines[-1].append(tok)
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    code = [line for line in lines if line and any(t.type not in _STRINGS for t in line)]
+    kept = set(KEPT_NAMES)
+    for line in code:  # names imported from torch (`from torch.nn import Conv2d`) are API names
+        words = [t.string for t in line]
+        if words[:1] == ["from"] and len(words) > 1 and words[1] == "torch" and "import" in words:
+            kept.update(w for w in words[words.index("import") + 1 :] if w.isidentifier())
+    out: list[str] = []
+    for line in code:
+        depth = 0
+        for i, tok in enumerate(line):
+            depth += (tok.string in "([{") - (tok.string in ")]}") if tok.type == tokenize.OP else 0
+            if tok.type == tokenize.NAME:
+                after_dot = i >= 2 and line[i - 1].string == "."
+                api = after_dot and line[i - 2].string != "self"  # x.view, nn.Conv2d, F.relu
+                follows = line[i + 1].string if i + 1 < len(line) else ""
+                kwarg = depth > 0 and follows == "="
+                called = follows == "(" and tok.string in BUILTINS
+                keep = keyword.iskeyword(tok.string) or tok.string in kept or api or kwarg or called
+                out.append(tok.string if keep else "ID")
+            elif tok.type in _STRINGS:
+                if tok.type != tokenize.STRING and tok.string and out and out[-1] == "STR":
+                    continue  # the rest of an f-string (Python >= 3.12 splits it up)
+                out.append("STR")
+            else:
+                out.append(tok.string)
+    return out
+
+
+class CodeNovelty:
+    """An archive of code sketches, scoring how new a candidate is against it.
+
+    Parameters
+    ----------
+    shingle : consecutive tokens per shingle (shorter sources give one shingle of all tokens).
+    num_perm : MinHash permutations; the Jaccard estimate's standard error is about
+        sqrt(J (1 - J) / num_perm).
+    threshold : estimated Jaccard at or above which a candidate is a near duplicate.
+    seed : seeds the MinHash permutations; equal seeds give equal scores, run after run.
+    """
+
+    def __init__(
+        self, shingle: int = 10, num_perm: int = 256, threshold: float = 0.90, seed: int = 1
+    ) -> None:
+        for name, value, low in (("shingle", shingle, 1), ("num_perm", num_perm, 2)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name}: {value!r} is not an integer >= {low}")
+        if not (isinstance(threshold, int | float) and 0 < threshold <= 1):
+            raise ValueError(f"threshold: {threshold!r} is not a number in (0, 1]")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed: {seed!r} is not an integer >= 0")
+        self.shingle, self.num_perm, self.threshold, self.seed = shingle, num_perm, threshold, seed
+        self._blank = MinHash(num_perm=num_perm, seed=seed)
+        self._lsh = _lsh(threshold, num_perm)
+        self._keys: list[str] = []
+        self._keyset: set[str] = set()
+        self._rows: list[np.ndarray] = []
+        self._matrix: np.ndarray | None = None  # rows stacked, rebuilt after an add
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keyset
+
+    def sketch(self, source: str) -> MinHash:
+        """The MinHash of `source`'s shingles; ValueError when it has no code tokens."""
+        tokens = code_tokens(source)
+        if not tokens:
+            raise ValueError("source has no code tokens")
+        k = min(self.shingle, len(tokens))
+        shingles = {" ".join(tokens[i : i + k]) for i in range(len(tokens) - k + 1)}
+        m = self._blank.copy()
+        m.update_batch([s.encode() for s in sorted(shingles)])
+        return m
+
+    def add(self, key: str, source: str) -> None:
+        """Put `source` in the archive under `key` (ValueError if the key is taken)."""
+        if key in self._keyset:
+            raise ValueError(f"key {key!r} is already in the archive")
+        m = self.sketch(source)
+        self._lsh.insert(key, m)
+        self._keys.append(key)
+        self._keyset.add(key)
+        self._rows.append(np.asarray(m.hashvalues))
+        self._matrix = None
+
+    def similarities(self, source: str) -> dict[str, float]:
+        """Estimated Jaccard similarity of `source` to every archive member, by key."""
+        return self._similarities(self.sketch(source)) if self._keys else {}
+
+    def _similarities(self, m: MinHash) -> dict[str, float]:
+        if self._matrix is None:
+            self._matrix = np.vstack(self._rows)
+        sims = (self._matrix == np.asarray(m.hashvalues)).mean(axis=1)
+        return dict(zip(self._keys, sims.tolist(), strict=True))
+
+    def score(self, source: str) -> float:
+        """Novelty: 1 - the largest estimated Jaccard similarity to the archive (1.0 if empty)."""
+        sims = self.similarities(source)
+        return 1.0 - max(sims.values()) if sims else 1.0
+
+    def near_duplicates(self, source: str) -> list[str]:
+        """Keys of archive members whose estimated Jaccard with `source` reaches `threshold`.
+
+        The LSH index proposes candidates (its banding may, rarely, miss a member just above
+        the threshold); each is then confirmed on its estimated Jaccard. For thresholds too
+        high for LSH banding with `num_perm` (e.g. above 0.98 for 256), the index proposes at
+        the highest threshold it supports, and the confirmation applies `threshold`.
+        """
+        if not self._keys:
+            return []
+        m = self.sketch(source)
+        found = self._lsh.query(m)
+        sims = self._similarities(m) if found else {}
+        return sorted(k for k in found if sims[k] >= self.threshold)
+
+    def is_near_duplicate(self, source: str) -> bool:
+        """Whether some archive member has estimated Jaccard >= `threshold` with `source`."""
+        return bool(self.near_duplicates(source))
+
+    def seed_with_known(self) -> int:
+        """Add `to_source(seq)` of every architecture in `archrefine.space.KNOWN` (keys
+        "known:<name>"), so "novel" means "unlike anything published", too. Returns how many
+        were added; those already present are skipped."""
+        try:
+            from archrefine.space import KNOWN, to_source
+        except ImportError as err:
+            raise ImportError(f"seed_with_known needs archrefine.space: {err}") from None
+        added = 0
+        for name, seq in KNOWN.items():
+            if f"known:{name}" not in self._keyset:
+                self.add(f"known:{name}", to_source(seq))
+                added += 1
+        return added
+
+
+def _lsh(threshold: float, num_perm: int) -> MinHashLSH:
+    """An LSH index at `threshold`, or at the highest lower one datasketch can band for."""
+    for lowered in (threshold, *np.arange(round(threshold, 2), 0.0, -0.01)):
+        try:
+            return MinHashLSH(threshold=float(lowered), num_perm=num_perm)
+        except ValueError:
+            continue
+    raise ValueError(f"num_perm: {num_perm} is too small for an LSH index")

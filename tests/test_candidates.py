@@ -1,0 +1,237 @@
+"""The SQLite candidate log: real files, real transactions, a real SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from archrefine.candidates import COLUMNS, CandidateStore, CandidateStoreError
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def full(**over):
+    row = dict(run_id="r1", cycle=2, trial=1, prompt="Write a CNN.", response="```python\n...```",
+               code="class Net: ...", status="ok", reason="ok", params=30730, accuracy=0.61,
+               seconds=2.5, novelty=0.4, near_duplicate=False, fingerprint="ab12",
+               parent_ids=[3, 7], selected=False)  # fmt: skip
+    return row | over
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with CandidateStore(tmp_path / "c.sqlite") as s:
+        yield s
+
+
+def test_a_row_round_trips_with_every_field(store: CandidateStore) -> None:
+    cid = store.add(**full())
+    (row,) = store.cycle_rows(2)
+    assert row == full() | {"id": cid, "created": row["created"]}
+    created = datetime.fromisoformat(row["created"])
+    assert created.utcoffset() == timedelta(0)  # UTC, with the offset written out
+    assert list(row) == list(COLUMNS)
+
+
+def test_defaults_ids_and_cycles(store: CandidateStore) -> None:
+    a = store.add(cycle=1)
+    b = store.add(cycle=1, run_id="r2", status="rejected", reason="line 1: import of 'os'")
+    c = store.add(cycle=np.int64(2), accuracy=np.float32(0.5), near_duplicate=np.bool_(True))
+    assert (a, b, c) == (1, 2, 3) and len(store) == 3
+    first = store.cycle_rows(1)[0]
+    assert first["status"] == "pending" and first["parent_ids"] == [] and first["trial"] == 0
+    assert first["prompt"] is None and first["selected"] is False and first["run_id"] == ""
+    assert [r["id"] for r in store.cycle_rows(1)] == [1, 2]
+    assert [r["id"] for r in store.cycle_rows(1, run_id="r2")] == [2]
+    assert store.cycle_rows(2)[0]["near_duplicate"] is True
+    assert store.cycle_rows(3) == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({}, "candidate field 'cycle' is required"),
+        ({"cycle": 1, "colour": "red"}, "candidate field 'colour' is not one of run_id, cycle"),
+        ({"cycle": 1, "id": 5}, "candidate field 'id' is not one of"),
+        ({"cycle": 1.5}, "candidate field 'cycle': 1.5 is not an integer"),
+        ({"cycle": True}, "candidate field 'cycle': True is not an integer"),
+        ({"cycle": 1, "status": "great"}, "candidate field 'status': 'great' is not one of"),
+        ({"cycle": 1, "status": None}, "candidate field 'status' must not be None"),
+        ({"cycle": 1, "accuracy": "high"}, "candidate field 'accuracy': 'high' is not float"),
+        ({"cycle": 1, "parent_ids": ["a"]}, "candidate field 'parent_ids': 'a' is not an integer"),
+        ({"cycle": 1, "selected": 2}, "candidate field 'selected': 2 is not a bool"),
+        ({"cycle": 1, "prompt": b"bytes"}, "candidate field 'prompt': b'bytes' is not str"),
+    ],
+)
+def test_bad_fields_fail_with_one_line_and_write_nothing(
+    store: CandidateStore, fields: dict, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message) as err:
+        store.add(**fields)
+    assert "\n" not in str(err.value) and len(store) == 0
+
+
+def test_add_many_is_all_or_nothing(store: CandidateStore) -> None:
+    store.add(cycle=0)
+    with pytest.raises(UnicodeEncodeError):  # fails inside SQLite, after the first insert
+        store.add_many([full(), full(response="\ud800 lone surrogate")])
+    assert len(store) == 1
+    assert store.add_many([full(cycle=5), full(cycle=5)]) == [2, 3]  # the rollback left no trace
+
+
+def test_update_fills_in_the_outcome(store: CandidateStore) -> None:
+    cid = store.add(cycle=1, prompt="p", response="r")
+    store.update(cid, status="timeout", reason="timeout: exceeded 5 s", seconds=5.01)
+    row = store.cycle_rows(1)[0]
+    assert (row["status"], row["seconds"], row["prompt"]) == ("timeout", 5.01, "p")
+    with pytest.raises(CandidateStoreError, match="no candidate with id 99"):
+        store.update(99, status="ok")
+
+
+def test_mark_selected_is_all_or_nothing(store: CandidateStore) -> None:
+    ids = store.add_many([full(), full(), full()])
+    store.mark_selected([ids[0], ids[2]])
+    assert [r["selected"] for r in store.cycle_rows(2)] == [True, False, True]
+    with pytest.raises(CandidateStoreError, match=r"no candidates with ids \[42\]"):
+        store.mark_selected([ids[1], 42])
+    assert [r["selected"] for r in store.cycle_rows(2)] == [True, False, True]
+    store.mark_selected([ids[0]], selected=False)
+    assert [r["selected"] for r in store.cycle_rows(2)] == [False, False, True]
+
+
+def test_to_frame_has_every_column_and_sensible_types(store: CandidateStore) -> None:
+    empty = store.to_frame()
+    assert list(empty.columns) == list(COLUMNS) and len(empty) == 0
+    store.add(**full())
+    store.add(cycle=3)
+    frame = store.to_frame()
+    assert list(frame.columns) == list(COLUMNS)
+    assert str(frame["params"].dtype) == "Int64"
+    assert frame["params"].isna().tolist() == [False, True]
+    assert frame["selected"].dtype == bool and frame["accuracy"].dtype == np.float64
+    assert frame["parent_ids"].tolist() == [[3, 7], []]
+
+
+def test_export_parquet_is_typed_and_leaves_no_temp_files(
+    store: CandidateStore, tmp_path: Path
+) -> None:
+    store.add(**full())
+    store.add(cycle=3)
+    out = tmp_path / "export"
+    path = store.export(out)
+    assert path == out / "candidates.parquet" and sorted(os.listdir(out)) == ["candidates.parquet"]
+    table = pq.read_table(path)
+    assert table.column_names == list(COLUMNS)
+    assert table.schema.field("parent_ids").type == pa.list_(pa.int64())
+    assert table.schema.field("near_duplicate").type == pa.bool_()
+    assert table.column("parent_ids").to_pylist() == [[3, 7], []]
+    assert table.column("params").to_pylist() == [30730, None]
+
+
+def test_export_jsonl_has_the_selected_prompt_completion_pairs(
+    store: CandidateStore, tmp_path: Path
+) -> None:
+    ids = store.add_many([
+        full(prompt="P1", response="R1 ünïcode"),
+        full(prompt="P2", response="R2"),
+        full(prompt=None, response="R3"),  # nothing to train on
+        full(prompt="P4", response="line\nbreaks\n"),
+    ])  # fmt: skip
+    store.mark_selected([ids[0], ids[2], ids[3]])
+    path = store.export(tmp_path, fmt="jsonl")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert path.name == "selected.jsonl"
+    assert [json.loads(line) for line in lines] == [
+        {"prompt": "P1", "completion": "R1 ünïcode"},
+        {"prompt": "P4", "completion": "line\nbreaks\n"},
+    ]
+    with pytest.raises(ValueError, match="fmt: 'csv' is not one of parquet, jsonl"):
+        store.export(tmp_path, fmt="csv")  # type: ignore[arg-type]
+
+
+def test_rows_persist_and_are_shared_between_connections(tmp_path: Path) -> None:
+    path = tmp_path / "runs" / "c.sqlite"  # parent directories are created
+    writer, reader = CandidateStore(path), CandidateStore(path)
+    writer.add(**full())
+    assert len(reader) == 1  # visible to another connection as soon as add returns
+    writer.close()
+    reader.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with CandidateStore(path) as again:
+        assert again.cycle_rows(2)[0]["fingerprint"] == "ab12"
+
+
+def test_corrupt_foreign_and_odd_files_fail_with_one_line(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database, just some text " * 100)
+    foreign = tmp_path / "foreign.sqlite"
+    with sqlite3.connect(foreign) as raw:
+        raw.execute("CREATE TABLE users (name TEXT)")
+    broken = tmp_path / "broken.sqlite"
+    CandidateStore(broken).close()
+    data = bytearray(broken.read_bytes())
+    data[100:4096] = os.urandom(3996)  # a real header, then garbage
+    broken.write_bytes(bytes(data))
+    cases = [
+        (junk, "not a readable SQLite candidate store"),
+        (foreign, "an SQLite file of another application"),
+        (broken, "not a readable SQLite candidate store"),
+        (tmp_path, "is a directory"),
+    ]
+    for path, message in cases:
+        with pytest.raises(CandidateStoreError, match=message) as err:
+            CandidateStore(path)
+        assert "\n" not in str(err.value) and str(path) in str(err.value)
+    assert junk.read_bytes().startswith(b"this is not a database")  # left as it was
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from archrefine.candidates import CandidateStore
+
+    store = CandidateStore(sys.argv[1])
+    i = 0
+    while True:
+        cid = store.add(cycle=i, status="ok", response=f"{i:06d}" * 40000, parent_ids=[i])
+        print(cid, flush=True)
+        i += 1
+    """
+)
+
+
+def test_rows_committed_before_a_sigkill_are_all_there(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    env = os.environ | {"PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        reported = [int(child.stdout.readline()) for _ in range(25)]
+    finally:
+        os.kill(child.pid, signal.SIGKILL)  # mid-write: it never stops adding
+        child.wait(timeout=30)
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    with CandidateStore(path) as store:
+        rows = store.to_frame()
+        ids = rows["id"].tolist()
+        assert ids[: len(reported)] == reported == list(range(1, 26))
+        assert ids == list(range(1, len(ids) + 1))  # maybe more than reported; never a gap
+        for row in rows.itertuples():  # every row there is whole
+            assert row.response == f"{row.cycle:06d}" * 40000 and row.parent_ids == [row.cycle]
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
