@@ -104,8 +104,8 @@ def main() -> None:
     table = "\n".join(rows)
     text = DOC.read_text()
     new = re.sub(
-        r"(<!-- sensitivity:start -->\n).*?(\n<!-- sensitivity:end -->)",
-        lambda m: m.group(1) + table + m.group(2),
+        r"(<!-- sensitivity:start -->\n).*?(<!-- sensitivity:end -->)",
+        lambda m: m.group(1) + table + "\n" + m.group(2),
         text,
         flags=re.S,
     )

@@ -1,15 +1,20 @@
-"""Refresh the generated parts of README.md: the claims table and the configuration reference.
+"""Refresh the generated parts of README.md: claims tables and the configuration reference.
 
-    archrefine reproduce --out runs/readme --force && python scripts/update_readme.py runs/readme
+    archrefine reproduce --out runs/readme --force
+    archrefine reproduce --space grounded --out runs/grounded --force
+    archrefine reproduce --config configs/grounded-canonical.toml --out runs/canonical --force
+    python scripts/update_readme.py --paper runs/readme --grounded runs/grounded \
+        runs/canonical
 
-The claims section is copied from a reproduce directory's claims.md (numbers the code produced);
+Claims sections are copied from reproduce directories' claims.md (numbers the code produced);
 the reference table is `archrefine config --reference`.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
-import sys
 from pathlib import Path
 
 from archrefine.config import reference_table
@@ -24,23 +29,23 @@ def replace(text: str, marker: str, body: str) -> str:
     )
 
 
+def section(run: Path) -> str:
+    title, _, table = (run / "claims.md").read_text().partition("\n\n")
+    command = json.loads((run / "run.json").read_text()).get("command", "archrefine reproduce")
+    return f"{title.lstrip('# ')}, from `{command}`:\n\n{table}"
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--paper", type=Path)
+    ap.add_argument("--grounded", type=Path, nargs="*", default=[])
+    args = ap.parse_args()
     text = replace(README.read_text(), "reference", reference_table())
-    if len(sys.argv) > 1:
-        run = Path(sys.argv[1])
-        claims = (run / "claims.md").read_text().split("\n", 2)[2]  # drop the title line
-        header = (
-            f"From `archrefine reproduce --trials {_get(run, 'trials')} --seed "
-            f"{_get(run, 'seed')}` (the defaults); regenerate with the command at the top "
-            "of `scripts/update_readme.py`.\n"
-        )
-        text = replace(text, "claims", header + "\n" + claims)
+    if args.paper:
+        text = replace(text, "claims", section(args.paper))
+    if args.grounded:
+        text = replace(text, "grounded", "\n\n".join(section(r) for r in args.grounded))
     README.write_text(text)
-
-
-def _get(run: Path, key: str) -> str:
-    match = re.search(rf"^{key} = (\S+)", (run / "config.toml").read_text(), re.M)
-    return match.group(1) if match else "?"
 
 
 if __name__ == "__main__":

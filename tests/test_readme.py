@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 from archrefine.config import reference_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,3 +20,12 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_readme_configuration_reference_is_current():
     assert reference_table() in (ROOT / "README.md").read_text()
+
+
+def test_readme_python_examples_run(capsys):
+    pytest.importorskip("torch")
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})

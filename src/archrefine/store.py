@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterable
@@ -77,9 +78,9 @@ def open_run(path: Path, *, force: bool, kind: str, meta: dict[str, Any] | None 
     if path.is_dir() and any(path.iterdir()) and not force:
         raise StoreError(f"{path}: already holds a run; choose another --out or pass --force")
     path.mkdir(parents=True, exist_ok=True)
-    write_json(
-        path / "run.json", {"kind": kind, "status": "running", "started": _now(), **(meta or {})}
-    )
+    command = " ".join(["archrefine", *sys.argv[1:]]) if _from_cli() else None
+    info = {"kind": kind, "status": "running", "started": _now(), "command": command}
+    write_json(path / "run.json", {**info, **(meta or {})})
     return path
 
 
@@ -92,6 +93,10 @@ def close_run(path: Path, *, files: Iterable[str], started: float) -> None:
         files=sorted(files),
     )
     write_json(Path(path) / "run.json", info)
+
+
+def _from_cli() -> bool:
+    return Path(sys.argv[0]).name in ("archrefine", "__main__.py")
 
 
 def _now() -> str:

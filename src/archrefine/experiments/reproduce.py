@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,15 +73,26 @@ def write(out: Path, config: Config, rep: Reproduction, *, started: float) -> No
     )
 
 
-def draw(out: Path, frame: pd.DataFrame, found: Phases, schedule_kind: str) -> None:
+def draw(
+    out: Path, frame: pd.DataFrame, found: Phases, schedule_kind: str, *, workers: int = 2
+) -> None:
+    """Draw the four figures, in parallel processes (matplotlib is single-threaded)."""
     traj = frame[(frame.experiment == "trajectory") & (frame.condition == "baseline")]
-    plots.trajectory(traj, out / FIGURES[0], found=found)
-    plots.topk(frame, out / FIGURES[1])
     exp, cond = phase_source(frame, schedule_kind)
-    plots.phases(
-        frame[(frame.experiment == exp) & (frame.condition == cond)], found, out / FIGURES[2]
-    )
-    plots.schedules(frame, out / FIGURES[3])
+    phase_run = frame[(frame.experiment == exp) & (frame.condition == cond)]
+    jobs = [
+        (plots.trajectory, (traj, out / FIGURES[0]), {"found": found}),
+        (plots.topk, (frame[frame.experiment == "topk"], out / FIGURES[1]), {}),
+        (plots.phases, (phase_run, found, out / FIGURES[2]), {}),
+        (plots.schedules, (frame[frame.experiment == "schedules"], out / FIGURES[3]), {}),
+    ]
+    if workers <= 1:
+        for fn, args, kw in jobs:
+            fn(*args, **kw)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(fn, *args, **kw) for fn, args, kw in jobs]:
+            future.result()
 
 
 def start(out: Path, config: Config, *, force: bool) -> float:

@@ -38,14 +38,13 @@ from archrefine.metrics import token_counts
 def sample_categorical(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Inverse-CDF draws: `cdf (trials, d, V)`, `u (trials, n, d)` → tokens `(trials, n, d)`.
 
-    One searchsorted over all rows at once: row r's CDF is shifted by r, which keeps the
-    concatenation sorted, and each query u is shifted by its own row.
+    The token is the number of CDF steps below u, counted one vocabulary entry at a time so
+    memory stays at trials·n·d (measured faster than one broadcast or a flat searchsorted).
     """
-    trials, d, vocab = cdf.shape
-    rows = np.arange(trials * d, dtype=float).reshape(trials, 1, d)
-    flat = (np.minimum(cdf, 1.0) + rows.reshape(trials, d, 1)).ravel()
-    hit = np.searchsorted(flat, (u * (1 - 1e-12) + rows).ravel(), side="right")
-    return (hit.reshape(u.shape) - rows.astype(np.int64) * vocab).astype(np.int16)
+    out = np.zeros(u.shape, dtype=np.int16)
+    for v in range(cdf.shape[2] - 1):
+        out += u > cdf[:, None, :, v]
+    return out
 
 
 class PaperGenerator:
