@@ -304,6 +304,8 @@ def _bwrap_prefix(inputs: str, as_root: bool, disable_userns: bool) -> list[str]
             args += ["--symlink", os.readlink(p), p]
         elif os.path.isdir(p):
             args += ["--ro-bind", p, p]
+    # /tmp first: Python may live under /tmp (a CI clone), and later binds must sit on top
+    args += str.split(f"--proc /proc --dev /dev --size {64 << 20} --perms 1777 --tmpfs /tmp")
     binds = [p for p in _outermost(system + _python()[1]) if p not in system]
     made: set[str] = set()
     for p in binds:
@@ -314,7 +316,6 @@ def _bwrap_prefix(inputs: str, as_root: bool, disable_userns: bool) -> list[str]
                 made.add(anc)
         args += ["--ro-bind", p, p]
     args += str.split(  # sizes cap what a candidate can park in memory-backed files
-        f"--proc /proc --dev /dev --size {64 << 20} --perms 1777 --tmpfs /tmp "
         f"--size {256 << 20} --perms 0777 --tmpfs {INSIDE}/work --chdir {INSIDE}/work"
     )
     args += ["--ro-bind", str(WORKER), f"{INSIDE}/_worker.py", "--ro-bind", inputs, f"{INSIDE}/in"]
