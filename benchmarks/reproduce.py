@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import platform
-import re
 import resource
 import subprocess
 import sys
@@ -23,23 +21,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _results import machine, update_results  # noqa: E402
 from reference_loop import simulate_reference  # noqa: E402
 
 from archrefine import Config, simulate  # noqa: E402
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{platform.machine()}, {os.cpu_count()} cores, {cpu}"
 
 
 def peak_mb(who: int) -> float:
@@ -96,18 +81,6 @@ def main() -> None:
     section = "\n".join(lines) + "\n"
     print(section)
     update_results("reproduce", section)
-
-
-def update_results(name: str, section: str) -> None:
-    path = HERE / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^## {name}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = (
-        pattern.sub(lambda _: section + "\n", text)
-        if pattern.search(text)
-        else (text.rstrip() + "\n\n" + section)
-    )
-    path.write_text(text)
 
 
 if __name__ == "__main__":

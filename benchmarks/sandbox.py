@@ -12,15 +12,13 @@ load average is printed because a busy machine lowers both figures.
 from __future__ import annotations
 
 import os
-import platform
-import re
 import time
 from datetime import datetime, timezone
-from pathlib import Path
+
+from _results import machine, update_results
 
 from archrefine.evaluate.sandbox import SandboxPool, isolation_level, run_code
 
-HERE = Path(__file__).resolve().parent
 NET = """
 import torch.nn as nn
 
@@ -38,18 +36,6 @@ class Net(nn.Module):
         return self.head(self.features(x).flatten(1))
 """
 COLD_RUNS, WARM_RUNS, WORKERS = 4, 300, 2
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()}, {os.cpu_count()} cores, {cpu}"
 
 
 def cold_rate(isolation: str) -> float:
@@ -94,18 +80,6 @@ def main() -> None:
     section = "\n".join(lines) + "\n"
     print(section)
     update_results("sandbox", section)
-
-
-def update_results(name: str, section: str) -> None:
-    """Replace (or append) this benchmark's own section of RESULTS.md, leaving the rest alone."""
-    path = HERE / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^## {name}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
 
 
 if __name__ == "__main__":

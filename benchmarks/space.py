@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import re
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
+from _results import RESULTS, machine, update_results
 
 from archrefine.space import KNOWN_ARRAY, LENGTH, VOCAB, is_valid
-
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def best_of(fn, repeats: int) -> tuple[float, float]:
@@ -64,15 +60,6 @@ def builds(seconds: float) -> dict[str, float]:
     return out
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M)
-        model = found.group(1).strip() if found else model
-    return f"{platform.machine()}, {os.cpu_count()} cores, {model}"
-
-
 def section(check: dict[str, float], build_rates: dict[str, float]) -> str:
     date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
     return "\n".join(
@@ -97,16 +84,6 @@ def section(check: dict[str, float], build_rates: dict[str, float]) -> str:
     )
 
 
-def write(text: str) -> None:
-    """Replace the "## space" section of RESULTS.md (or append it), leaving the rest alone."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"^## space\n.*?(?=^## |\Z)", re.M | re.S)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else None
-    if new is None:
-        new = old.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="sequences for is_valid")
@@ -125,7 +102,7 @@ def main() -> None:
     text = section(check, rates)
     print(text)
     if not args.no_write:
-        write(text)
+        update_results("space", text)
         print(f"updated {RESULTS}")
 
 
