@@ -95,3 +95,29 @@ def test_reproduce_small_writes_every_output_and_plot_redraws(tmp_path):
 def test_config_command_prints_resolved_toml():
     p = cli("config", "--set", "loop.top_k=5")
     assert p.returncode == 0 and "top_k = 5" in p.stdout
+
+
+def test_a_killed_run_is_recognisable_and_not_overwritten(tmp_path):
+    """SIGKILL mid-run: run.json still says running, no visible file is half-written."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archrefine", "reproduce", "--trials", "400", "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 60
+    while not (out / "config.toml").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    for path in out.iterdir():
+        if path.name == "metrics.parquet":
+            read_metrics(path)  # complete if present
+    refused = cli("run", "--out", str(out))
+    assert refused.returncode == 2 and "already holds a run" in refused.stderr
