@@ -36,6 +36,8 @@ def test_every_sampled_benchmark_cell_is_valid_with_its_stored_accuracy(cora):
     assert space.fitness(seqs, "test").tolist() == [bench[int(k)]["perf"] for k in keys]
     test_space = NasBenchGraph("cora", metric="test")
     assert test_space.fitness(seqs).tolist() == [bench[int(k)]["perf"] for k in keys]
+    with pytest.raises(ValueError, match="metric"):
+        space.fitness(seqs, "accuracy")
 
 
 def test_all_cells_are_covered_once(cora):

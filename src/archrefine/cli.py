@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -15,6 +16,24 @@ from rich.table import Table
 
 from archrefine.config import Config, ConfigError, load_config
 from archrefine.store import StoreError
+
+
+def _one_line_errors(fn):
+    """Bad input ends a command with one line naming the problem, and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, StoreError) as err:
+            print(f"error: {err}", file=sys.stderr)  # one line, never wrapped
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            print("interrupted; files already written are complete", file=sys.stderr)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
 
 app = typer.Typer(
     add_completion=False,
@@ -44,6 +63,7 @@ def _progress() -> Progress:
 
 
 @app.command()
+@_one_line_errors
 def reproduce(
     trials: Annotated[int | None, typer.Option(help="Trials per condition [100].")] = None,
     seed: Annotated[int | None, typer.Option(help="Root random seed [0].")] = None,
@@ -100,6 +120,7 @@ def _print_claims(claims) -> None:
 
 
 @app.command()
+@_one_line_errors
 def run(
     config: Annotated[
         Path | None, typer.Argument(help="Config TOML (defaults if omitted).")
@@ -136,6 +157,7 @@ def run(
 
 
 @app.command()
+@_one_line_errors
 def plot(directory: Annotated[Path, typer.Argument(help="A run or reproduce directory.")]) -> None:
     """Redraw a directory's figures from its saved metrics.parquet."""
     from archrefine import plots
@@ -162,6 +184,7 @@ def plot(directory: Annotated[Path, typer.Argument(help="A run or reproduce dire
 
 
 @app.command("config")
+@_one_line_errors
 def show_config(
     config: Annotated[Path | None, typer.Argument(help="Config TOML to resolve.")] = None,
     set_: SetOpt = None,
@@ -175,18 +198,4 @@ def show_config(
 
 
 def main() -> None:
-    try:
-        app(standalone_mode=False)
-    except (ConfigError, StoreError) as err:
-        print(f"error: {err}", file=sys.stderr)  # one line, never wrapped
-        sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("interrupted; files already written are complete")
-        sys.exit(130)
-    except Exception as err:  # click's own usage errors
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
+    app()

@@ -28,26 +28,29 @@ class _Strict(BaseModel):
 
 
 class SpaceConfig(_Strict):
-    """What a token sequence means. `abstract` is the paper's space."""
+    """What a token sequence means. `abstract` is the paper's space; the others fix their own
+    length and vocabulary (15 × 30 for grounded, the benchmark's cell encoding for
+    nasbench-graph), so `length` and `vocab` apply to the abstract space only."""
 
-    kind: Literal["abstract", "grounded"] = Field(
-        "abstract", description="what a token sequence means (grounded: a real PyTorch network)"
+    kind: Literal["abstract", "grounded", "nasbench-graph"] = Field(
+        "abstract", description="what a sequence means: grounded = a real PyTorch network"
     )
-    length: int = Field(15, ge=2, le=256, description="tokens per architecture (d)")
-    vocab: int = Field(30, ge=2, le=127, description="component types (V)")
+    length: int = Field(15, ge=2, le=256, description="abstract: tokens per architecture (d)")
+    vocab: int = Field(30, ge=2, le=127, description="abstract: component types (V)")
     known: int = Field(50, ge=0, le=100_000, description="abstract: known architectures archived")
     distance: Literal["hamming", "canonical"] = Field(
         "hamming", description="grounded: canonical = edit distance with no-ops removed"
     )
+    dataset: str = Field("cora", description="nasbench-graph: which dataset's measurements")
 
     @model_validator(mode="after")
-    def _grounded_shape(self) -> SpaceConfig:
-        if self.kind == "grounded" and (self.length, self.vocab) != (15, 30):
+    def _fixed_shape(self) -> SpaceConfig:
+        if self.kind != "abstract" and (self.length, self.vocab) != (15, 30):
             raise ValueError(
-                f"the grounded space has length 15 and vocab 30 "
-                f"(got length {self.length}, vocab {self.vocab})"
+                f"length and vocab apply to the abstract space; the {self.kind} space fixes "
+                f"its own (got length {self.length}, vocab {self.vocab})"
             )
-        if self.kind == "abstract" and self.distance != "hamming":
+        if self.kind != "grounded" and self.distance != "hamming":
             raise ValueError("distance 'canonical' needs space.kind = 'grounded'")
         return self
 
@@ -98,8 +101,15 @@ class ScheduleConfig(_Strict):
 
 
 class FitnessConfig(_Strict):
-    kind: Literal["nk"] = Field("nk", description="fitness landscape (NK, Kauffman 1989)")
+    kind: Literal["auto", "nk", "first-epoch", "benchmark"] = Field(
+        "auto",
+        description="nk landscape; first-epoch accuracy on digits (grounded); benchmark's "
+        "measured accuracy (nasbench-graph); auto = benchmark there, else nk",
+    )
     k: int = Field(1, ge=0, le=4, description="NK epistasis: neighbours each position reads")
+    epochs: int = Field(1, ge=1, le=100, description="first-epoch: training epochs")
+    workers: int = Field(2, ge=1, le=256, description="first-epoch: training processes")
+    max_train: int = Field(0, ge=0, description="first-epoch: cap on training images (0 = all)")
 
 
 class Config(_Strict):
@@ -112,6 +122,17 @@ class Config(_Strict):
     loop: LoopConfig = LoopConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     fitness: FitnessConfig = FitnessConfig()
+
+    @model_validator(mode="after")
+    def _fitness_fits_space(self) -> Config:
+        kind, space = self.fitness.kind, self.space.kind
+        if kind == "benchmark" and space != "nasbench-graph":
+            raise ValueError("fitness.kind 'benchmark' needs space.kind = 'nasbench-graph'")
+        if kind == "first-epoch" and space != "grounded":
+            raise ValueError("fitness.kind 'first-epoch' needs space.kind = 'grounded'")
+        if kind == "nk" and space == "nasbench-graph":
+            raise ValueError("the nasbench-graph space scores by its measurements: use 'auto'")
+        return self
 
     def with_overrides(self, overrides: dict[str, Any] | list[str]) -> Config:
         """Return a copy with dotted keys replaced (`{"loop.top_k": 5}` or `["loop.top_k=5"]`)."""
@@ -136,6 +157,8 @@ def _format_error(err: ValidationError) -> str:
         return f"{key}: {first['input']!r} is not one of {allowed}"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
+    if isinstance(first.get("input"), dict):  # a rule across keys: the message names them
+        return f"{key}: {msg}"
     return f"{key}: {msg} (got {first.get('input')!r})"
 
 

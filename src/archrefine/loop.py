@@ -60,16 +60,28 @@ def simulate(config: Config, *, on_cycle: Callable[[int], None] | None = None) -
     config gives the same result on every machine.
     """
     rng = np.random.default_rng(config.seed)
-    space, loop = config.space, config.loop
-    trials, n, d, vocab = config.trials, loop.population, space.length, space.vocab
     world = make_space(config)
-    landscape = NKLandscape(trials, d, vocab, config.fitness.k, rng)
-    generator = PaperGenerator(config.generator, trials=trials, length=d, vocab=vocab, rng=rng)
+    trials, d, vocab = config.trials, world.length, world.vocab
+    score = make_fitness(config, world, rng)
+    generator = PaperGenerator(
+        config.generator, trials=trials, length=d, vocab=vocab, rng=rng, initial=world.format()
+    )
     known = world.known(trials, rng)
+    try:
+        records = _cycles(config, world, generator, score, known, rng, on_cycle)
+    finally:
+        if hasattr(score, "close"):  # a worker pool (first-epoch training)
+            score.close()
+    return Result(config=config, metrics=_frame(records, trials))
+
+
+def _cycles(config, world, generator, score, known, rng, on_cycle) -> list[dict]:
+    """The cycle loop proper: propose → evaluate → record → select → refine."""
+    loop, trials, n = config.loop, config.trials, config.loop.population
+    d = known.shape[2]
     per_cycle = {"all": n, "valid": n, "selected": loop.top_k}[loop.archive]
     archive = Archive(known, per_cycle * loop.cycles)
     schedule = rates(config.schedule, loop.cycles)
-
     pool = np.zeros((trials, loop.top_k, d), dtype=np.int16)
     pool_size = np.zeros(trials, dtype=int)
     records = []
@@ -77,7 +89,7 @@ def simulate(config: Config, *, on_cycle: Callable[[int], None] | None = None) -
         cands = generator.propose(pool, pool_size, n, schedule[c], loop.fresh_fraction)
         seqs = cands.seqs
         valid = world.validity(cands, generator, rng)
-        fit = landscape(seqs)
+        fit = score(seqs)
         nov = world.novelty(seqs, archive.rows, archive.filled, loop.novelty_k)
         n_valid = valid.sum(axis=1)
         with np.errstate(invalid="ignore"):
@@ -105,7 +117,22 @@ def simulate(config: Config, *, on_cycle: Callable[[int], None] | None = None) -
         generator.refine(new_pool, new_size)
         if on_cycle is not None:
             on_cycle(c + 1)
-    return Result(config=config, metrics=_frame(records, trials))
+    return records
+
+
+def make_fitness(config: Config, world, rng: np.random.Generator) -> Callable:
+    """The fitness function `(trials, n, d) → (trials, n)` that `config.fitness` names."""
+    kind = config.fitness.kind
+    if kind == "benchmark" or (kind == "auto" and world.measured):
+        return world.fitness
+    if kind == "first-epoch":
+        from archrefine.evaluate.training import FirstEpochFitness
+
+        f = config.fitness
+        return FirstEpochFitness(
+            seed=config.seed, epochs=f.epochs, workers=f.workers, max_train=f.max_train or None
+        )
+    return NKLandscape(config.trials, world.length, world.vocab, config.fitness.k, rng)
 
 
 def _frame(records: list[dict[str, np.ndarray]], trials: int) -> pd.DataFrame:

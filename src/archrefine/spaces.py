@@ -14,8 +14,16 @@ from archrefine.generators.base import Candidates
 class AbstractSpace:
     """The paper's space: validity is the generator's own model, drawn as a Bernoulli."""
 
+    measured = False  # True where the space carries measured fitness (a tabular benchmark)
+
     def __init__(self, config: Config):
         self.config = config
+        self.length, self.vocab = config.space.length, config.space.vocab
+
+    def format(self) -> np.ndarray | None:
+        """Which tokens may stand at each position `(d, V)` as a starting distribution, or None
+        for uniform: what a generator knows of the syntax before it knows anything else."""
+        return None
 
     def known(self, trials: int, rng: np.random.Generator) -> np.ndarray:
         s = self.config.space
@@ -29,7 +37,7 @@ class AbstractSpace:
         return metrics.novelty(seqs, archive, filled, k)
 
     def diversity(self, seqs: np.ndarray) -> np.ndarray:
-        return metrics.diversity(seqs, self.config.space.vocab)
+        return metrics.diversity(seqs, self.vocab)
 
 
 class GroundedSpace(AbstractSpace):
@@ -44,6 +52,7 @@ class GroundedSpace(AbstractSpace):
         from archrefine import space
 
         self.space = space
+        self.length, self.vocab = space.LENGTH, len(space.VOCAB)
         self.canonical = config.space.distance == "canonical"
 
     def known(self, trials: int, rng: np.random.Generator) -> np.ndarray:
@@ -85,7 +94,39 @@ class GroundedSpace(AbstractSpace):
         return out
 
 
-SPACES = {"abstract": AbstractSpace, "grounded": GroundedSpace}
+class NasBenchSpace(AbstractSpace):
+    """NAS-Bench-Graph cells (docs/nasbench.md): valid means measured by the benchmark, and
+    fitness is the measured validation accuracy. The known archive is the benchmark's
+    hand-designed cells (GCN, GAT, GIN, GraphSAGE, ...)."""
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        from archrefine.space.nasbench import NasBenchGraph
+
+        self.bench = NasBenchGraph(config.space.dataset)
+        self.measured = True
+        self.length, self.vocab = self.bench.length, self.bench.vocab
+
+    def known(self, trials: int, rng: np.random.Generator) -> np.ndarray:
+        cells = self.bench.known(max(self.config.space.known, 1), rng).astype(np.int16)
+        return np.broadcast_to(cells, (trials, *cells.shape)).copy()
+
+    def format(self) -> np.ndarray:
+        """Uniform over the tokens that occur at each position of the benchmark's cells (input
+        indices where inputs go, operations where operations go)."""
+        archs = self.bench.archs()
+        seen = np.zeros((self.length, self.vocab))
+        seen[np.arange(self.length)[None, :], archs] = 1.0
+        return seen / seen.sum(axis=1, keepdims=True)
+
+    def validity(self, cands: Candidates, generator, rng: np.random.Generator) -> np.ndarray:
+        return self.bench.is_valid(cands.seqs)
+
+    def fitness(self, seqs: np.ndarray) -> np.ndarray:
+        return self.bench.fitness(seqs)
+
+
+SPACES = {"abstract": AbstractSpace, "grounded": GroundedSpace, "nasbench-graph": NasBenchSpace}
 
 
 def make_space(config: Config) -> AbstractSpace:

@@ -58,9 +58,13 @@ class PaperGenerator:
         length: int,
         vocab: int,
         rng: np.random.Generator,
+        initial: np.ndarray | None = None,
     ):
         self.cfg, self.rng, self.vocab = config, rng, vocab
-        self.prior = np.full((trials, length, vocab), 1.0 / vocab)
+        # the space's format (which tokens may stand where); uniform unless the space says more
+        start = np.full((length, vocab), 1.0 / vocab) if initial is None else initial
+        self.initial = np.broadcast_to(start, (trials, length, vocab))
+        self.prior = self.initial.copy()
         self.bonus = np.zeros(trials)
 
     def sample(self, n: int) -> np.ndarray:
@@ -103,6 +107,6 @@ class PaperGenerator:
         self.bonus = np.minimum(self.bonus + cfg.bonus_rate * signal, 1.0)
         counts = token_counts(pool, self.vocab, np.arange(k)[None, :] < pool_size[:, None])
         empirical = counts / np.maximum(pool_size, 1)[:, None, None]
-        target = (1 - cfg.smoothing) * empirical + cfg.smoothing / self.vocab  # label smoothing
+        target = (1 - cfg.smoothing) * empirical + cfg.smoothing * self.initial  # label smoothing
         step = (cfg.prior_rate * signal)[:, None, None]
         self.prior = (1 - step) * self.prior + step * target

@@ -147,17 +147,16 @@ def _codes(seqs: object) -> np.ndarray:
         raise ValueError(f"expected integer sequences of shape (..., {LENGTH}), got {arr.shape}")
     arr = arr.astype(np.int64)
     link, ops = arr[..., 0::2], arr[..., 1::2] - len(INPUTS)
-    ok = ((link >= 0) & (link <= np.arange(NODES))).all(-1) & ((ops >= 0) & (ops < len(OPS))).all(
-        -1
-    )
+    links_ok = ((link >= 0) & (link <= np.arange(NODES))).all(-1)  # node k reads a node < k
+    ok = links_ok & ((ops >= 0) & (ops < len(OPS))).all(-1)
     link_code = (link[..., 1] * 3 + link[..., 2]) * 4 + link[..., 3]
     op_code = (np.where(ok[..., None], ops, 0) * len(OPS) ** np.arange(NODES - 1, -1, -1)).sum(-1)
     return np.where(ok, link_code * _OP_CODES + op_code, -1)
 
 
 def encode(link: object, ops: object) -> np.ndarray:
-    """The sequence of the cell whose node k reads node `link[k]` and applies `ops[k]`
-    (names from OPS), as the package's `Arch(link, ops)` writes it."""
+    """The sequence of `Arch(link, ops)` in the package's terms: computing node k + 1 reads
+    node `link[k]` (0: the raw input) and applies `ops[k]` (a name from OPS)."""
     link, ops = list(link), list(ops)
     if len(link) != NODES or len(ops) != NODES:
         raise ValueError(f"a cell has {NODES} nodes, got {len(link)} links and {len(ops)} ops")
@@ -251,7 +250,10 @@ class NasBenchGraph:
     def fitness(self, seqs: object, metric: str | None = None) -> np.ndarray:
         """The measured `metric` ("valid", "test", "latency" or "params"; default the
         instance's) of each sequence's cell; NaN for invalid sequences."""
-        column = self._columns[self.metric if metric is None else metric]
+        metric = self.metric if metric is None else metric
+        if metric not in self._columns:
+            raise ValueError(f"metric: {metric!r} is not one of {', '.join(self._columns)}")
+        column = self._columns[metric]
         rows = self.rows(seqs)
         return np.where(rows >= 0, column[np.maximum(rows, 0)], np.nan)
 
