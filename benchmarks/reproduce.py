@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
@@ -73,7 +74,9 @@ def main() -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "## reproduce\n",
-        f"{stamp} · {machine()} · `python benchmarks/reproduce.py`\n",
+        f"{stamp} · {machine()} · load average {os.getloadavg()[0]:.1f} at the end "
+        "(other work on the machine slows the absolute times, not the ratio) · "
+        "`python benchmarks/reproduce.py`\n",
         "| measure | value | note |",
         "|---|---|---|",
     ]

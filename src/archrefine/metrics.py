@@ -40,13 +40,20 @@ def token_counts(seqs: np.ndarray, vocab: int, mask: np.ndarray | None = None) -
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Hamming distances `(trials, n, m)` between `a (trials, n, d)` and `b (trials, m, d)`.
 
-    Accumulates one position at a time into the smallest integer type that holds d, so memory
-    stays at trials·n·m bytes, not ·d.
+    One position at a time, on position-major contiguous copies, accumulating into the smallest
+    integer type that holds d: memory stays at trials·n·m bytes, not ·d, and each pass streams.
     """
-    dtype = np.uint8 if a.shape[2] < 255 else np.int32
-    out = np.zeros((a.shape[0], a.shape[1], b.shape[1]), dtype=dtype)
+    small = max(int(a.max(initial=0)), int(b.max(initial=0))) < 128
+    kind = np.int8 if small else np.int32
+    a_t = np.ascontiguousarray(np.moveaxis(a, 2, 0), dtype=kind)
+    b_t = np.ascontiguousarray(np.moveaxis(b, 2, 0), dtype=kind)
+    out = np.zeros(
+        (a.shape[0], a.shape[1], b.shape[1]), dtype=np.uint8 if a.shape[2] < 255 else np.int32
+    )
+    differ = np.empty(out.shape, dtype=bool)
     for i in range(a.shape[2]):
-        out += a[:, :, None, i] != b[:, None, :, i]
+        np.not_equal(a_t[i][:, :, None], b_t[i][:, None, :], out=differ)
+        out += differ
     return out
 
 
