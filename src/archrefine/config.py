@@ -55,10 +55,40 @@ class SpaceConfig(_Strict):
         return self
 
 
+class LearnedConfig(_Strict):
+    """`generator.kind = "learned"`: model size, sampling, pre-training and fine-tuning."""
+
+    d_model: int = Field(64, ge=8, le=1024, description="transformer width")
+    layers: int = Field(2, ge=1, le=12, description="transformer blocks")
+    heads: int = Field(4, ge=1, le=64, description="attention heads (must divide d_model)")
+    lr: float = Field(3e-3, ge=0, description="fine-tuning learning rate (Adam)")
+    steps: int = Field(20, ge=0, le=100_000, description="fine-tuning steps per cycle")
+    batch: int = Field(32, ge=1, le=100_000, description="fine-tuning minibatch per trial")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling mass")
+    pretrain_steps: int = Field(600, ge=0, le=1_000_000, description="most pre-training steps")
+    pretrain_noise: float = Field(
+        0.1, ge=0, le=1, description="token-replacement rate of the noisy KNOWN copies"
+    )
+    pretrain_lr: float = Field(3e-3, ge=0, description="pre-training learning rate (Adam)")
+    target_validity: float = Field(
+        0.4, ge=0, le=1, description="pre-training stops once sampled validity reaches this"
+    )
+    lora_rank: int = Field(0, ge=0, le=256, description="0: full fine-tuning; >0: LoRA rank")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> LearnedConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide d_model ({self.d_model})")
+        return self
+
+
 class GeneratorConfig(_Strict):
     """The paper model's generator: a per-position prior plus a learned validity bonus."""
 
-    kind: Literal["paper"] = Field("paper", description="who proposes candidates")
+    kind: Literal["paper", "learned"] = Field(
+        "paper", description="who proposes: the paper model, or a small transformer (grounded)"
+    )
     base_logit: float = Field(1.34, description="per-token correctness log-odds before learning")
     bonus_max: float = Field(2.95, ge=0, description="largest learned validity bonus (log-odds)")
     bonus_rate: float = Field(0.105, ge=0, description="bonus gained per full selection")
@@ -66,6 +96,7 @@ class GeneratorConfig(_Strict):
     ceiling: float = Field(0.97, gt=0, le=1, description="validity ceiling (non-structural faults)")
     prior_rate: float = Field(0.51, ge=0, le=1, description="prior step toward the selection")
     smoothing: float = Field(0.42, ge=0, le=1, description="label smoothing of fine-tune targets")
+    learned: LearnedConfig = LearnedConfig()
 
 
 class LoopConfig(_Strict):
@@ -125,6 +156,8 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _fitness_fits_space(self) -> Config:
+        if self.generator.kind == "learned" and self.space.kind != "grounded":
+            raise ValueError("generator.kind 'learned' needs space.kind = 'grounded'")
         kind, space = self.fitness.kind, self.space.kind
         if kind == "benchmark" and space != "nasbench-graph":
             raise ValueError("fitness.kind 'benchmark' needs space.kind = 'nasbench-graph'")

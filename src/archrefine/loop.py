@@ -20,7 +20,7 @@ from archrefine.selection import top_k
 from archrefine.spaces import make_space
 
 METRICS = ("validity", "novelty", "diversity", "fitness")
-EXTRA = ("best_fitness", "mutation_rate", "pool_size", "bonus")
+EXTRA = ("best_fitness", "mutation_rate", "pool_size", "bonus", "loss")
 
 
 @dataclass
@@ -61,11 +61,9 @@ def simulate(config: Config, *, on_cycle: Callable[[int], None] | None = None) -
     """
     rng = np.random.default_rng(config.seed)
     world = make_space(config)
-    trials, d, vocab = config.trials, world.length, world.vocab
+    trials = config.trials
     score = make_fitness(config, world, rng)
-    generator = PaperGenerator(
-        config.generator, trials=trials, length=d, vocab=vocab, rng=rng, initial=world.format()
-    )
+    generator = make_generator(config, world, rng)
     known = world.known(trials, rng)
     try:
         records = _cycles(config, world, generator, score, known, rng, on_cycle)
@@ -102,7 +100,7 @@ def _cycles(config, world, generator, score, known, rng, on_cycle) -> list[dict]
                 "fitness": np.where(n_valid > 0, mean_fit, np.nan),
                 "best_fitness": np.where(valid, fit, -np.inf).max(axis=1),
                 "mutation_rate": np.full(trials, schedule[c]),
-                "bonus": generator.bonus.copy(),
+                "bonus": getattr(generator, "bonus", np.full(trials, np.nan)).copy(),
             }
         )
         new_pool, new_size = top_k(seqs, fit, valid, loop.top_k, rng)
@@ -115,9 +113,20 @@ def _cycles(config, world, generator, score, known, rng, on_cycle) -> list[dict]
         else:
             archive.add(seqs, valid if loop.archive == "valid" else np.ones_like(valid))
         generator.refine(new_pool, new_size)
+        records[-1]["loss"] = getattr(generator, "last_loss", np.full(trials, np.nan)).copy()
         if on_cycle is not None:
             on_cycle(c + 1)
     return records
+
+
+def make_generator(config: Config, world, rng: np.random.Generator):
+    """The generator `config.generator.kind` names, sized for the space."""
+    size = {"trials": config.trials, "length": world.length, "vocab": world.vocab, "rng": rng}
+    if config.generator.kind == "learned":
+        from archrefine.generators.learned import LearnedGenerator  # torch only when asked
+
+        return LearnedGenerator(config.generator.learned, **size)
+    return PaperGenerator(config.generator, initial=world.format(), **size)
 
 
 def make_fitness(config: Config, world, rng: np.random.Generator) -> Callable:
