@@ -33,3 +33,24 @@ def test_claims_that_hold_at_seed_zero_hold_at_other_seeds():
         held[seed] = {c.id for c in rep.claims if c.holds}
     assert held[0], "no claim holds with the defaults"
     assert held[1] >= held[0] and held[2] >= held[0], held
+
+
+@pytest.mark.slow
+def test_another_generator_is_compared_with_the_paper_generator(tmp_path):
+    pytest.importorskip("torch")
+    from archrefine.experiments.reproduce import COMPARE, draw
+
+    cfg = Config(trials=2, seed=1).with_overrides(
+        {
+            "space.kind": "grounded",
+            "generator.kind": "learned",
+            "loop.cycles": 6,
+            "generator.learned.steps": 2,
+            "generator.learned.batch": 8,
+        }
+    )
+    rep = reproduce(cfg, workers=1, n_boot=0)
+    assert set(rep.frame.experiment) == {"trajectory", "topk", "schedules", "comparison"}
+    assert len(rep.claims) == 7
+    draw(tmp_path, rep.frame, rep.phases, cfg.schedule.kind, workers=1)
+    assert (tmp_path / COMPARE).stat().st_size > 1000

@@ -179,3 +179,29 @@ def schedules(frame: pd.DataFrame, path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle("Mutation schedules", y=1.02)
     _save(fig, path)
+
+
+def compare(runs: dict[str, pd.DataFrame], path: Path) -> None:
+    """Fig. 5: the trajectories of several runs (e.g. the paper and learned generators) overlaid,
+    mean ± std over trials."""
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), sharex=True)
+    for (label, sel), color in zip(runs.items(), ("tab:gray", "tab:red", "tab:blue")):
+        g = sel.groupby("cycle")[list(METRICS)]
+        mean, std = g.mean(), g.std().fillna(0.0)
+        for ax, key in zip(axes, METRICS):
+            ax.plot(mean.index, mean[key], color=color, lw=2, label=label)
+            ax.fill_between(
+                mean.index,
+                mean[key] - std[key],
+                mean[key] + std[key],
+                color=color,
+                alpha=0.15,
+                lw=0,
+            )
+    for ax, key in zip(axes, METRICS):
+        ax.set_title(key)
+        ax.set_xlabel("cycle")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Generators compared (mean ± std over trials)", y=1.04)
+    _save(fig, path)

@@ -22,7 +22,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import tempfile
 import time
 import weakref
 from collections.abc import Sequence
@@ -44,6 +43,7 @@ from archrefine.space import (
     is_valid,
     trace,
 )
+from archrefine.store import atomic_write_text
 
 if TYPE_CHECKING:
     import torch
@@ -357,16 +357,7 @@ class FirstEpochFitness:
             "settings": _jsonable(self.settings),
             "entries": [[list(k), v] for k, v in sorted(self._cache.items())],
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(doc, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, json.dumps(doc))
 
     def load(self, path: str | os.PathLike) -> int:
         """Merge a cache written by `save` under the same settings; returns entries read.

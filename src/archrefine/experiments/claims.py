@@ -30,13 +30,17 @@ class Claim:
     holds: bool
 
 
-def paper_plan(population: int) -> dict[str, dict[str, dict]]:
-    """The four experiments as condition overrides of one base config."""
-    return {
+def paper_plan(population: int, generator: str = "paper") -> dict[str, dict[str, dict]]:
+    """The four experiments as condition overrides of one base config; with another generator,
+    also the paper generator's trajectory in the same space, for the comparison figure."""
+    plan = {
         "trajectory": {"baseline": {}},
         "topk": {f"k={k}": {"loop.top_k": k} for k in TOPK if k <= population},
         "schedules": {s: {"schedule.kind": s} for s in SCHEDULE_KINDS},
     }
+    if generator != "paper":
+        plan["comparison"] = {"paper": {"generator.kind": "paper"}}
+    return plan
 
 
 def curves(frame: pd.DataFrame, experiment: str, condition: str) -> pd.DataFrame:

@@ -25,6 +25,7 @@ from archrefine.experiments.runner import count_unique, run_plan
 from archrefine.store import atomic_write_text, close_run, open_run, write_json, write_parquet
 
 FIGURES = ("fig1_trajectory.png", "fig2_topk.png", "fig3_phases.png", "fig4_schedules.png")
+COMPARE = "fig5_compare.png"  # only when the generator is not the paper's
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Reproduction:
 
 def conditions(config: Config) -> int:
     """How many distinct simulations `reproduce` will run (for progress bars)."""
-    return count_unique(config, paper_plan(config.loop.population))
+    return count_unique(config, paper_plan(config.loop.population, config.generator.kind))
 
 
 def reproduce(
@@ -47,7 +48,12 @@ def reproduce(
     n_boot: int = 200,
 ) -> Reproduction:
     """Run the four experiments and check the claims; no I/O."""
-    frame = run_plan(config, paper_plan(config.loop.population), workers=workers, on_done=on_done)
+    frame = run_plan(
+        config,
+        paper_plan(config.loop.population, config.generator.kind),
+        workers=workers,
+        on_done=on_done,
+    )
     found = detect(frame, config.schedule.kind, n_boot=n_boot, seed=config.seed)
     return Reproduction(frame, found, evaluate(frame, found))
 
@@ -68,6 +74,7 @@ def write(out: Path, config: Config, rep: Reproduction, *, started: float) -> No
             "claims.md",
             "phases.json",
             *FIGURES,
+            *([COMPARE] if "comparison" in set(rep.frame.experiment) else []),
         ],
         started=started,
     )
@@ -86,6 +93,17 @@ def draw(
         (plots.phases, (phase_run, found, out / FIGURES[2]), {}),
         (plots.schedules, (frame[frame.experiment == "schedules"], out / FIGURES[3]), {}),
     ]
+    if "comparison" in set(frame.experiment):
+        jobs.append(
+            (
+                plots.compare,
+                (
+                    {"paper": frame[frame.experiment == "comparison"], "this run": traj},
+                    out / COMPARE,
+                ),
+                {},
+            )
+        )
     if workers <= 1:
         for fn, args, kw in jobs:
             fn(*args, **kw)
