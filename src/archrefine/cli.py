@@ -179,7 +179,7 @@ def plot(directory: Annotated[Path, typer.Argument(help="A run or reproduce dire
         found = Phases(**json.loads(phases_file.read_text()))
     except (OSError, ValueError, TypeError):
         found = detect(frame, cfg.schedule.kind, seed=cfg.seed)
-    draw(directory, frame, found, cfg.schedule.kind)
+    draw(directory, frame, found, cfg.schedule.kind, generator=cfg.generator.kind)
     console.print(f"redrew the figures in {directory}/")
 
 

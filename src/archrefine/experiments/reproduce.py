@@ -64,7 +64,7 @@ def write(out: Path, config: Config, rep: Reproduction, *, started: float) -> No
     write_json(out / "claims.json", as_records(rep.claims))
     atomic_write_text(out / "claims.md", claims_markdown(rep.claims, config))
     write_json(out / "phases.json", rep.phases.__dict__)
-    draw(out, rep.frame, rep.phases, config.schedule.kind)
+    draw(out, rep.frame, rep.phases, config.schedule.kind, generator=config.generator.kind)
     close_run(
         out,
         files=[
@@ -81,7 +81,13 @@ def write(out: Path, config: Config, rep: Reproduction, *, started: float) -> No
 
 
 def draw(
-    out: Path, frame: pd.DataFrame, found: Phases, schedule_kind: str, *, workers: int = 2
+    out: Path,
+    frame: pd.DataFrame,
+    found: Phases,
+    schedule_kind: str,
+    *,
+    workers: int = 2,
+    generator: str = "this run",
 ) -> None:
     """Draw the four figures, in parallel processes (matplotlib is single-threaded)."""
     traj = frame[(frame.experiment == "trajectory") & (frame.condition == "baseline")]
@@ -98,7 +104,7 @@ def draw(
             (
                 plots.compare,
                 (
-                    {"paper": frame[frame.experiment == "comparison"], "this run": traj},
+                    {"paper": frame[frame.experiment == "comparison"], generator: traj},
                     out / COMPARE,
                 ),
                 {},

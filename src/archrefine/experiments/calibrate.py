@@ -1,0 +1,449 @@
+"""`archrefine calibrate`: fit a generator's free parameters to an observed per-cycle trajectory.
+
+The simulator is stochastic, so every evaluation of the objective runs with the same seed (common
+random numbers): the objective is then a deterministic function of the parameters, smooth at the
+scale of many Bernoulli draws though flat at the scale of one. A bounded
+`scipy.optimize.least_squares` (trust region reflective) with a large finite-difference step
+(`diff_step`, 5% of each parameter's range) sees that smooth shape instead of the flat steps.
+docs/calibration.md gives the mapping of each observed column and the reasons.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+
+from archrefine.config import Config, ConfigError
+from archrefine.loop import _cycles, make_fitness, make_generator
+from archrefine.spaces import make_space
+from archrefine.store import atomic_write_bytes, atomic_write_text, write_json
+
+KHALID = resources.files("archrefine") / "data" / "khalid2026.csv"
+
+COLUMNS = ("validity", "mean_accuracy", "share_above_40", "novel_admitted")
+
+#: the paper model's free parameters and their bounds (docs/calibration.md says why)
+PAPER_PARAMS: dict[str, tuple[float, float]] = {
+    "generator.base_logit": (-1.0, 6.0),
+    "generator.bonus_max": (0.0, 6.0),
+    "generator.bonus_rate": (0.01, 0.5),
+    "generator.familiarity": (0.0, 2.0),
+    "generator.prior_rate": (0.05, 1.0),
+}
+
+ACCURACY_CUT = 0.40  # share_above_40: accuracy above 40%, mapped to fitness by the affine map
+FITNESS_CUT = 0.60  # ... or this NK fitness when mean_accuracy is not observed
+NOVEL_CUT = 0.80  # novel_admitted: valid candidates at least this novel (normalized Hamming)
+DIFF_STEP = 0.05  # finite-difference step, as a share of each parameter's range
+
+
+class CalibrationError(ConfigError):
+    """A bad trajectory or calibration request, in one line (a ValueError, like ConfigError)."""
+
+
+@dataclass
+class Calibration:
+    """A finished fit. `params` are the fitted values by dotted config key."""
+
+    params: dict[str, float]
+    stderr: dict[str, float]
+    interval: dict[str, tuple[float, float]]
+    residuals: pd.DataFrame  # cycle, column, observed, fitted, residual (observed − fitted)
+    fitted: pd.DataFrame  # per-cycle simulated means at the fitted parameters, observed units
+    rmse: dict[str, float]
+    config: Config
+    maps: dict[str, float] = field(default_factory=dict)  # the profiled observation maps
+    info: dict[str, float] = field(default_factory=dict)  # loss at start and end, evaluations
+
+
+def load_trajectory(path: str | Path) -> pd.DataFrame:
+    """Read an observed trajectory CSV (`#` lines are comments); empty cells are NaN."""
+    path = Path(str(path))
+    try:
+        frame = pd.read_csv(path, comment="#", skip_blank_lines=True)
+    except FileNotFoundError:
+        raise CalibrationError(f"{path}: no such file") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CalibrationError(f"{path}: not a readable CSV ({first})") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return check_trajectory(frame, name=str(path))
+
+
+def check_trajectory(frame: pd.DataFrame, *, name: str = "trajectory") -> pd.DataFrame:
+    """Validate columns and cycles; return a copy with numeric columns and integer cycles."""
+    unknown = [c for c in frame.columns if c != "cycle" and c not in COLUMNS]
+    if "cycle" not in frame.columns:
+        raise CalibrationError(f"{name}: needs a 'cycle' column (got {', '.join(frame.columns)})")
+    if unknown:
+        raise CalibrationError(
+            f"{name}: unknown columns {', '.join(unknown)}; known: cycle, {', '.join(COLUMNS)}"
+        )
+    if not [c for c in COLUMNS if c in frame.columns]:
+        raise CalibrationError(f"{name}: needs at least one of {', '.join(COLUMNS)}")
+    out = frame.apply(pd.to_numeric, errors="coerce")
+    bad = out["cycle"].isna() | (out["cycle"] < 1) | (out["cycle"] % 1 != 0)
+    if bad.any():
+        raise CalibrationError(f"{name}: cycle must be whole numbers ≥ 1")
+    out["cycle"] = out["cycle"].astype(int)
+    if out["cycle"].duplicated().any():
+        raise CalibrationError(f"{name}: a cycle appears twice")
+    if out.drop(columns="cycle").notna().sum().sum() == 0:
+        raise CalibrationError(f"{name}: no observed values")
+    return out.sort_values("cycle", ignore_index=True)
+
+
+class _Recorder:
+    """The space, spied on: keeps each cycle's validity, fitness and novelty per candidate.
+
+    It draws no random numbers, so a recorded run is the same run as `loop.simulate`'s."""
+
+    def __init__(self, world, score):
+        self.world, self.score, self.cycles = world, score, []
+
+    def __getattr__(self, name):
+        return getattr(self.world, name)
+
+    def validity(self, cands, generator, rng):
+        self._valid = self.world.validity(cands, generator, rng)
+        return self._valid
+
+    def fitness(self, seqs):
+        self._fit = self.score(seqs)
+        return self._fit
+
+    def novelty(self, seqs, archive, filled, k):
+        nov = self.world.novelty(seqs, archive, filled, k)
+        self.cycles.append((self._valid, self._fit, nov))
+        return nov
+
+
+@dataclass
+class _Sim:
+    validity: np.ndarray  # (cycles,) mean over trials
+    fitness: np.ndarray  # (cycles,) mean over trials of the mean fitness of valid candidates
+    novelty: np.ndarray  # (cycles,)
+    novel: np.ndarray  # (cycles,) mean count of valid candidates with novelty ≥ NOVEL_CUT
+    valid_fit: list[np.ndarray]  # per cycle: fitness of every valid candidate, all trials
+
+    def share_above(self, cut: float) -> np.ndarray:
+        return np.array([(f > cut).mean() if f.size else np.nan for f in self.valid_fit])
+
+
+def _simulate(config: Config) -> _Sim:
+    """`loop.simulate`, keeping per-candidate values the per-trial metrics average away."""
+    rng = np.random.default_rng(config.seed)
+    world = make_space(config)
+    score = make_fitness(config, world, rng)
+    generator = make_generator(config, world, rng)
+    known = world.known(config.trials, rng)
+    spy = _Recorder(world, score)
+    _cycles(config, spy, generator, spy.fitness, known, rng, None)
+    valid = np.stack([v for v, _, _ in spy.cycles])  # (cycles, trials, n)
+    fit = np.stack([f for _, f, _ in spy.cycles])
+    nov = np.stack([x for _, _, x in spy.cycles])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_trial = np.where(valid, fit, 0).sum(axis=2) / valid.sum(axis=2)
+    return _Sim(
+        validity=valid.mean(axis=(1, 2)),
+        fitness=_nanmean_rows(per_trial),
+        novelty=nov.mean(axis=(1, 2)),
+        novel=(valid & (nov >= NOVEL_CUT)).sum(axis=2).mean(axis=1),
+        valid_fit=[f[v] for f, v in zip(fit, valid)],
+    )
+
+
+def _nanmean_rows(x: np.ndarray) -> np.ndarray:
+    """Row means ignoring NaN; NaN for a row with no finite value (no warning)."""
+    x = np.where(np.isfinite(x), x, np.nan)
+    n = np.isfinite(x).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.nansum(x, axis=1) / n, np.nan)
+
+
+def _observe(sim: _Sim, obs: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Map a simulation onto the observed columns, fitting each column's nuisance map."""
+    idx = obs["cycle"].to_numpy() - 1
+    out: dict[str, np.ndarray] = {}
+    maps: dict[str, float] = {}
+    if "validity" in obs:
+        out["validity"] = sim.validity
+    if "mean_accuracy" in obs:  # accuracy ≈ a + b · fitness, (a, b) by least squares
+        y = obs["mean_accuracy"].to_numpy()
+        m = obs["mean_accuracy"].notna().to_numpy() & np.isfinite(sim.fitness[idx])
+        x = sim.fitness[idx]
+        a, b = float(np.nanmean(y)) if m.any() else 0.0, 0.0
+        if m.sum() >= 2 and np.ptp(x[m]) > 0:
+            b, a = np.polyfit(x[m], y[m], 1)
+        maps.update(accuracy_intercept=float(a), accuracy_slope=float(b))
+        out["mean_accuracy"] = a + b * sim.fitness
+    if "share_above_40" in obs:
+        b = maps.get("accuracy_slope", 0.0)
+        cut = (ACCURACY_CUT - maps["accuracy_intercept"]) / b if b > 0 else FITNESS_CUT
+        maps["fitness_cut"] = float(cut)
+        out["share_above_40"] = sim.share_above(cut)
+    if "novel_admitted" in obs:  # admitted ≈ c · (valid candidates with novelty ≥ NOVEL_CUT)
+        y, m = obs["novel_admitted"].to_numpy(), obs["novel_admitted"].notna().to_numpy()
+        x = sim.novel[idx]
+        denom = float((x[m] ** 2).sum())
+        c = max(float((x[m] * y[m]).sum()) / denom, 0.0) if denom > 0 else 1.0
+        maps["novel_scale"] = c
+        out["novel_admitted"] = c * sim.novel
+    return out, maps
+
+
+def _residual_table(obs: pd.DataFrame, mapped: dict[str, np.ndarray]) -> pd.DataFrame:
+    rows = []
+    for col, series in mapped.items():
+        for cycle, value in zip(obs["cycle"], obs[col]):
+            if pd.notna(value):
+                fit = float(series[cycle - 1])
+                rows.append((int(cycle), col, float(value), fit, float(value) - fit))
+    return pd.DataFrame(rows, columns=["cycle", "column", "observed", "fitted", "residual"])
+
+
+def _resolve(generator: str, params) -> dict[str, tuple[float, float]]:
+    if generator == "learned":
+        raise CalibrationError(
+            "calibrating the learned generator is not supported yet: each evaluation trains "
+            "transformers for every cycle, far beyond a least-squares budget"
+        )
+    if generator != "paper":
+        raise CalibrationError(f"generator: {generator!r} is not one of paper, learned")
+    if params is None:
+        return dict(PAPER_PARAMS)
+    if isinstance(params, Mapping):
+        return {k: (float(lo), float(hi)) for k, (lo, hi) in params.items()}
+    if isinstance(params, Sequence) and not isinstance(params, str):
+        unknown = [p for p in params if p not in PAPER_PARAMS]
+        if unknown:
+            raise CalibrationError(
+                f"params: no default bounds for {', '.join(unknown)}; pass {{key: (lo, hi)}} "
+                f"or choose from {', '.join(PAPER_PARAMS)}"
+            )
+        return {p: PAPER_PARAMS[p] for p in params}
+    raise CalibrationError("params: expected a list of keys or a {key: (lo, hi)} mapping")
+
+
+def calibrate(
+    trajectory: pd.DataFrame,
+    *,
+    generator: str = "paper",
+    params: Mapping[str, tuple[float, float]] | Sequence[str] | None = None,
+    base: Config | None = None,
+    trials: int = 30,
+    seed: int = 0,
+    n_boot: int = 50,
+    columns: Sequence[str] | None = None,
+    max_nfev: int = 30,
+) -> Calibration:
+    """Fit a generator's parameters so its per-cycle means match an observed trajectory.
+
+    Parameters
+    ----------
+    trajectory : a frame with `cycle` and any of `validity, mean_accuracy, share_above_40,
+        novel_admitted` (NaN = not observed). The run length is the largest cycle.
+    generator : "paper" (the learned generator is not supported yet).
+    params : keys to fit (default bounds) or `{key: (lo, hi)}`; default `PAPER_PARAMS`.
+    base : the config whose other values are kept, and whose values are the starting point.
+    trials, seed : replicates per evaluation and the one seed every evaluation uses.
+    n_boot : residual-bootstrap resamples for the standard errors and 90% intervals.
+    columns : which observed columns to fit (default every known column present).
+    max_nfev : most optimizer iterations per start (each also costs one simulation per
+        parameter for its finite-difference Jacobian). Two starts: `base`, and `base` with
+        base_logit solved from the observed cycle-1 validity when there is one.
+
+    Returns
+    -------
+    Calibration
+
+    Example
+    -------
+    >>> cal = calibrate(load_trajectory(KHALID), trials=20, n_boot=20)  # doctest: +SKIP
+    """
+    bounds = _resolve(generator, params)
+    obs = check_trajectory(trajectory)
+    use = [c for c in (columns or COLUMNS) if c in obs.columns]
+    if columns is not None and (missing := [c for c in columns if c not in obs.columns]):
+        raise CalibrationError(f"columns: {', '.join(missing)} not in the trajectory")
+    obs = obs[["cycle", *use]]
+    obs = obs[obs[use].notna().any(axis=1)].reset_index(drop=True)
+    base = (base or Config()).with_overrides(
+        {
+            "generator.kind": generator,
+            "trials": trials,
+            "seed": seed,
+            "loop.cycles": int(obs["cycle"].max()),
+        }
+    )
+    keys = list(bounds)
+    lo = np.array([bounds[k][0] for k in keys])
+    hi = np.array([bounds[k][1] for k in keys])
+    start = np.array([float(_get(base, k)) for k in keys])
+    scale = {c: _spread(obs[c]) for c in use}
+    evaluations = 0
+
+    def config_at(u: np.ndarray) -> Config:
+        values = lo + np.clip(u, 0, 1) * (hi - lo)
+        return base.with_overrides({k: float(v) for k, v in zip(keys, values)})
+
+    def residuals(u: np.ndarray) -> np.ndarray:
+        nonlocal evaluations
+        evaluations += 1
+        mapped, _ = _observe(_simulate(config_at(u)), obs)
+        table = _residual_table(obs, mapped)
+        r = table["residual"].to_numpy() / table["column"].map(scale).to_numpy()
+        return np.nan_to_num(r, nan=1.0)  # a cycle with nothing valid anywhere: a unit miss
+
+    starts = [np.clip((start - lo) / (hi - lo), 0, 1)]
+    if (x := _first_cycle_logit(obs, base)) is not None and "generator.base_logit" in keys:
+        i = keys.index("generator.base_logit")  # cycle 1 is all fresh from a uniform prior:
+        u1 = starts[0].copy()  # its validity is ceiling · σ(base_logit)^d, solved for base_logit
+        u1[i] = np.clip((x - lo[i]) / (hi[i] - lo[i]), 0, 1)
+        starts.append(u1)
+    r0 = residuals(starts[0])
+    fit = None
+    for u0 in starts:
+        trial = least_squares(
+            residuals, u0, bounds=(0, 1), diff_step=DIFF_STEP, max_nfev=max_nfev, x_scale=1.0
+        )
+        if fit is None or trial.cost < fit.cost:
+            fit = trial
+    u = fit.x if (fit.fun**2).sum() <= (r0**2).sum() else starts[0]
+    config = config_at(u)
+    sim = _simulate(config)
+    mapped, maps = _observe(sim, obs)
+    table = _residual_table(obs, mapped)
+    stderr, interval = _bootstrap(fit.jac, fit.fun, u, lo, hi, keys, n_boot, seed)
+    fitted = pd.DataFrame({"cycle": np.arange(1, len(sim.validity) + 1), **mapped})
+    fitted["fitness"], fitted["novelty"] = sim.fitness, sim.novelty
+    return Calibration(
+        params={k: float(_get(config, k)) for k in keys},
+        stderr=stderr,
+        interval=interval,
+        residuals=table,
+        fitted=fitted,
+        rmse={c: float(np.sqrt((g["residual"] ** 2).mean())) for c, g in table.groupby("column")},
+        config=config,
+        maps=maps,
+        info={
+            "loss_start": float((r0**2).sum()),
+            "loss": float((fit.fun**2).sum()),
+            "evaluations": evaluations,
+            "trials": trials,
+            "seed": seed,
+            "n_boot": n_boot,
+        },
+    )
+
+
+def _first_cycle_logit(obs: pd.DataFrame, base: Config) -> float | None:
+    """The base_logit that gives the observed cycle-1 validity, or None if not observed."""
+    if "validity" not in obs or base.space.kind != "abstract":
+        return None
+    v = obs.loc[obs["cycle"] == 1, "validity"]
+    if v.empty or not (0 < float(v.iloc[0]) < base.generator.ceiling):
+        return None
+    p = (float(v.iloc[0]) / base.generator.ceiling) ** (1 / base.space.length)
+    return float(np.log(p / (1 - p)))
+
+
+def _get(config: Config, key: str):
+    node = config
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _spread(col: pd.Series) -> float:
+    """Each column's residuals are divided by its observed spread, so columns weigh alike."""
+    s = float(col.dropna().std()) if col.notna().sum() > 1 else 0.0
+    return s if s > 0 else max(abs(float(col.dropna().mean())), 1.0)
+
+
+def _bootstrap(jac, res, u, lo, hi, keys, n_boot, seed):
+    """One-step residual bootstrap: resample the fit's residuals, take the linearized
+    (Gauss–Newton) step they imply from the optimum, and read the spread of the steps.
+    A parameter the data do not move (a zero Jacobian column) gets NaN and its whole range."""
+    rng = np.random.default_rng(seed)
+    centered = res - res.mean()
+    live = np.linalg.norm(jac, axis=0) > 1e-9
+    draws = np.tile(u, (max(n_boot, 0), 1))
+    for b in range(n_boot):
+        r = rng.choice(centered, size=len(centered), replace=True)
+        if live.any():
+            step = np.linalg.lstsq(jac[:, live], -r, rcond=None)[0]
+            draws[b, live] = np.clip(u[live] + step, 0, 1)
+    values = lo + draws * (hi - lo)
+    stderr, interval = {}, {}
+    for i, k in enumerate(keys):
+        if not live[i] or n_boot < 2:
+            stderr[k], interval[k] = float("nan"), (float(lo[i]), float(hi[i]))
+            continue
+        stderr[k] = float(values[:, i].std(ddof=1))
+        q = np.quantile(values[:, i], [0.05, 0.95])
+        interval[k] = (float(q[0]), float(q[1]))
+    return stderr, interval
+
+
+def write_calibration(out: Path, cal: Calibration) -> list[str]:
+    """Write params.json, residuals.csv, fitted.csv, fitted.toml and overlay.png; return names."""
+    out = Path(out)
+    write_json(
+        out / "params.json",
+        {
+            "params": cal.params,
+            "stderr": cal.stderr,
+            "interval90": {k: list(v) for k, v in cal.interval.items()},
+            "rmse": cal.rmse,
+            "maps": cal.maps,
+            "info": cal.info,
+        },
+    )
+    atomic_write_text(out / "residuals.csv", cal.residuals.to_csv(index=False))
+    atomic_write_text(out / "fitted.csv", cal.fitted.to_csv(index=False))
+    atomic_write_text(out / "fitted.toml", cal.config.to_toml())
+    overlay(cal, out / "overlay.png")
+    return ["params.json", "residuals.csv", "fitted.csv", "fitted.toml", "overlay.png"]
+
+
+def overlay(cal: Calibration, path: Path) -> None:
+    """Observed points against the fitted trajectory, one panel per observed column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = list(dict.fromkeys(cal.residuals["column"]))
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols), 3.2), squeeze=False)
+    for ax, col in zip(axes[0], cols):
+        obs = cal.residuals[cal.residuals["column"] == col]
+        ax.plot(cal.fitted["cycle"], cal.fitted[col], color="tab:blue", label="fitted")
+        ax.plot(obs["cycle"], obs["observed"], "o", color="black", label="observed")
+        ax.set_title(f"{col} (RMSE {cal.rmse[col]:.3g})", fontsize=9)
+        ax.set_xlabel("cycle")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def summary(cal: Calibration) -> str:
+    """A few lines for the terminal: each parameter ± its standard error, each column's RMSE."""
+    lines = [
+        f"{k} = {v:.4g} ± {cal.stderr[k]:.2g}  (90%: {cal.interval[k][0]:.3g}–"
+        f"{cal.interval[k][1]:.3g})"
+        for k, v in cal.params.items()
+    ]
+    lines += [f"RMSE {c}: {v:.4g}" for c, v in cal.rmse.items()]
+    lines.append(f"loss {cal.info['loss_start']:.4g} → {cal.info['loss']:.4g}")
+    return "\n".join(lines)
