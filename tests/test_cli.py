@@ -121,3 +121,17 @@ def test_a_killed_run_is_recognisable_and_not_overwritten(tmp_path):
             read_metrics(path)  # complete if present
     refused = cli("run", "--out", str(out))
     assert refused.returncode == 2 and "already holds a run" in refused.stderr
+
+
+def test_calibrate_fits_the_shipped_trajectory(tmp_path):
+    from archrefine.experiments.calibrate import KHALID
+
+    out = tmp_path / "cal"
+    p = cli("calibrate", str(KHALID), "--trials", "4", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    for name in ("params.json", "residuals.csv", "fitted.toml", "overlay.png"):
+        assert (out / name).exists(), name
+    bad = tmp_path / "bad.csv"
+    bad.write_text("step,foo\n1,2\n")
+    p = cli("calibrate", str(bad), "--out", str(tmp_path / "c2"))
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1

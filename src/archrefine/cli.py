@@ -158,6 +158,34 @@ def run(
 
 @app.command()
 @_one_line_errors
+def calibrate(
+    trajectory: Annotated[Path, typer.Argument(help="Observed per-cycle trajectory CSV.")],
+    generator: Annotated[str, typer.Option(help="Generator to fit: paper.")] = "paper",
+    out: OutOpt = None,
+    trials: Annotated[int, typer.Option(help="Trials per evaluation.")] = 30,
+    seed: Annotated[int, typer.Option(help="The one seed every evaluation uses.")] = 0,
+    force: ForceOpt = False,
+) -> None:
+    """Fit a generator's parameters to an observed trajectory; write params, residuals, overlay."""
+    from archrefine.experiments import calibrate as cal
+    from archrefine.store import close_run, default_dir, open_run
+
+    observed = cal.load_trajectory(trajectory)
+    cal.free_params(generator)  # an unsupported generator fails before the directory is made
+    out = out or default_dir("calibrate")
+    meta = {"trajectory": str(trajectory), "generator": generator, "trials": trials, "seed": seed}
+    open_run(out, force=force, kind="calibrate", meta=meta)
+    started = time.time()
+    with console.status("fitting (each evaluation is one simulation)"):
+        result = cal.calibrate(observed, generator=generator, trials=trials, seed=seed)
+    files = cal.write_calibration(out, result)
+    close_run(out, files=files, started=started)
+    out_console.print(cal.summary(result))
+    console.print(f"wrote {out}/ in {time.time() - started:.1f} s")
+
+
+@app.command()
+@_one_line_errors
 def plot(directory: Annotated[Path, typer.Argument(help="A run or reproduce directory.")]) -> None:
     """Redraw a directory's figures from its saved metrics.parquet."""
     from archrefine import plots

@@ -209,7 +209,8 @@ def _residual_table(obs: pd.DataFrame, mapped: dict[str, np.ndarray]) -> pd.Data
     return pd.DataFrame(rows, columns=["cycle", "column", "observed", "fitted", "residual"])
 
 
-def _resolve(generator: str, params) -> dict[str, tuple[float, float]]:
+def free_params(generator: str, params=None) -> dict[str, tuple[float, float]]:
+    """The parameters `calibrate` fits, `{key: (lo, hi)}`; raises for an unsupported generator."""
     if generator == "learned":
         raise CalibrationError(
             "calibrating the learned generator is not supported yet: each evaluation trains "
@@ -268,7 +269,7 @@ def calibrate(
     -------
     >>> cal = calibrate(load_trajectory(KHALID), trials=20, n_boot=20)  # doctest: +SKIP
     """
-    bounds = _resolve(generator, params)
+    bounds = free_params(generator, params)
     obs = check_trajectory(trajectory)
     use = [c for c in (columns or COLUMNS) if c in obs.columns]
     if columns is not None and (missing := [c for c in columns if c not in obs.columns]):
