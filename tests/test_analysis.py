@@ -38,3 +38,8 @@ def test_bootstrap_interval_contains_the_estimate():
 def test_derivative_of_a_line_is_its_slope():
     assert np.allclose(derivative(np.arange(22) * 0.5), 0.5)
     assert derivative(np.array([0.0, 1.0, 4.0])) == pytest.approx([0.0, 2.0, 4.0])  # t**2
+
+
+def test_short_runs_have_no_three_phase_fit():
+    ph = phases(noisy_trials(np.linspace(0, 1, 6)), n_boot=0)
+    assert ph.three_phase_fit == []

@@ -94,12 +94,13 @@ def phases(
     """
     per_trial = np.asarray(per_trial, dtype=float)
     found = change_points(per_trial, **kw)
-    forced = change_points(per_trial, n_breaks=2, min_size=kw.get("min_size", 3))
+    min_size = kw.get("min_size", 3)
+    fits = per_trial.shape[1] >= 3 * min_size  # room for three phases
+    forced = change_points(per_trial, n_breaks=2, min_size=min_size) if fits else []
     if not found or n_boot <= 0:
         return Phases(found, list(found), list(found), forced)
     rng = np.random.default_rng(seed)
     trials = per_trial.shape[0]
-    min_size = kw.get("min_size", 3)
     draws = np.array(
         [
             change_points(
