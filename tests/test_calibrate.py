@@ -55,10 +55,37 @@ def test_recording_run_is_the_same_run_as_simulate():
     np.testing.assert_allclose(sim.fitness, ref["fitness"])
 
 
-def test_learned_generator_is_refused_clearly():
-    t = pd.DataFrame({"cycle": [1, 2], "validity": [0.1, 0.2]})
-    with pytest.raises(ValueError, match="learned generator is not supported yet"):
-        calibrate(t, generator="learned")
+def test_learned_generator_calibrates_on_the_grounded_space():
+    pytest.importorskip("torch")
+    t = pd.DataFrame({"cycle": [1, 2, 3], "validity": [0.4, 0.6, 0.5]})
+    tiny = {  # a tiny model and a short run, so the whole fit takes seconds
+        "generator.learned.d_model": 16,
+        "generator.learned.heads": 2,
+        "generator.learned.layers": 1,
+        "generator.learned.steps": 2,
+        "generator.learned.batch": 8,
+        "generator.learned.pretrain_steps": 20,
+        "loop.population": 20,
+        "loop.top_k": 5,
+    }
+    cal = calibrate(
+        t,
+        generator="learned",
+        params=["generator.learned.lr", "generator.learned.target_validity"],
+        base=Config().with_overrides(tiny),
+        trials=1,
+        n_boot=3,
+        max_nfev=2,
+    )
+    assert cal.config.space.kind == "grounded" and cal.config.generator.kind == "learned"
+    assert set(cal.params) == {"generator.learned.lr", "generator.learned.target_validity"}
+    assert all(np.isfinite(v) for v in cal.params.values())
+    assert 1e-5 <= cal.params["generator.learned.lr"] <= 3e-2
+    assert np.isfinite(cal.rmse["validity"]) and cal.info["loss"] <= cal.info["loss_start"]
+    with pytest.raises(ValueError, match="no default bounds for generator.base_logit"):
+        calibrate(t, generator="learned", params=["generator.base_logit"])
+    with pytest.raises(ValueError, match="log scale"):
+        calibrate(t, generator="learned", params={"generator.learned.lr": (0.0, 1.0)})
 
 
 def test_calibration_recovers_known_parameters():

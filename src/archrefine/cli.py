@@ -160,9 +160,11 @@ def run(
 @_one_line_errors
 def calibrate(
     trajectory: Annotated[Path, typer.Argument(help="Observed per-cycle trajectory CSV.")],
-    generator: Annotated[str, typer.Option(help="Generator to fit: paper.")] = "paper",
+    generator: Annotated[str, typer.Option(help="Generator to fit: paper or learned.")] = "paper",
     out: OutOpt = None,
-    trials: Annotated[int, typer.Option(help="Trials per evaluation.")] = 30,
+    trials: Annotated[
+        int | None, typer.Option(help="Trials per evaluation [paper 30, learned 2].")
+    ] = None,
     seed: Annotated[int, typer.Option(help="The one seed every evaluation uses.")] = 0,
     force: ForceOpt = False,
 ) -> None:

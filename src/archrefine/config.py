@@ -65,6 +65,11 @@ class LearnedConfig(_Strict):
     steps: int = Field(20, ge=0, le=100_000, description="fine-tuning steps per cycle")
     batch: int = Field(32, ge=1, le=100_000, description="fine-tuning minibatch per trial")
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    temperature_span: float = Field(
+        0.0,
+        ge=0,
+        description="temperature added per unit of mutation rate: T = temperature + span · rate",
+    )
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling mass")
     pretrain_steps: int = Field(600, ge=0, le=1_000_000, description="most pre-training steps")
     pretrain_noise: float = Field(

@@ -38,6 +38,25 @@ PAPER_PARAMS: dict[str, tuple[float, float]] = {
     "generator.prior_rate": (0.05, 1.0),
 }
 
+#: the learned generator's free parameters (docs/calibration.md): fine-tuning speed, where
+#: pre-training stops (cycle-1 validity) and how wrong the pre-trained model stays
+LEARNED_PARAMS: dict[str, tuple[float, float]] = {
+    "generator.learned.lr": (1e-5, 3e-2),
+    "generator.learned.target_validity": (0.1, 0.9),
+    "generator.learned.pretrain_noise": (0.0, 0.5),
+}
+
+#: parameters searched on a log scale (the optimizer moves their logarithm)
+LOG_SCALE = {"generator.learned.lr", "generator.learned.pretrain_lr"}
+
+#: the learned generator's second start: fine-tuning slow enough that validity rises over all
+#: 22 cycles rather than in the first five (docs/calibration.md)
+SLOW_LR = 2e-5
+
+#: defaults for `trials` and `max_nfev` where the caller gives none: each learned evaluation
+#: pre-trains and fine-tunes transformers for every cycle (about 10 s per run of 2 trials)
+DEFAULT_BUDGET = {"paper": (30, 30), "learned": (2, 3)}
+
 ACCURACY_CUT = 0.40  # share_above_40: accuracy above 40%, mapped to fitness by the affine map
 FITNESS_CUT = 0.60  # ... or this NK fitness when mean_accuracy is not observed
 NOVEL_CUT = 0.80  # novel_admitted: valid candidates at least this novel (normalized Hamming)
@@ -211,25 +230,24 @@ def _residual_table(obs: pd.DataFrame, mapped: dict[str, np.ndarray]) -> pd.Data
 
 def free_params(generator: str, params=None) -> dict[str, tuple[float, float]]:
     """The parameters `calibrate` fits, `{key: (lo, hi)}`; raises for an unsupported generator."""
-    if generator == "learned":
-        raise CalibrationError(
-            "calibrating the learned generator is not supported yet: each evaluation trains "
-            "transformers for every cycle, far beyond a least-squares budget"
-        )
-    if generator != "paper":
+    if generator not in ("paper", "learned"):
         raise CalibrationError(f"generator: {generator!r} is not one of paper, learned")
+    defaults = PAPER_PARAMS if generator == "paper" else LEARNED_PARAMS
     if params is None:
-        return dict(PAPER_PARAMS)
+        return dict(defaults)
     if isinstance(params, Mapping):
-        return {k: (float(lo), float(hi)) for k, (lo, hi) in params.items()}
+        out = {k: (float(lo), float(hi)) for k, (lo, hi) in params.items()}
+        if bad := [k for k, (lo, _) in out.items() if k in LOG_SCALE and lo <= 0]:
+            raise CalibrationError(f"params: {', '.join(bad)} is fitted on a log scale: lo > 0")
+        return out
     if isinstance(params, Sequence) and not isinstance(params, str):
-        unknown = [p for p in params if p not in PAPER_PARAMS]
+        unknown = [p for p in params if p not in defaults]
         if unknown:
             raise CalibrationError(
                 f"params: no default bounds for {', '.join(unknown)}; pass {{key: (lo, hi)}} "
-                f"or choose from {', '.join(PAPER_PARAMS)}"
+                f"or choose from {', '.join(defaults)}"
             )
-        return {p: PAPER_PARAMS[p] for p in params}
+        return {p: defaults[p] for p in params}
     raise CalibrationError("params: expected a list of keys or a {key: (lo, hi)} mapping")
 
 
@@ -239,11 +257,11 @@ def calibrate(
     generator: str = "paper",
     params: Mapping[str, tuple[float, float]] | Sequence[str] | None = None,
     base: Config | None = None,
-    trials: int = 30,
+    trials: int | None = None,
     seed: int = 0,
     n_boot: int = 50,
     columns: Sequence[str] | None = None,
-    max_nfev: int = 30,
+    max_nfev: int | None = None,
 ) -> Calibration:
     """Fit a generator's parameters so its per-cycle means match an observed trajectory.
 
@@ -251,15 +269,19 @@ def calibrate(
     ----------
     trajectory : a frame with `cycle` and any of `validity, mean_accuracy, share_above_40,
         novel_admitted` (NaN = not observed). The run length is the largest cycle.
-    generator : "paper" (the learned generator is not supported yet).
-    params : keys to fit (default bounds) or `{key: (lo, hi)}`; default `PAPER_PARAMS`.
+    generator : "paper", or "learned" (the small transformer; the space is set to grounded,
+        the only one it writes).
+    params : keys to fit (default bounds) or `{key: (lo, hi)}`; default `PAPER_PARAMS` or
+        `LEARNED_PARAMS`. Keys in `LOG_SCALE` are searched on a log scale.
     base : the config whose other values are kept, and whose values are the starting point.
-    trials, seed : replicates per evaluation and the one seed every evaluation uses.
+    trials, seed : replicates per evaluation (default 30 paper, 2 learned) and the one seed
+        every evaluation uses.
     n_boot : residual-bootstrap resamples for the standard errors and 90% intervals.
     columns : which observed columns to fit (default every known column present).
     max_nfev : most optimizer iterations per start (each also costs one simulation per
-        parameter for its finite-difference Jacobian). Two starts: `base`, and `base` with
-        base_logit solved from the observed cycle-1 validity when there is one.
+        parameter for its finite-difference Jacobian); default 30 paper, 3 learned. Two
+        starts: `base`, and `base` with base_logit solved from the observed cycle-1 validity
+        when there is one (learned: `base` with the slow fine-tuning rate `SLOW_LR`).
 
     Returns
     -------
@@ -270,6 +292,8 @@ def calibrate(
     >>> cal = calibrate(load_trajectory(KHALID), trials=20, n_boot=20)  # doctest: +SKIP
     """
     bounds = free_params(generator, params)
+    trials = DEFAULT_BUDGET[generator][0] if trials is None else trials
+    max_nfev = DEFAULT_BUDGET[generator][1] if max_nfev is None else max_nfev
     obs = check_trajectory(trajectory)
     use = [c for c in (columns or COLUMNS) if c in obs.columns]
     if columns is not None and (missing := [c for c in columns if c not in obs.columns]):
@@ -283,31 +307,43 @@ def calibrate(
             "seed": seed,
             "loop.cycles": int(obs["cycle"].max()),
         }
+        | ({"space.kind": "grounded"} if generator == "learned" else {})
     )
     keys = list(bounds)
     lo = np.array([bounds[k][0] for k in keys])
     hi = np.array([bounds[k][1] for k in keys])
+    log = np.array([k in LOG_SCALE for k in keys])
     start = np.array([float(_get(base, k)) for k in keys])
     scale = {c: _spread(obs[c]) for c in use}
     evaluations = 0
+    seen: dict[bytes, np.ndarray] = {}  # the same point twice (the first start): one run
 
     def config_at(u: np.ndarray) -> Config:
-        values = lo + np.clip(u, 0, 1) * (hi - lo)
+        values = _from_unit(u, lo, hi, log)
         return base.with_overrides({k: float(v) for k, v in zip(keys, values)})
 
     def residuals(u: np.ndarray) -> np.ndarray:
         nonlocal evaluations
+        key = np.asarray(u, dtype=float).tobytes()
+        if key in seen:
+            return seen[key].copy()
         evaluations += 1
         mapped, _ = _observe(_simulate(config_at(u)), obs)
         table = _residual_table(obs, mapped)
         r = table["residual"].to_numpy() / table["column"].map(scale).to_numpy()
-        return np.nan_to_num(r, nan=1.0)  # a cycle with nothing valid anywhere: a unit miss
+        seen[key] = np.nan_to_num(r, nan=1.0)  # a cycle with nothing valid anywhere: a unit miss
+        return seen[key].copy()
 
-    starts = [np.clip((start - lo) / (hi - lo), 0, 1)]
+    starts = [_to_unit(start, lo, hi, log)]
     if (x := _first_cycle_logit(obs, base)) is not None and "generator.base_logit" in keys:
         i = keys.index("generator.base_logit")  # cycle 1 is all fresh from a uniform prior:
         u1 = starts[0].copy()  # its validity is ceiling · σ(base_logit)^d, solved for base_logit
         u1[i] = np.clip((x - lo[i]) / (hi[i] - lo[i]), 0, 1)
+        starts.append(u1)
+    if generator == "learned" and "generator.learned.lr" in keys:
+        i = keys.index("generator.learned.lr")
+        u1 = starts[0].copy()
+        u1[i] = _to_unit(np.array([SLOW_LR]), lo[i : i + 1], hi[i : i + 1], log[i : i + 1])[0]
         starts.append(u1)
     r0 = residuals(starts[0])
     fit = None
@@ -322,7 +358,7 @@ def calibrate(
     sim = _simulate(config)
     mapped, maps = _observe(sim, obs)
     table = _residual_table(obs, mapped)
-    stderr, interval = _bootstrap(fit.jac, fit.fun, u, lo, hi, keys, n_boot, seed)
+    stderr, interval = _bootstrap(fit.jac, fit.fun, u, lo, hi, log, keys, n_boot, seed)
     fitted = pd.DataFrame({"cycle": np.arange(1, len(sim.validity) + 1), **mapped})
     fitted["fitness"], fitted["novelty"] = sim.fitness, sim.novelty
     return Calibration(
@@ -341,6 +377,7 @@ def calibrate(
             "trials": trials,
             "seed": seed,
             "n_boot": n_boot,
+            "max_nfev": max_nfev,
         },
     )
 
@@ -356,6 +393,23 @@ def _first_cycle_logit(obs: pd.DataFrame, base: Config) -> float | None:
     return float(np.log(p / (1 - p)))
 
 
+def _from_unit(u: np.ndarray, lo: np.ndarray, hi: np.ndarray, log: np.ndarray) -> np.ndarray:
+    """Optimizer coordinates in [0, 1] → parameter values (log-linear where `log`)."""
+    u = np.clip(u, 0, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        geo = np.exp(np.log(np.where(log, lo, 1)) + u * np.log(np.where(log, hi / lo, 1)))
+    return np.where(log, geo, lo + u * (hi - lo))
+
+
+def _to_unit(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, log: np.ndarray) -> np.ndarray:
+    """Parameter values → optimizer coordinates in [0, 1] (the inverse of `_from_unit`)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        geo = np.log(np.maximum(x, 1e-300) / np.where(log, lo, 1)) / np.log(
+            np.where(log, hi / lo, 2)
+        )
+    return np.clip(np.where(log, geo, (x - lo) / (hi - lo)), 0, 1)
+
+
 def _get(config: Config, key: str):
     node = config
     for part in key.split("."):
@@ -369,7 +423,7 @@ def _spread(col: pd.Series) -> float:
     return s if s > 0 else max(abs(float(col.dropna().mean())), 1.0)
 
 
-def _bootstrap(jac, res, u, lo, hi, keys, n_boot, seed):
+def _bootstrap(jac, res, u, lo, hi, log, keys, n_boot, seed):
     """One-step residual bootstrap: resample the fit's residuals, take the linearized
     (Gauss–Newton) step they imply from the optimum, and read the spread of the steps.
     A parameter the data do not move (a zero Jacobian column) gets NaN and its whole range."""
@@ -382,7 +436,7 @@ def _bootstrap(jac, res, u, lo, hi, keys, n_boot, seed):
         if live.any():
             step = np.linalg.lstsq(jac[:, live], -r, rcond=None)[0]
             draws[b, live] = np.clip(u[live] + step, 0, 1)
-    values = lo + draws * (hi - lo)
+    values = _from_unit(draws, lo, hi, log)
     stderr, interval = {}, {}
     for i, k in enumerate(keys):
         if not live[i] or n_boot < 2:

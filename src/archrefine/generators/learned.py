@@ -9,8 +9,9 @@
   and is copied to every trial; trials then differ by sampling and fine-tuning randomness.
 * **Proposals.** A template is a prompt: each of its positions is rewritten with probability
   `rate` (the schedule) by sampling the model's next-token distribution given the tokens before
-  it, at `temperature` and `top_p`; the rest is copied. Fresh candidates (and every candidate
-  in cycle 1, where `rate` is NaN) are written entirely from BOS.
+  it, at temperature `temperature + temperature_span · rate` and nucleus `top_p`; the rest is
+  copied. Fresh candidates (and every candidate in cycle 1, where `rate` is NaN and the
+  temperature is `temperature`) are written entirely from BOS.
 * **Fine-tuning** is supervised next-token cross-entropy on a cumulative set that grows by each
   cycle's selection, with Adam state kept across cycles; `lora_rank > 0` trains only low-rank
   adapters on every projection (written directly into the batched layers: peft cannot batch).
@@ -179,16 +180,19 @@ def sample(
     write: torch.Tensor,
     cfg: LearnedConfig,
     g: torch.Generator,
+    temperature: float | None = None,
 ) -> torch.Tensor:
     """Left to right, replace `base (T, n, L)` where `write` with draws from the model given
-    the (already rewritten) prefix, at `cfg.temperature` and nucleus `cfg.top_p`."""
+    the (already rewritten) prefix, at `temperature` (default `cfg.temperature`) and nucleus
+    `cfg.top_p`."""
+    temperature = cfg.temperature if temperature is None else temperature
     seqs = base.clone()
     cache: list[tuple[torch.Tensor, torch.Tensor]] = []
     step = torch.full_like(seqs[..., :1], p["emb"].shape[1] - 1)  # BOS
     for i in range(seqs.shape[-1]):
         logits = forward(p, lora, step, cfg.heads, cache)[..., -1, :]
         if write[..., i].any():
-            probs = torch.softmax(logits / cfg.temperature, dim=-1)
+            probs = torch.softmax(logits / temperature, dim=-1)
             sorted_p, order = probs.sort(dim=-1, descending=True)
             keep = sorted_p.cumsum(-1) - sorted_p < cfg.top_p  # smallest set reaching top_p
             cdf = (sorted_p * keep).cumsum(-1)
@@ -293,9 +297,16 @@ class LearnedGenerator:
             base, write = np.where(keep_fresh, 0, templates), keep_fresh | rewrite
         seqs = sample(
             self.params, self.lora, torch.as_tensor(base, dtype=torch.long),
-            torch.as_tensor(write), self.cfg, self.g,
+            torch.as_tensor(write), self.cfg, self.g, self.temperature(rate),
         )  # fmt: skip
         return Candidates(seqs.numpy().astype(np.int16), write)
+
+    def temperature(self, rate: float) -> float:
+        """Sampling temperature at mutation rate `rate`: `temperature + temperature_span · rate`
+        (just `temperature` in cycle 1, where `rate` is NaN)."""
+        if not np.isfinite(rate):
+            return self.cfg.temperature
+        return self.cfg.temperature + self.cfg.temperature_span * float(rate)
 
     def validity(self, cands: Candidates) -> None:
         """None: validity is never injected; the grounded space's checker decides."""
