@@ -1,0 +1,68 @@
+"""Writing and summarizing a calibration: files, overlay figure, one-screen summary."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from archrefine.store import atomic_write_bytes, atomic_write_text, write_json
+
+if TYPE_CHECKING:
+    from archrefine.experiments.calibrate import Calibration
+
+
+def write_calibration(out: Path, cal: Calibration) -> list[str]:
+    """Write params.json, residuals.csv, fitted.csv, fitted.toml and overlay.png; return names."""
+    out = Path(out)
+    write_json(
+        out / "params.json",
+        {
+            "params": cal.params,
+            "stderr": cal.stderr,
+            "interval90": {k: list(v) for k, v in cal.interval.items()},
+            "rmse": cal.rmse,
+            "maps": cal.maps,
+            "info": cal.info,
+        },
+    )
+    atomic_write_text(out / "residuals.csv", cal.residuals.to_csv(index=False))
+    atomic_write_text(out / "fitted.csv", cal.fitted.to_csv(index=False))
+    atomic_write_text(out / "fitted.toml", cal.config.to_toml())
+    overlay(cal, out / "overlay.png")
+    return ["params.json", "residuals.csv", "fitted.csv", "fitted.toml", "overlay.png"]
+
+
+def overlay(cal: Calibration, path: Path) -> None:
+    """Observed points against the fitted trajectory, one panel per observed column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = list(dict.fromkeys(cal.residuals["column"]))
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols), 3.2), squeeze=False)
+    for ax, col in zip(axes[0], cols):
+        obs = cal.residuals[cal.residuals["column"] == col]
+        ax.plot(cal.fitted["cycle"], cal.fitted[col], color="tab:blue", label="fitted")
+        ax.plot(obs["cycle"], obs["observed"], "o", color="black", label="observed")
+        ax.set_title(f"{col} (RMSE {cal.rmse[col]:.3g})", fontsize=9)
+        ax.set_xlabel("cycle")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def summary(cal: Calibration) -> str:
+    """A few lines for the terminal: each parameter ± its standard error, each column's RMSE."""
+    lines = [
+        f"{k} = {v:.4g} ± {cal.stderr[k]:.2g}  (90%: {cal.interval[k][0]:.3g}–"
+        f"{cal.interval[k][1]:.3g})"
+        for k, v in cal.params.items()
+    ]
+    lines += [f"RMSE {c}: {v:.4g}" for c, v in cal.rmse.items()]
+    lines.append(f"loss {cal.info['loss_start']:.4g} → {cal.info['loss']:.4g}")
+    return "\n".join(lines)
