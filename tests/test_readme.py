@@ -19,7 +19,11 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 
 def test_readme_configuration_reference_is_current():
-    assert reference_table() in (ROOT / "README.md").read_text()
+    from archrefine.real.config import RealConfig
+
+    readme = (ROOT / "README.md").read_text()
+    assert reference_table() in readme
+    assert reference_table(RealConfig) in readme  # regenerate: python scripts/update_readme.py
 
 
 def test_readme_python_examples_run(capsys):

@@ -43,7 +43,9 @@ def change_points(
     fitted exactly on the trial-averaged curves. With `n_breaks=None` their count minimises
     BIC = RSS/σ² + p·log(N): RSS of the piecewise-linear fit to the mean curves, σ² the variance
     of a trial mean estimated from the scatter of the trials (σ²_trial / (trials − 1)),
-    p = series·(breaks + 2) + breaks free values, N = cycles·series points. A smooth curve has no
+    p = series·(breaks + 2) + breaks free values, N = cycles·series points. With one trial (a
+    real loop) σ² comes from the curve's second differences (var(Δ²x) = 6σ² for white noise about
+    a line), so a kink inflates it a little, erring towards fewer breaks. A smooth curve has no
     true breaks, so with more trials BIC resolves more of its bends: the count is a finding.
     """
     data = np.asarray(per_trial, dtype=float)
@@ -55,8 +57,11 @@ def change_points(
     if n_breaks is not None:
         return [e + 0.5 for e in _fit(mean, n_breaks, min_size)[0]]
     trials, cycles, series = data.shape
-    # variance of the trial mean at one point, from the scatter of the trials about it
-    noise = max(float(((data - mean) ** 2).mean()) / max(trials - 1, 1), 1e-12)
+    if trials > 1:  # variance of the trial mean at one point, from the trials' scatter about it
+        noise = float(((data - mean) ** 2).mean()) / (trials - 1)
+    else:  # one run (a real loop): from second differences, which cancel any straight piece
+        noise = float((np.diff(mean, n=2, axis=0) ** 2).mean()) / 6 if cycles > 2 else 0.0
+    noise = max(noise, 1e-12)
     best: tuple[float, list[int]] | None = None
     for m in range(0, max_breaks + 1):
         if (m + 1) * min_size > cycles:
@@ -65,6 +70,8 @@ def change_points(
         bic = rss / noise + (series * (m + 2) + m) * np.log(cycles * series)
         if best is None or bic < best[0]:
             best = (bic, ends)
+    if best is None:  # shorter than one segment: nothing to split
+        return []
     return [e + 0.5 for e in best[1]]  # index e starts the next segment: cycle e + 1
 
 

@@ -14,8 +14,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from archrefine.candidates import CandidateStoreError
 from archrefine.config import Config, ConfigError, load_config
+from archrefine.evaluate.sandbox import SandboxError
+from archrefine.generators.text import GeneratorUnavailable
 from archrefine.store import StoreError
+
+USER_ERRORS = (ConfigError, StoreError, CandidateStoreError, GeneratorUnavailable, SandboxError)
+"""Problems of input or environment: reported in one line, never as a traceback."""
 
 
 def _one_line_errors(fn):
@@ -25,7 +31,7 @@ def _one_line_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, StoreError) as err:
+        except USER_ERRORS as err:
             print(f"error: {err}", file=sys.stderr)  # one line, never wrapped
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
@@ -219,13 +225,26 @@ def show_config(
     config: Annotated[Path | None, typer.Argument(help="Config TOML to resolve.")] = None,
     set_: SetOpt = None,
     reference: Annotated[bool, typer.Option(help="Print every key as a Markdown table.")] = False,
+    loop: Annotated[bool, typer.Option(help="The real loop's config (archrefine loop).")] = False,
 ) -> None:
     """Print the fully resolved configuration as TOML (or the key reference)."""
     from archrefine.config import reference_table
 
-    text = reference_table() if reference else load_config(config, list(set_ or [])).to_toml()
+    model = None
+    if loop:
+        from archrefine.real.config import RealConfig
+
+        model = RealConfig
+    if reference:
+        text = reference_table(model)
+    else:
+        text = load_config(config, list(set_ or []), model=model).to_toml()
     print(text)
 
 
 def main() -> None:
     app()
+
+
+# Commands defined in their own modules register themselves on `app` when imported.
+from archrefine import cli_real, cli_sweep  # noqa: E402,F401

@@ -148,7 +148,22 @@ class FitnessConfig(_Strict):
     max_train: int = Field(0, ge=0, description="first-epoch: cap on training images (0 = all)")
 
 
-class Config(_Strict):
+class _Overridable(_Strict):
+    """A top-level config: TOML dump and dotted overrides, validated as its own class."""
+
+    def with_overrides(self, overrides: dict[str, Any] | list[str]) -> Any:
+        """Return a copy with dotted keys replaced (`{"loop.top_k": 5}` or `["loop.top_k=5"]`)."""
+        data = self.model_dump()
+        items = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        for key, value in items.items():
+            _set_dotted(data, key, value)
+        return validate_config(data, type(self))
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.model_dump(exclude_none=True))
+
+
+class Config(_Overridable):
     """A whole run. `trials` independent replicates share nothing but the seed's root."""
 
     trials: int = Field(100, ge=1, le=100_000, description="independent replicates, batched")
@@ -172,17 +187,6 @@ class Config(_Strict):
             raise ValueError("the nasbench-graph space scores by its measurements: use 'auto'")
         return self
 
-    def with_overrides(self, overrides: dict[str, Any] | list[str]) -> Config:
-        """Return a copy with dotted keys replaced (`{"loop.top_k": 5}` or `["loop.top_k=5"]`)."""
-        data = self.model_dump()
-        items = parse_overrides(overrides) if isinstance(overrides, list) else overrides
-        for key, value in items.items():
-            _set_dotted(data, key, value)
-        return validate_config(data)
-
-    def to_toml(self) -> str:
-        return tomli_w.dumps(self.model_dump())
-
 
 def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
@@ -200,9 +204,9 @@ def _format_error(err: ValidationError) -> str:
     return f"{key}: {msg} (got {first.get('input')!r})"
 
 
-def validate_config(data: dict[str, Any]) -> Config:
+def validate_config(data: dict[str, Any], model: type[_Overridable] | None = None) -> Any:
     try:
-        return Config.model_validate(data)
+        return (model or Config).model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
 
@@ -237,8 +241,13 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a TOML file (or the defaults when `path` is None) and apply `key=value` overrides."""
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    model: type[_Overridable] | None = None,
+) -> Any:
+    """Load a TOML file (or the defaults when `path` is None) and apply `key=value` overrides;
+    `model` is the config class (the simulator's `Config` unless given)."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -248,11 +257,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: no such config file") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML ({err})") from None
-    config = validate_config(data)
+    config = validate_config(data, model)
     return config.with_overrides(overrides) if overrides else config
 
 
-def reference_table() -> str:
+def reference_table(model: type[BaseModel] | None = None) -> str:
     """The configuration reference as a Markdown table (the README embeds this output)."""
     rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
 
@@ -264,9 +273,10 @@ def reference_table() -> str:
                 continue
             allowed = _allowed(field)
             doc = field.description or ""
-            rows.append(f"| `{prefix}{name}` | `{field.default!r}` | {allowed} | {doc} |")
+            default = field.get_default(call_default_factory=True)
+            rows.append(f"| `{prefix}{name}` | `{default!r}` | {allowed} | {doc} |")
 
-    walk(Config, "")
+    walk(model or Config, "")
     return "\n".join(rows)
 
 

@@ -205,3 +205,30 @@ def compare(runs: dict[str, pd.DataFrame], path: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle("Generators compared (mean ± std over trials)", y=1.04)
     _save(fig, path)
+
+
+def overlay(runs: dict[str, pd.DataFrame], path: Path, *, title: str = "Runs compared") -> None:
+    """The per-cycle mean (over trials) of each run, one line per run in each of the four
+    panels: sweep points or `archrefine compare`, for any number of runs."""
+    n = max(len(runs), 1)
+    cmap = plt.get_cmap("tab10" if n <= 10 else "viridis")
+    colors = [cmap(i) if n <= 10 else cmap(i / max(n - 1, 1)) for i in range(n)]
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), sharex=True)
+    for (label, sel), color in zip(runs.items(), colors):
+        mean = sel.groupby("cycle")[list(METRICS)].mean()
+        for ax, key in zip(axes, METRICS):
+            ax.plot(mean.index, mean[key], color=color, lw=1.8, label=label)
+    for ax, key in zip(axes, METRICS):
+        ax.set_title(key)
+        ax.set_xlabel("cycle")
+        ax.grid(alpha=0.3)
+    if runs:
+        axes[-1].legend(
+            loc="upper left",
+            bbox_to_anchor=(1.04, 1.0),
+            fontsize=7,
+            ncol=1 + n // 25,
+            frameon=False,
+        )
+    fig.suptitle(f"{title} (mean over trials per cycle)", y=1.04)
+    _save(fig, path)

@@ -127,18 +127,32 @@ def start(out: Path, config: Config, *, force: bool) -> float:
     return time.time()
 
 
+def _verdict(holds: bool | None) -> str:
+    return "not measured" if holds is None else "yes" if holds else "**no**"
+
+
 def _fmt(value) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items() if k != "balance")
     if isinstance(value, list):
         return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if value is None:
+        return "–"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def claims_markdown(claims: list[Claim], config: Config) -> str:
-    rows = [
-        f"# Claims check ({config.trials} trials, seed {config.seed}, space "
+    return claims_table(
+        claims,
+        f"Claims check ({config.trials} trials, seed {config.seed}, space "
         f"{config.space.kind}, generator {config.generator.kind})",
+    )
+
+
+def claims_table(claims: list[Claim], title: str) -> str:
+    """The claims as a Markdown table; a claim whose experiment was not run says so."""
+    rows = [
+        f"# {title}",
         "",
         "| id | claim | paper | measured | tolerance | holds |",
         "|---|---|---|---|---|---|",
@@ -146,8 +160,11 @@ def claims_markdown(claims: list[Claim], config: Config) -> str:
     for c in claims:
         rows.append(
             f"| {c.id} | {c.claim} | {_fmt(c.paper)} | {_fmt(c.measured)} | "
-            f"{c.tolerance} | {'yes' if c.holds else '**no**'} |"
+            f"{c.tolerance} | {_verdict(c.holds)} |"
         )
-    held = sum(c.holds for c in claims)
-    rows += ["", f"{held} of {len(claims)} claims hold."]
+    held = sum(c.holds is True for c in claims)
+    measured = sum(c.holds is not None for c in claims)
+    missing = len(claims) - measured
+    note = f" ({missing} not measured: their experiments were not run)" if missing else ""
+    rows += ["", f"{held} of {measured} claims hold.{note}"]
     return "\n".join(rows) + "\n"

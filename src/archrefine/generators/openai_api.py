@@ -1,0 +1,183 @@
+"""The `openai` text generator: any OpenAI-compatible server (vLLM, llama.cpp, OpenAI itself).
+
+The model runs elsewhere, so this backend only samples: one request per prompt, several in
+flight at once (servers batch concurrent requests themselves), each seeded so a cycle can be
+reproduced where the server honours `seed`. Retries and timeouts are the official client's
+(exponential backoff with jitter); every failure the loop can meet comes back as a one-line
+`GeneratorUnavailable` naming the server, so a run stops cleanly and `--resume` continues it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from archrefine.generators.text import GeneratorUnavailable, Sampling
+
+try:  # optional (`archrefine[real]`): a missing client is reported when a generator starts
+    import openai
+
+    _MISSING: str | None = None
+except ImportError as error:  # pragma: no cover - exercised only without the extra
+    _MISSING = str(error)
+
+__all__ = ["OpenAIGenerator"]
+
+_T = TypeVar("_T")
+
+
+def _one_line(text: object, limit: int = 300) -> str:
+    """Whitespace collapsed and cut: server messages can be multi-line tracebacks or HTML."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class OpenAIGenerator:
+    """A remote model behind `TextGenerator`, through the official `openai` client.
+
+    `base_url` falls back to `OPENAI_BASE_URL`, then the client's default (api.openai.com);
+    `api_key` to `OPENAI_API_KEY`, then "EMPTY" (local servers ignore it); an empty `model` to
+    `OPENAI_MODEL`, then the first model the server lists (asked now, so a wrong URL fails at
+    start rather than mid-run). `api="completions"` sends the raw prompt (base models, llama.cpp
+    without a chat template) and ignores `system`. `top_k` travels in the request body as
+    vLLM and llama.cpp expect; the OpenAI API itself rejects it.
+    """
+
+    def __init__(
+        self,
+        model: str = "",
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        api: Literal["chat", "completions"] = "chat",
+        timeout_s: float = 120,
+        max_retries: int = 3,
+        concurrency: int = 4,
+        system: str | None = None,
+    ) -> None:
+        if _MISSING is not None:
+            raise GeneratorUnavailable(
+                f"the openai generator needs the openai package ({_MISSING}); "
+                "install it with: pip install 'archrefine[real]'"
+            )
+        if api not in ("chat", "completions"):
+            raise ValueError(f"api must be 'chat' or 'completions', not {api!r}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        self.api = api
+        self.timeout_s = float(timeout_s)
+        self.max_retries = int(max_retries)
+        self.concurrency = int(concurrency)
+        self.system = system
+        self.client = openai.OpenAI(
+            base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,
+            api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
+            timeout=self.timeout_s,
+            max_retries=self.max_retries,
+        )
+        self.base_url = str(self.client.base_url).rstrip("/")
+        try:
+            self.model = model or os.environ.get("OPENAI_MODEL") or self._discover()
+        except BaseException:
+            self.client.close()
+            raise
+
+    def generate(self, prompts: Sequence[str], sampling: Sampling, seed: int) -> list[str]:
+        """One request per prompt, `concurrency` at a time; prompt i is sampled with `seed + i`,
+        so the batch is reproducible whatever order the requests finish in."""
+        if not prompts:
+            return []
+        workers = min(self.concurrency, len(prompts))
+        with ThreadPoolExecutor(workers, thread_name_prefix="openai") as pool:
+            futures = [
+                pool.submit(self._call, self._complete, prompt, sampling, seed + i)
+                for i, prompt in enumerate(prompts)
+            ]
+            try:
+                return [future.result() for future in futures]
+            except BaseException:  # stop queued requests: the batch has failed
+                for future in futures:
+                    future.cancel()
+                raise
+
+    def refine(self, pairs: Sequence[tuple[str, str]], cycle: int) -> float | None:
+        """Nothing to train: a remote model's weights are not ours. This backend's refinement
+        is the prompt itself, which the loop rewrites each cycle with the current selection as
+        its reference examples (in-context, not gradient, fine-tuning). Returns None."""
+        return None
+
+    def save(self, directory: Path) -> None:
+        """Record which server and model the run used (the only state there is)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {"model": self.model, "base_url": self.base_url, "api": self.api}
+        (directory / "openai.json").write_text(json.dumps(state, indent=2) + "\n")
+
+    def load(self, directory: Path) -> None:
+        """Nothing to restore; the settings given now win, with a warning if they differ from
+        the saved ones (a resumed run on another model is a different experiment)."""
+        saved = json.loads((directory / "openai.json").read_text())
+        now = {"model": self.model, "base_url": self.base_url, "api": self.api}
+        changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
+        if changed:
+            warnings.warn("resuming with another openai setup: " + ", ".join(changed), stacklevel=2)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _complete(self, prompt: str, sampling: Sampling, seed: int) -> str:
+        common: dict[str, Any] = {
+            "model": self.model,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_new_tokens,
+            "seed": seed,
+            "extra_body": {"top_k": sampling.top_k},
+        }
+        if self.api == "chat":
+            system = [{"role": "system", "content": self.system}] if self.system else []
+            messages = [*system, {"role": "user", "content": prompt}]
+            chat = self.client.chat.completions.create(messages=messages, **common)
+            return (chat.choices[0].message.content if chat.choices else None) or ""
+        done = self.client.completions.create(prompt=prompt, **common)
+        return (done.choices[0].text if done.choices else None) or ""
+
+    def _discover(self) -> str:
+        """The first model the server lists: a local server usually serves exactly one."""
+        models = self._call(lambda: [m.id for m in self.client.models.list()])
+        if not models:
+            raise GeneratorUnavailable(
+                f"the OpenAI-compatible server at {self.base_url} lists no models; name one"
+            )
+        return models[0]
+
+    def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """`fn(*args)`, the client's errors turned into one-line `GeneratorUnavailable`s."""
+        url = self.base_url
+        try:
+            return fn(*args)
+        except openai.APITimeoutError as e:  # before APIConnectionError: it is a subclass
+            raise GeneratorUnavailable(
+                f"the OpenAI-compatible server at {url} did not answer within "
+                f"{self.timeout_s:g} s ({self.max_retries} retries)"
+            ) from e
+        except openai.APIConnectionError as e:
+            reason = _one_line(e.__cause__ or e.message) or type(e.__cause__).__name__
+            raise GeneratorUnavailable(
+                f"cannot reach the OpenAI-compatible server at {url} ({reason})"
+            ) from e
+        except openai.APIStatusError as e:
+            body = e.body
+            message = body.get("message") if isinstance(body, dict) else body
+            raise GeneratorUnavailable(
+                f"the OpenAI-compatible server at {url} answered HTTP {e.status_code}: "
+                f"{_one_line(message or e.message)}"
+            ) from e
+        except openai.OpenAIError as e:
+            raise GeneratorUnavailable(
+                f"the OpenAI-compatible server at {url} gave an unusable answer ({_one_line(e)})"
+            ) from e

@@ -1,0 +1,104 @@
+"""The real loop: an LLM (or the learned model) writes PyTorch code, the sandbox runs it.
+
+>>> from archrefine.real import RealConfig, run
+>>> frame = run(RealConfig(), Path("runs/loop-demo"))  # doctest: +SKIP
+
+`run` writes everything `archrefine loop` does (docs/real-loop.md): `candidates.sqlite`,
+`metrics.parquet` (the simulator's columns), `trajectory.png`, `phases.json`, `claims.md`,
+`claims.json`, and one generator state per cycle under `generator/`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from archrefine.generators.text import GeneratorUnavailable, TextGenerator
+from archrefine.real.config import RealConfig
+from archrefine.real.loop import Event, completed_cycles, run_loop
+from archrefine.store import StoreError, atomic_write_text, close_run, open_run
+
+LOOP_STATE = ("state.json", "metrics.parquet", "generator", "candidates.sqlite",
+              "candidates.sqlite-wal", "candidates.sqlite-shm")  # fmt: skip
+
+__all__ = [
+    "Event",
+    "GeneratorUnavailable",
+    "RealConfig",
+    "completed_cycles",
+    "make_generator",
+    "run",
+    "start",
+]
+
+
+def make_generator(config: RealConfig) -> TextGenerator:
+    """The backend `config.generator.kind` names (heavy imports only for the one asked for)."""
+    g = config.generator
+    if g.kind == "hf":
+        from archrefine.generators.hf import HFGenerator, LoraSettings
+
+        lora = g.lora.model_dump()
+        lora["target_modules"] = tuple(lora["target_modules"])
+        return HFGenerator(g.model, lora=LoraSettings(**lora), device=g.device, seed=config.seed)
+    if g.kind == "openai":
+        from archrefine.generators.openai_api import OpenAIGenerator
+
+        return OpenAIGenerator(
+            g.model,
+            base_url=g.base_url or None,
+            api=g.api,
+            timeout_s=g.timeout_s,
+            max_retries=g.max_retries,
+            concurrency=g.concurrency,
+        )
+    from archrefine.generators.text import LearnedTextGenerator
+
+    return LearnedTextGenerator(g.learned, seed=config.seed)
+
+
+def start(out: Path, config: RealConfig, *, force: bool = False, resume: bool = False) -> Path:
+    """Open `out` for a new run, or (with `resume`) check it holds this run and reopen it."""
+    from archrefine.evaluate.sandbox import isolation_level
+
+    out = Path(out)
+    if resume:
+        saved = out / "config.toml"
+        if not saved.exists():
+            raise StoreError(f"{out}: no loop to resume (no config.toml)")
+        return out
+    meta = {"seed": config.seed, "isolation": isolation_level(config.evaluate.isolation)}
+    open_run(out, force=force, kind="loop", meta=meta)
+    for name in LOOP_STATE:  # --force starts afresh: an old loop's state must not be resumed
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    atomic_write_text(out / "config.toml", config.to_toml())
+    return out
+
+
+def run(
+    config: RealConfig,
+    out: Path,
+    *,
+    generator: TextGenerator | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    force: bool = False,
+    resume: bool = False,
+) -> pd.DataFrame:
+    """Run (or resume) a loop in `out` and write its report; return the per-cycle metrics."""
+    from archrefine.real.report import write_report
+
+    started = time.time()
+    start(out, config, force=force, resume=resume)
+    gen = generator or make_generator(config)
+    try:
+        frame = run_loop(config, out, gen, on_event=on_event)
+    finally:
+        gen.close()
+    files = write_report(out, config, frame)
+    close_run(out, files=files, started=started)
+    return frame

@@ -1,0 +1,96 @@
+"""Prompts as editable template files: the task, the data, the budget, the references, the contract.
+
+A template is plain text with `$placeholders` (Python's `string.Template`): `$task`, `$dataset`,
+`$input_shape`, `$classes`, `$param_budget` and `$references` (the reference architectures,
+with their scores, as ```python blocks). The built-in template is
+`archrefine/data/prompts/default.txt`; copy it, edit it, and point `prompt.template` at the copy.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+from archrefine.config import ConfigError
+from archrefine.real.config import PromptConfig
+
+PLACEHOLDERS = ("task", "dataset", "input_shape", "classes", "param_budget", "references")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One reference architecture shown in a prompt; `accuracy` is None for a known design."""
+
+    code: str
+    accuracy: float | None = None
+    params: int | None = None
+    name: str = ""
+    cid: int | None = None  # the candidate's id in the run's store (its parent id)
+
+
+def default_template() -> str:
+    return (files("archrefine") / "data" / "prompts" / "default.txt").read_text()
+
+
+def load_template(path: str) -> string.Template:
+    """The template at `path` (the built-in one when empty), checked for unknown placeholders."""
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise ConfigError(f"prompt.template: cannot read {path} ({err.strerror})") from None
+    else:
+        text = default_template()
+    template = string.Template(text)
+    try:  # substitute with dummies: an unknown or malformed placeholder fails here, not mid-run
+        template.substitute({name: "" for name in PLACEHOLDERS})
+    except KeyError as err:
+        allowed = ", ".join(f"${p}" for p in PLACEHOLDERS)
+        raise ConfigError(
+            f"prompt.template: unknown placeholder ${err.args[0]} in {path or 'the built-in'}"
+            f" template (allowed: {allowed})"
+        ) from None
+    except ValueError as err:
+        raise ConfigError(f"prompt.template: {err} in {path or 'the built-in'} template") from None
+    return template
+
+
+def render(
+    template: string.Template,
+    cfg: PromptConfig,
+    references: list[Reference],
+    *,
+    input_shape: tuple[int, ...],
+    classes: int,
+) -> str:
+    return template.substitute(
+        task=cfg.task,
+        dataset=cfg.dataset,
+        input_shape=", ".join(str(d) for d in input_shape),
+        classes=classes,
+        param_budget=f"{cfg.param_budget:,}",
+        references=references_block(references),
+    )
+
+
+def references_block(references: list[Reference]) -> str:
+    if not references:
+        return "There are no reference architectures yet: design one from scratch."
+    scored = any(r.accuracy is not None for r in references)
+    head = (
+        "Reference architectures from earlier rounds, with their accuracy after one epoch:"
+        if scored
+        else "Reference architectures (well-known designs):"
+    )
+    parts = [head]
+    for i, ref in enumerate(references, 1):
+        notes = [ref.name] if ref.name else []
+        if ref.accuracy is not None:
+            notes.append(f"accuracy {ref.accuracy:.3f}")
+        if ref.params is not None:
+            notes.append(f"{ref.params:,} parameters")
+        title = f"Reference {i}" + (f" ({', '.join(notes)})" if notes else "")
+        parts.append(f"### {title}\n```python\n{ref.code.rstrip()}\n```")
+    return "\n\n".join(parts)
