@@ -48,7 +48,7 @@ def loop_section(run: Path) -> str:
     cols = ["cycle", "validity", "novelty", "diversity", "fitness", "best_fitness",
             "grounded_novelty", "duplicates", "n_no_code"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in rows[cols].iterrows():
+    for r in rows[cols].to_dict("records"):  # per-column types kept (counts stay integers)
         lines.append("| " + " | ".join(_cell(r[c]) for c in cols) + " |")
     minutes = info.get("seconds", 0) / 60
     title, _, claims = (run / "claims.md").read_text().partition("\n\n")
@@ -63,9 +63,7 @@ def loop_section(run: Path) -> str:
 def _cell(value) -> str:
     if not isinstance(value, float):
         return str(value)
-    if value != value:
-        return "–"
-    return f"{value:g}" if value.is_integer() else f"{value:.3f}"
+    return "–" if value != value else f"{value:.3f}"
 
 
 def main() -> None:

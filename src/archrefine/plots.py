@@ -84,7 +84,8 @@ def trajectory(
         ax.set_xlabel("cycle")
         ax.grid(alpha=0.3)
     trials = sel.trial.nunique()
-    fig.suptitle(f"{title} (mean ± std over {trials} trials)", y=1.08)
+    spread = "one run" if trials == 1 else f"mean ± std over {trials} trials"
+    fig.suptitle(f"{title} ({spread})", y=1.08)
     _save(fig, path)
 
 
