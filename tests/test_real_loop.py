@@ -115,8 +115,8 @@ def test_learned_generator_runs_two_cycles_with_the_simulators_columns(tmp_path:
     assert frame.validity.between(0, 1).all() and frame.novelty.between(0, 1).all()
     for name in ("metrics.parquet", "trajectory.png", "claims.md", "phases.json", "run.json"):
         assert (out / name).exists(), name
-    assert (out / "generator" / "cycle-001" / "learned.pt").exists()
-    assert (out / "generator" / "cycle-002" / "learned.pt").exists()
+    assert (out / "generator" / "cycle-001" / "learned.npz").exists()
+    assert (out / "generator" / "cycle-002" / "learned.npz").exists()
     with CandidateStore(out / "candidates.sqlite") as store:
         cands = store.to_frame()
     assert len(cands) == 12 and set(cands.cycle) == {1, 2}

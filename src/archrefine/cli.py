@@ -134,32 +134,87 @@ def run(
     set_: SetOpt = None,
     out: OutOpt = None,
     force: ForceOpt = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the interrupted run in this directory (its own config)."),
+    ] = None,
 ) -> None:
-    """Run one configuration; write config.toml, metrics.parquet and a trajectory figure."""
+    """Run one configuration; write config.toml, metrics.parquet and a trajectory figure.
+
+    The loop's state is checkpointed after every cycle, so `--resume DIR` finishes a killed
+    run with exactly the results an uninterrupted one would have."""
+    if resume is not None:
+        cfg, out, done = _reopen(resume, config=config, set_=set_, out=out, force=force)
+        if done is None:
+            return
+        started = time.time()
+    else:
+        from archrefine.store import atomic_write_text, default_dir, open_run
+
+        cfg = load_config(config, list(set_ or []))
+        out = out or default_dir("run")
+        open_run(out, force=force, kind="run", meta={"seed": cfg.seed, "trials": cfg.trials})
+        (out / CHECKPOINT).unlink(missing_ok=True)  # --force starts afresh
+        started, done = time.time(), 0
+        atomic_write_text(out / "config.toml", cfg.to_toml())
     from archrefine import plots
     from archrefine.loop import simulate
-    from archrefine.store import (
-        atomic_write_text,
-        close_run,
-        default_dir,
-        open_run,
-        write_parquet,
-    )
+    from archrefine.store import close_run, write_parquet
 
-    cfg = load_config(config, list(set_ or []))
-    out = out or default_dir("run")
-    open_run(out, force=force, kind="run", meta={"seed": cfg.seed, "trials": cfg.trials})
-    started = time.time()
-    atomic_write_text(out / "config.toml", cfg.to_toml())
     with _progress() as progress:
-        task = progress.add_task("cycles", total=cfg.loop.cycles)
-        result = simulate(cfg, on_cycle=lambda c: progress.update(task, completed=c))
+        task = progress.add_task("cycles", total=cfg.loop.cycles, completed=done)
+        result = simulate(
+            cfg,
+            on_cycle=lambda c: progress.update(task, completed=c),
+            checkpoint=out / CHECKPOINT,
+            resume=resume is not None,
+        )
     write_parquet(out / "metrics.parquet", result.metrics)
     plots.trajectory(result.metrics, out / "trajectory.png")
-    close_run(out, files=["config.toml", "metrics.parquet", "trajectory.png"], started=started)
+    files = ["config.toml", "metrics.parquet", "trajectory.png", CHECKPOINT]
+    close_run(out, files=files, started=started)
     last = result.mean().iloc[-1]
     out_console.print("final cycle: " + ", ".join(f"{k} {v:.3f}" for k, v in last.items()))
     console.print(f"wrote {out}/")
+
+
+CHECKPOINT = "checkpoint.bin"
+
+
+def _reopen(directory: Path, *, config, set_, out, force) -> tuple[Config, Path, int | None]:
+    """Check that `directory` holds an interrupted `archrefine run`; return its config, the
+    directory and the cycles its checkpoint completed (None, said aloud, if it had finished)."""
+    from archrefine.checkpoint import Checkpoint
+    from archrefine.store import StoreError, utc_now, write_json
+
+    if config is not None or set_:
+        raise ConfigError("--resume uses the run's own config.toml: drop CONFIG and --set")
+    if out is not None or force:
+        raise ConfigError("--resume writes into the run's own directory: drop --out and --force")
+    if not (directory / "config.toml").is_file():
+        raise StoreError(f"{directory}: no run to resume (no config.toml)")
+    cfg = load_config(directory / "config.toml")
+    try:
+        info = json.loads((directory / "run.json").read_text())
+    except (OSError, ValueError):
+        info = {}
+    if not isinstance(info, dict):
+        info = {}
+    if info.get("kind") not in (None, "run"):
+        raise StoreError(f"{directory}: holds a {info['kind']} run, not an `archrefine run`")
+    if info.get("status") == "complete":
+        done = f"{directory}/ is already complete ({cfg.loop.cycles} cycles): nothing to do"
+        console.print(done, soft_wrap=True)
+        return cfg, directory, None
+    for tmp in directory.glob(f".{CHECKPOINT}.*.tmp"):  # a write the kill cut short
+        tmp.unlink()
+    path = directory / CHECKPOINT
+    done = Checkpoint(path).completed() if path.exists() else 0
+    if info:
+        resumed = [*info.get("resumed", []), utc_now()]
+        write_json(directory / "run.json", {**info, "resumed": resumed})
+    console.print(f"resuming {directory}/ after cycle {done} of {cfg.loop.cycles}", soft_wrap=True)
+    return cfg, directory, done
 
 
 @app.command()

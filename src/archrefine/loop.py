@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from archrefine.checkpoint import Checkpoint, LoopState
 from archrefine.config import Config
 from archrefine.generators.paper import PaperGenerator
 from archrefine.landscapes import NKLandscape
@@ -53,11 +55,20 @@ class Archive:
         self.filled += count
 
 
-def simulate(config: Config, *, on_cycle: Callable[[int], None] | None = None) -> Result:
+def simulate(
+    config: Config,
+    *,
+    on_cycle: Callable[[int], None] | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+) -> Result:
     """Run `config.trials` independent refinement loops and return per-cycle metrics.
 
     All randomness comes from one `numpy.random.Generator` seeded with `config.seed`, so the same
-    config gives the same result on every machine.
+    config gives the same result on every machine. With `checkpoint`, the loop's whole state is
+    written there (atomically) after every cycle, before `on_cycle` hears of it; with `resume`
+    too, a run continues from that file where it exists (`archrefine.checkpoint`), and its
+    result is identical, bit for bit, to an uninterrupted run's.
     """
     rng = np.random.default_rng(config.seed)
     world = make_space(config)
@@ -66,14 +77,16 @@ def simulate(config: Config, *, on_cycle: Callable[[int], None] | None = None) -
     generator = make_generator(config, world, rng)
     known = world.known(trials, rng)
     try:
-        records = _cycles(config, world, generator, score, known, rng, on_cycle)
+        records = _cycles(config, world, generator, score, known, rng, on_cycle, checkpoint, resume)
     finally:
         if hasattr(score, "close"):  # a worker pool (first-epoch training)
             score.close()
     return Result(config=config, metrics=_frame(records, trials))
 
 
-def _cycles(config, world, generator, score, known, rng, on_cycle) -> list[dict]:
+def _cycles(
+    config, world, generator, score, known, rng, on_cycle, checkpoint=None, resume=False
+) -> list[dict]:
     """The cycle loop proper: propose → evaluate → record → select → refine."""
     loop, trials, n = config.loop, config.trials, config.loop.population
     d = known.shape[2]
@@ -82,8 +95,13 @@ def _cycles(config, world, generator, score, known, rng, on_cycle) -> list[dict]
     schedule = rates(config.schedule, loop.cycles)
     pool = np.zeros((trials, loop.top_k, d), dtype=np.int16)
     pool_size = np.zeros(trials, dtype=int)
-    records = []
-    for c in range(loop.cycles):
+    # the state shares the archive's arrays, which `Archive.add` fills in place
+    state = LoopState(0, pool, pool_size, archive.rows, archive.filled, known=known.shape[1])
+    saver = None if checkpoint is None else Checkpoint(checkpoint, config)
+    if resume and saver is not None and saver.path.exists():
+        saver.restore(state, rng, generator, score)
+    pool, pool_size, records = state.pool, state.pool_size, state.records
+    for c in range(state.cycle, loop.cycles):
         cands = generator.propose(pool, pool_size, n, schedule[c], loop.fresh_fraction)
         seqs = cands.seqs
         valid = world.validity(cands, generator, rng)
@@ -114,6 +132,9 @@ def _cycles(config, world, generator, score, known, rng, on_cycle) -> list[dict]
             archive.add(seqs, valid if loop.archive == "valid" else np.ones_like(valid))
         generator.refine(new_pool, new_size)
         records[-1]["loss"] = getattr(generator, "last_loss", np.full(trials, np.nan)).copy()
+        if saver is not None:
+            state.cycle, state.pool, state.pool_size = c + 1, pool, pool_size
+            saver.save(state, rng, generator, score)
         if on_cycle is not None:
             on_cycle(c + 1)
     return records

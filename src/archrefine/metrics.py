@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from archrefine import knn
+
 
 def diversity(seqs: np.ndarray, vocab: int) -> np.ndarray:
     """Mean pairwise normalized Hamming distance within each trial's population, O(n·d).
@@ -62,20 +64,6 @@ def novelty(seqs: np.ndarray, archive: np.ndarray, filled: np.ndarray, k: int) -
 
     `archive (trials, A, d)` is valid in its first `filled[t]` rows for trial t; k shrinks to the
     archive size when the archive is smaller. Returns `(trials, n)`; NaN where the archive is empty.
+    Computed exactly by `archrefine.knn` with the measured `auto` pick of method.
     """
-    trials, n, d = seqs.shape
-    width = int(filled.max()) if filled.size else 0
-    if width == 0:
-        return np.full((trials, n), np.nan)
-    dist = hamming(seqs, archive[:, :width])
-    empty = np.arange(width)[None, :] >= filled[:, None]  # (trials, width)
-    dist[np.broadcast_to(empty[:, None, :], dist.shape)] = np.iinfo(dist.dtype).max
-    kmax = min(k, width)
-    nearest = np.partition(dist, kmax - 1, axis=2)[:, :, :kmax] if kmax < width else dist
-    kk = np.minimum(k, filled)
-    if (kk < kmax).any():  # a ragged archive smaller than k: drop the padding
-        nearest = np.sort(nearest, axis=2)
-        nearest = np.where(np.arange(kmax)[None, None, :] < kk[:, None, None], nearest, 0)
-    total = nearest.sum(axis=2, dtype=np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return total / (kk[:, None] * d)
+    return knn.novelty(seqs, archive, filled, k)

@@ -79,7 +79,7 @@ def open_run(path: Path, *, force: bool, kind: str, meta: dict[str, Any] | None 
         raise StoreError(f"{path}: already holds a run; choose another --out or pass --force")
     path.mkdir(parents=True, exist_ok=True)
     command = " ".join(["archrefine", *sys.argv[1:]]) if _from_cli() else None
-    info = {"kind": kind, "status": "running", "started": _now(), "command": command}
+    info = {"kind": kind, "status": "running", "started": utc_now(), "command": command}
     write_json(path / "run.json", {**info, **(meta or {})})
     return path
 
@@ -88,7 +88,7 @@ def close_run(path: Path, *, files: Iterable[str], started: float) -> None:
     info = json.loads((Path(path) / "run.json").read_text())
     info.update(
         status="complete",
-        finished=_now(),
+        finished=utc_now(),
         seconds=round(time.time() - started, 3),
         files=sorted(files),
     )
@@ -99,7 +99,7 @@ def _from_cli() -> bool:
     return Path(sys.argv[0]).name in ("archrefine", "__main__.py")
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 

@@ -347,6 +347,14 @@ class FirstEpochFitness:
         """A copy of the cache: canonical architecture -> accuracy."""
         return dict(self._cache)
 
+    def state(self) -> list[list]:
+        """The cache as JSON values, `[[tokens, accuracy], ...]` (a simulation checkpoint)."""
+        return [[list(k), v] for k, v in sorted(self._cache.items())]
+
+    def load_state(self, entries: list[list]) -> None:
+        """Merge a cache that `state` returned."""
+        self._cache.update({tuple(int(t) for t in k): float(v) for k, v in entries})
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the cache and the settings it holds for as JSON, atomically (a reader sees
         the old file or the new one, never half of one)."""

@@ -280,6 +280,38 @@ class LearnedGenerator:
         self.count = torch.zeros(trials, dtype=torch.long)
         self.last_loss = np.full(trials, np.nan)
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything fine-tuning and sampling change, as numpy arrays (for a checkpoint): the
+        trained weights (the adapters under LoRA: the base stays as pre-trained), Adam's m, v and
+        step counts, the torch generator, the cumulative fine-tuning set and the last loss."""
+        out = {f"weights/{k}": v.detach().numpy().copy() for k, v in self.trainable.items()}
+        for i, (m, v) in enumerate(zip(self.opt.m, self.opt.v, strict=True)):
+            out[f"adam/m/{i}"], out[f"adam/v/{i}"] = m.numpy().copy(), v.numpy().copy()
+        return out | {
+            "adam/t": self.opt.t.numpy().copy(),
+            "torch_rng": self.g.get_state().numpy().copy(),
+            "data": self.data.numpy().copy(),
+            "count": self.count.numpy().copy(),
+            "last_loss": self.last_loss.copy(),
+        }
+
+    @torch.no_grad()
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what `state` returned (the same config and trials)."""
+
+        def tensor(key: str) -> torch.Tensor:
+            return torch.from_numpy(np.array(state[key]))
+
+        for k, q in self.trainable.items():
+            q.copy_(tensor(f"weights/{k}"))
+        for i, (m, v) in enumerate(zip(self.opt.m, self.opt.v, strict=True)):
+            m.copy_(tensor(f"adam/m/{i}"))
+            v.copy_(tensor(f"adam/v/{i}"))
+        self.opt.t.copy_(tensor("adam/t"))
+        self.g.set_state(tensor("torch_rng"))
+        self.data, self.count = tensor("data"), tensor("count")
+        self.last_loss = np.array(state["last_loss"])
+
     @one_thread
     def propose(
         self, pool: np.ndarray, pool_size: np.ndarray, n: int, rate: float, fresh: float

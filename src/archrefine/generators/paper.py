@@ -100,6 +100,17 @@ class PaperGenerator:
         # log sigmoid summed over the written tokens, computed stably
         return cfg.ceiling * np.exp(-(np.logaddexp(0.0, -logit) * cands.written).sum(axis=2))
 
+    def state(self) -> dict[str, np.ndarray]:
+        """What refinement changes (the prior and the bonus), for a checkpoint."""
+        return {"prior": self.prior, "bonus": self.bonus}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what `state` returned (the same config and trials)."""
+        prior, bonus = np.array(state["prior"]), np.array(state["bonus"])
+        if prior.shape != self.prior.shape or bonus.shape != self.bonus.shape:
+            raise ValueError(f"generator state {prior.shape} does not fit {self.prior.shape}")
+        self.prior, self.bonus = prior, bonus
+
     def refine(self, pool: np.ndarray, pool_size: np.ndarray) -> None:
         cfg = self.cfg
         trials, k, d = pool.shape

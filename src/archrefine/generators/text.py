@@ -124,27 +124,16 @@ class LearnedTextGenerator:
         return loss if np.isfinite(loss) else None
 
     def save(self, directory: Path) -> None:
-        import torch
-
+        """The model's checkpoint state (plain arrays, read back without pickle) and how many
+        pairs it has learned from."""
         directory.mkdir(parents=True, exist_ok=True)
-        m = self.model
-        adam = {"m": m.opt.m, "v": m.opt.v, "t": m.opt.t}
-        state = {"params": m.params, "lora": m.lora, "data": m.data, "count": m.count,
-                 "adam": adam, "g": m.g.get_state()}  # fmt: skip
-        torch.save(state, directory / "learned.pt")
+        with open(directory / "learned.npz", "wb") as f:
+            np.savez(f, **self.model.state())
         (directory / "learned.json").write_text(json.dumps({"seen": self._seen}))
 
     def load(self, directory: Path) -> None:
-        import torch
-
-        state = torch.load(directory / "learned.pt", weights_only=False)
-        m = self.model
-        for name in ("params", "lora"):
-            for key, value in state[name].items():
-                getattr(m, name)[key].data.copy_(value)
-        m.data, m.count = state["data"], state["count"]
-        m.opt.m, m.opt.v, m.opt.t = state["adam"]["m"], state["adam"]["v"], state["adam"]["t"]
-        m.g.set_state(state["g"])
+        with np.load(directory / "learned.npz", allow_pickle=False) as state:
+            self.model.load_state(dict(state))
         self._seen = json.loads((directory / "learned.json").read_text())["seen"]
 
     def close(self) -> None:

@@ -1,0 +1,143 @@
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from archrefine import knn, metrics
+
+FAISS = ("faiss", "faiss-bytes")
+needs_faiss = pytest.mark.skipif(
+    not knn.has_faiss(), reason="faiss-cpu is not installed (pip install 'archrefine[scale]')"
+)
+ALL = [pytest.param(m, marks=needs_faiss) if m in FAISS else m for m in (*knn.METHODS, "auto")]
+
+
+def brute(seqs, archive, filled, k):
+    """One query and one archive row at a time: sort every distance, average the first k."""
+    trials, n, d = seqs.shape
+    out = np.full((trials, n), np.nan)
+    for t in range(trials):
+        rows = archive[t, : filled[t]]
+        for i in range(n):
+            dist = sorted(int(np.sum(seqs[t, i] != r)) for r in rows)
+            if dist:
+                out[t, i] = sum(dist[:k]) / (min(k, len(dist)) * d)
+    return out
+
+
+@st.composite
+def problems(draw, d=None, vocab=None):
+    trials = draw(st.integers(1, 3))
+    n = draw(st.integers(1, 6))
+    d = d or draw(st.integers(1, 20))
+    vocab = vocab or draw(st.sampled_from([1, 2, 3, 5, 30, 40, 300]))
+    cap = draw(st.integers(1, 25))
+    filled = np.array(draw(st.lists(st.integers(0, cap), min_size=trials, max_size=trials)))
+    k = draw(st.integers(1, 30))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    seqs = rng.integers(0, vocab, (trials, n, d)).astype(np.int16)
+    archive = rng.integers(0, vocab, (trials, cap, d)).astype(np.int16)
+    if draw(st.booleans()):  # copies of queries and of rows: exact ties and distance 0
+        archive[:, : min(cap, n)] = seqs[:, : min(cap, n)]
+        archive[:, cap // 2 :] = archive[:, :1]
+    return seqs, archive, filled, k
+
+
+def check(method, seqs, archive, filled, k):
+    width = int(filled.max())
+    vocab = max(int(seqs.max()), int(archive[:, :width].max(initial=0))) + 1
+    if method == "faiss-bytes" and width > 0 and vocab > 256:
+        with pytest.raises(ValueError, match="tokens < 256"):
+            knn.novelty(seqs, archive, filled, k, method)
+        return
+    got = knn.novelty(seqs, archive, filled, k, method)
+    assert np.array_equal(got, brute(seqs, archive, filled, k), equal_nan=True)
+
+
+@pytest.mark.parametrize("method", ALL)
+@settings(max_examples=60, deadline=None)
+@given(problem=problems())
+def test_equals_brute_force_on_small_inputs(method, problem):
+    check(method, *problem)
+
+
+@pytest.mark.parametrize("method", ALL)
+@settings(max_examples=25, deadline=None)
+@given(problem=problems(d=15, vocab=30))
+def test_equals_brute_force_at_the_paper_shape(method, problem):
+    check(method, *problem)
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_blocks_merge_exactly(method, monkeypatch):
+    """Many archive blocks, query blocks and faiss calls: the running k smallest is exact."""
+    monkeypatch.setattr(knn, "BLOCK", dict.fromkeys(knn.BLOCK, 40))
+    monkeypatch.setattr(knn, "ROWS", 7)
+    monkeypatch.setattr(knn, "FAISS_ROWS", 9)
+    rng = np.random.default_rng(0)
+    seqs = rng.integers(0, 4, (3, 11, 6)).astype(np.int16)
+    archive = rng.integers(0, 4, (3, 60, 6)).astype(np.int16)
+    filled = np.array([60, 5, 23])
+    for k in (1, 4, 15, 80):
+        check(method, seqs, archive, filled, k)
+
+
+def test_simulator_novelty_is_the_knn_novelty():
+    rng = np.random.default_rng(1)
+    seqs = rng.integers(0, 30, (4, 50, 15)).astype(np.int16)
+    archive = rng.integers(0, 30, (4, 270, 15)).astype(np.int16)
+    filled = np.array([270, 100, 14, 0])
+    want = knn.novelty(seqs, archive, filled, 15, "numpy")
+    assert np.array_equal(metrics.novelty(seqs, archive, filled, 15), want, equal_nan=True)
+    assert np.isnan(want[3]).all() and not np.isnan(want[:3]).any()
+
+
+def test_empty_archive_is_nan_for_every_method():
+    seqs = np.zeros((2, 3, 4), dtype=np.int16)
+    for method in (*knn.METHODS, "auto"):
+        got = knn.novelty(seqs, np.zeros((2, 5, 4), np.int16), np.array([0, 0]), 3, method)
+        assert np.isnan(got).all()
+
+
+def test_bad_arguments():
+    seqs, archive, filled = np.zeros((1, 2, 3), int), np.zeros((1, 4, 3), int), np.array([4])
+    with pytest.raises(ValueError, match="unknown kNN method"):
+        knn.novelty(seqs, archive, filled, 2, "annoy")
+    with pytest.raises(ValueError, match="at least 1"):
+        knn.novelty(seqs, archive, filled, 0)
+
+
+def test_auto_rule():
+    small = np.zeros((1, 50, 15), np.int16)
+    assert knn.choose(small, np.zeros((1, 40, 15), np.int16)) == "numpy"  # 2,000 pairs
+    want = "faiss-bytes" if knn.has_faiss() else "numpy"
+    assert knn.choose(small, np.zeros((1, 270, 15), np.int16)) == want  # 13,500 pairs
+    wide = np.full((1, 50, 15), 300, np.int16)  # tokens past a byte
+    assert knn.choose(wide, np.zeros((1, 270, 15), np.int16)) == "numpy"
+
+
+def test_without_faiss(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss raises ImportError
+    knn.has_faiss.cache_clear()
+    try:
+        seqs = np.zeros((1, 50, 15), np.int16)
+        archive = np.ones((1, 1000, 15), np.int16)
+        assert knn.choose(seqs, archive) == "numpy"
+        assert (knn.novelty(seqs, archive, np.array([1000]), 15) == 1.0).all()
+        with pytest.raises(ImportError, match=r"need faiss-cpu: pip install") as err:
+            knn.novelty(seqs, archive, np.array([1000]), 15, "faiss")
+        assert "\n" not in str(err.value)
+    finally:
+        knn.has_faiss.cache_clear()
+
+
+def test_faiss_code_sizes():
+    assert knn.faiss_code_bytes(15 * 30) == 64  # 450 bits → 512
+    assert [knn.faiss_code_bytes(b) for b in (1, 64, 65, 200, 513, 600)] == [8, 8, 16, 32, 72, 80]
+    codes = knn.onehot_bits(np.array([[0, 2], [1, 2]]), 3, 8)
+    assert np.unpackbits(codes, axis=1, bitorder="little")[:, :6].tolist() == [
+        [1, 0, 0, 0, 0, 1],
+        [0, 1, 0, 0, 0, 1],
+    ]
