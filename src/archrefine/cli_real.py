@@ -38,6 +38,7 @@ def loop(
     ] = None,
 ) -> None:
     """Run the real loop: generate code, evaluate it in the sandbox, select, refine, repeat."""
+    _need_real_extra()
     from archrefine import real
     from archrefine.real.config import RealConfig
     from archrefine.real.report import summary
@@ -111,6 +112,18 @@ class _Display:
         return t
 
 
+def _need_real_extra() -> None:
+    """The real loop's dependencies are an extra: say so in one line instead of a traceback."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "datasketch", "sklearn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f'the real loop needs {", ".join(missing)}: pip install "torch==2.13.0" '
+            f"-e \".[real]\" (or pip install 'archrefine[real]')"
+        )
+
+
 def _f(value: float | None) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
@@ -147,6 +160,7 @@ def serve(
     seed: Annotated[int, typer.Option(help="Seed of the served generator.")] = 0,
 ) -> None:
     """Serve a local generator over the OpenAI API (chat and completions) on loopback."""
+    _need_real_extra()
     from archrefine.real import make_generator
     from archrefine.real.config import RealConfig
     from archrefine.serve import GeneratorServer
@@ -169,6 +183,7 @@ def tiny_model(
     seed: Annotated[int, typer.Option(help="Initialisation and tokenizer seed.")] = 0,
 ) -> None:
     """Write a tiny random GPT-2 with a locally trained tokenizer, to try the hf generator."""
+    _need_real_extra()
     from archrefine.generators.hf import build_tiny_model
 
     path = build_tiny_model(directory, seed=seed)
