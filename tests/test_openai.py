@@ -186,6 +186,15 @@ def test_server_down_is_quick_and_one_line():
         assert url in message and "\n" not in message
 
 
+def test_a_stopped_server_is_down_for_kept_alive_clients_too():
+    server = GeneratorServer(Echo()).start()
+    gen = _client(server)
+    assert len(gen.generate(["a"], Sampling(), 0)) == 1  # a keep-alive connection now exists
+    server.stop()
+    with pytest.raises(GeneratorUnavailable, match="cannot reach"):
+        gen.generate(["b"], Sampling(), 0)
+
+
 def test_timeout_names_the_limit():
     with GeneratorServer(Echo(delay=1.0)) as server:
         gen = _client(server, timeout_s=0.3)

@@ -11,8 +11,10 @@ rate, which the learned generator reads and LLM backends ignore).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+import socket
 import threading
 import time
 import uuid
@@ -115,6 +117,7 @@ class GeneratorServer:
         self._httpd = ThreadingHTTPServer((host, port), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.owner = self  # type: ignore[attr-defined]
+        self.connections: set[socket.socket] = set()  # open keep-alive connections
 
     @property
     def url(self) -> str:
@@ -131,12 +134,16 @@ class GeneratorServer:
         return self
 
     def stop(self) -> None:
-        """Stop accepting requests and close the socket (requests in flight are abandoned)."""
+        """Stop accepting requests, close the socket and every kept-alive connection (a stopped
+        server must look down to its clients; requests in flight are abandoned)."""
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join()
             self._thread = None
         self._httpd.server_close()
+        for conn in list(self.connections):  # not under the generator lock: that may be busy
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def serve_forever(self) -> None:
         """Serve in this thread until Ctrl-C (the CLI's `serve`)."""
@@ -191,6 +198,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet by default: tests and the loop's console stay readable
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.owner.connections.add(self.connection)  # type: ignore[attr-defined]
+
+    def finish(self) -> None:
+        self.server.owner.connections.discard(self.connection)  # type: ignore[attr-defined]
+        super().finish()
 
     def do_GET(self) -> None:
         if self._route() == "/v1/models":
