@@ -21,6 +21,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from archrefine.evaluate.sandbox import one_line
 from archrefine.generators.text import Sampling, TextGenerator
 
 __all__ = ["GeneratorServer"]
@@ -28,11 +29,6 @@ __all__ = ["GeneratorServer"]
 
 class _BadRequest(ValueError):
     """A request answered with 400; the message goes back to the client."""
-
-
-def _one_line(text: object, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _field(body: dict, keys: tuple[str, ...], default: Any, kind: type = float, low=None) -> Any:
@@ -227,7 +223,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, str(e), "invalid_request_error")
             return
         except Exception as e:  # the generator failed: one line, the client may retry
-            self._error(500, _one_line(f"{type(e).__name__}: {e}"), "server_error")
+            self._error(500, one_line(f"{type(e).__name__}: {e}"), "server_error")
             return
         self._send(200, answer)
 
@@ -239,7 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             body = json.loads(raw)
         except ValueError as e:  # bad length, bad UTF-8, bad JSON
-            raise _BadRequest(f"the request body is not valid JSON ({_one_line(e)})") from e
+            raise _BadRequest(f"the request body is not valid JSON ({one_line(e)})") from e
         if not isinstance(body, dict):
             raise _BadRequest("the request body must be a JSON object")
         return body

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from archrefine.evaluate.sandbox import one_line
 from archrefine.generators.text import GeneratorUnavailable, Sampling
 
 try:  # optional (`archrefine[real]`): a missing client is reported when a generator starts
@@ -29,12 +30,6 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 __all__ = ["OpenAIGenerator"]
 
 _T = TypeVar("_T")
-
-
-def _one_line(text: object, limit: int = 300) -> str:
-    """Whitespace collapsed and cut: server messages can be multi-line tracebacks or HTML."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 class OpenAIGenerator:
@@ -166,7 +161,7 @@ class OpenAIGenerator:
                 f"{self.timeout_s:g} s ({self.max_retries} retries)"
             ) from e
         except openai.APIConnectionError as e:
-            reason = _one_line(e.__cause__ or e.message) or type(e.__cause__).__name__
+            reason = one_line(e.__cause__ or e.message) or type(e.__cause__).__name__
             raise GeneratorUnavailable(
                 f"cannot reach the OpenAI-compatible server at {url} ({reason})"
             ) from e
@@ -175,9 +170,9 @@ class OpenAIGenerator:
             message = body.get("message") if isinstance(body, dict) else body
             raise GeneratorUnavailable(
                 f"the OpenAI-compatible server at {url} answered HTTP {e.status_code}: "
-                f"{_one_line(message or e.message)}"
+                f"{one_line(message or e.message)}"
             ) from e
         except openai.OpenAIError as e:
             raise GeneratorUnavailable(
-                f"the OpenAI-compatible server at {url} gave an unusable answer ({_one_line(e)})"
+                f"the OpenAI-compatible server at {url} gave an unusable answer ({one_line(e)})"
             ) from e
