@@ -86,23 +86,27 @@ def run_loop(
         CandidateStore(out / "candidates.sqlite") as store,
         evaluator(config) as pool,
     ):
+        archive = Archive(config)  # kept across cycles; on resume, refilled from the store once
+        for earlier in range(1, start + 1):
+            archive.admit(store.cycle_rows(earlier))
         for c in range(start + 1, config.loop.cycles + 1):
             began = time.time()
             rate = float(schedule[c - 1])
             refs = _references(store, c, config)
             _generate(store, generator, config, template, refs, c, rate, notify)
-            archive, mapped = _archive(store, c, config)
-            _score_novelty(store, c, archive, config)
+            _score_novelty(store, c, archive.codes, config)
             _evaluate(store, pool, c, config, data, notify)
             selected = _select(store, c, config.loop.top_k)
             pairs = _pairs(store)
             loss = generator.refine(pairs, c) if selected else None
             generator.save(out / "generator" / f"cycle-{c:03d}")
-            row = _metrics(store.cycle_rows(c), archive, mapped, c, rate, loss, config)
+            cycle_rows = store.cycle_rows(c)
+            row = _metrics(cycle_rows, archive.codes, archive.mapped(), c, rate, loss, config)
             row["seconds"] = round(time.time() - began, 3)
             rows.append(row)
             write_parquet(out / "metrics.parquet", pd.DataFrame(rows))
             write_json(out / "state.json", {"completed": c})
+            archive.admit(cycle_rows)  # judged against from the next cycle on
             notify(Event(c, "cycle", c, config.loop.cycles, row))
     return pd.DataFrame(rows)
 
@@ -201,26 +205,40 @@ def _row(config: RealConfig, c: int, prompt: str, response: str, parents: list[i
     return row | dict(code=code, fingerprint=fingerprint(code).sha1)
 
 
-def _archive(store: CandidateStore, c: int, config: RealConfig):
-    """The archive novelty is judged against when cycle `c` begins: KNOWN (if seeded) plus the
-    earlier cycles' candidates that `loop.archive` admits; as MinHash sketches and as grounded
-    sequences (those whose structure maps)."""
-    from archrefine.space import KNOWN, LENGTH, token_id
+class Archive:
+    """What novelty is judged against when a cycle begins: KNOWN (if seeded) plus the earlier
+    cycles' candidates that `loop.archive` admits, as MinHash sketches (`codes`) and as grounded
+    sequences (those whose structure maps). Grown by one cycle at a time, never rebuilt."""
 
-    nv = config.novelty
-    archive = CodeNovelty(nv.shingle, nv.num_perm, nv.threshold, seed=1)
-    mapped = [list(seq) for seq in KNOWN.values()] if nv.seed_known else []
-    if nv.seed_known:
-        archive.seed_with_known()
-    for earlier in range(1, c):
-        for r in store.cycle_rows(earlier):
-            if r["code"] is None or not _admitted(r, config.loop.archive):
+    def __init__(self, config: RealConfig) -> None:
+        from archrefine.space import KNOWN
+
+        nv = config.novelty
+        self.policy = config.loop.archive
+        self.codes = CodeNovelty(nv.shingle, nv.num_perm, nv.threshold, seed=1)
+        self._mapped = [list(seq) for seq in KNOWN.values()] if nv.seed_known else []
+        if nv.seed_known:
+            self.codes.seed_with_known()
+
+    def admit(self, rows: list[dict]) -> None:
+        """Add a finished cycle's candidates that the policy admits."""
+        from archrefine.space import LENGTH, token_id
+
+        for r in rows:
+            if r["code"] is None or not _admitted(r, self.policy):
                 continue
-            archive.add(f"cand:{r['id']}", r["code"])
+            try:
+                self.codes.add(f"cand:{r['id']}", r["code"])
+            except ValueError:  # a block with no code tokens (comments only): nothing to match
+                continue
             seq = _mapped(r["code"])
             if seq is not None:
-                mapped.append(seq + [token_id("none")] * (LENGTH - len(seq)))
-    return archive, np.array(mapped, dtype=np.int16).reshape(-1, LENGTH)
+                self._mapped.append(seq + [token_id("none")] * (LENGTH - len(seq)))
+
+    def mapped(self) -> np.ndarray:
+        from archrefine.space import LENGTH
+
+        return np.array(self._mapped, dtype=np.int16).reshape(-1, LENGTH)
 
 
 def _admitted(row: dict, policy: str) -> bool:
