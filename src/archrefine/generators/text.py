@@ -107,12 +107,12 @@ class LearnedTextGenerator:
         size = np.array([len(pool) if any(refs) else 0])
         cands = self.model.propose(pool[None], size, len(prompts), rate, 0.0)
         out = []
-        for seq in cands.seqs[0]:
-            words = " ".join(VOCAB[int(t)] for t in seq)
-            if is_valid(seq[None])[0]:
+        seqs = cands.seqs[0]
+        for seq, valid in zip(seqs, is_valid(seqs)):  # one batched check
+            if valid:
                 out.append(f"```python\n{to_source(seq)}```\n")
             else:
-                out.append(f"A network with layers: {words}.\n")
+                out.append(f"A network with layers: {' '.join(VOCAB[int(t)] for t in seq)}.\n")
         return out
 
     def refine(self, pairs: Sequence[tuple[str, str]], cycle: int) -> float | None:
