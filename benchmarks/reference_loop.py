@@ -33,8 +33,11 @@ def run_trial(config: Config, rng: np.random.Generator) -> list[dict[str, float]
             total += table[i, idx]
         return total / d
 
-    def sample_token(i: int) -> int:
-        return int(rng.choice(vocab, p=prior[i]))
+    def sample_token(i: int, rate: float) -> int:
+        # decoding at temperature tau: probabilities proportional to prior ** (1 / tau)
+        tau = g.temperature + (g.temperature_span * rate if np.isfinite(rate) else 0.0)
+        weights = prior[i] ** (1.0 / tau)
+        return int(rng.choice(vocab, p=weights / weights.sum()))
 
     for c in range(loop.cycles):
         share = 1.0 if not pool else max(loop.fresh_fraction, 1 - len(pool) / k)
@@ -42,13 +45,13 @@ def run_trial(config: Config, rng: np.random.Generator) -> list[dict[str, float]
         cands, written = [], []
         for j in range(n):
             if j < n_fresh:
-                x = np.array([sample_token(i) for i in range(d)])
+                x = np.array([sample_token(i, schedule[c]) for i in range(d)])
                 w = np.ones(d, dtype=bool)
             else:
                 x = pool[rng.integers(len(pool))].copy()
                 w = rng.random(d) < schedule[c]
                 for i in np.flatnonzero(w):
-                    x[i] = sample_token(i)
+                    x[i] = sample_token(i, schedule[c])
             cands.append(x)
             written.append(w)
         valid, fits, novs = [], [], []

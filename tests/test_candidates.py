@@ -118,7 +118,7 @@ def test_to_frame_has_every_column_and_sensible_types(store: CandidateStore) -> 
     store.add(cycle=3)
     frame = store.to_frame()
     assert list(frame.columns) == list(COLUMNS)
-    assert str(frame["params"].dtype) == "Int64"
+    assert frame["params"].dtype == np.float64  # numeric; exact text in SQLite (any size)
     assert frame["params"].isna().tolist() == [False, True]
     assert frame["selected"].dtype == bool and frame["accuracy"].dtype == np.float64
     assert frame["parent_ids"].tolist() == [[3, 7], []]
@@ -235,3 +235,107 @@ def test_rows_committed_before_a_sigkill_are_all_there(tmp_path: Path) -> None:
             assert row.response == f"{row.cycle:06d}" * 40000 and row.parent_ids == [row.cycle]
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+@pytest.mark.parametrize("count", [2**63, 2**64 + 1, 10**400])
+def test_parameter_counts_of_any_size_are_stored_exactly(store: CandidateStore, count) -> None:
+    cid = store.add(**full(params=count))
+    store.update(cid, params=count + 1)
+    assert store.cycle_rows(2)[0]["params"] == count + 1  # exact, not clamped or rounded
+    value = store.to_frame()["params"].iloc[0]
+    assert value == (float(count + 1) if count < 10**300 else float("inf"))
+    store.export(store.path.parent)  # a numeric column, whatever the size
+    assert pq.read_table(store.path.parent / "candidates.parquet").column("params").type == "double"
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(cycle=2**63), "does not fit in 64 bits"),
+        (dict(cycle=1, params=-1), "negative"),
+        (dict(cycle=1, accuracy=10**400), "too large"),
+        (dict(cycle=1, parent_ids=[2**70]), "does not fit in 64 bits"),
+    ],
+)
+def test_out_of_range_fields_are_one_line_value_errors(store, fields, message) -> None:
+    with pytest.raises(ValueError, match=message) as err:
+        store.add(**fields)
+    assert len(str(err.value)) < 200 and len(store) == 0
+
+
+def test_a_schema_1_file_is_migrated_with_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    decl = {**{k: v[0] for k, v in COLUMNS.items()}, "params": "INTEGER"}
+    with sqlite3.connect(path) as raw:
+        raw.execute(f"CREATE TABLE candidates ({', '.join(f'{k} {v}' for k, v in decl.items())})")
+        raw.execute(
+            "INSERT INTO candidates (run_id, cycle, trial, status, params, near_duplicate,"
+            " parent_ids, selected, created) VALUES ('', 1, 0, 'ok', 123, 0, '[]', 0, 'now')"
+        )
+        raw.execute("PRAGMA application_id=0x41524346")
+        raw.execute("PRAGMA user_version=1")
+    with CandidateStore(path) as store:
+        assert store.cycle_rows(1)[0]["params"] == 123
+        store.add(cycle=1, params=2**80)
+        assert [r["params"] for r in store.cycle_rows(1)] == [123, 2**80]
+        assert store.check() is None
+
+
+def test_disk_full_is_one_line_and_keeps_committed_rows(tmp_path: Path, monkeypatch) -> None:
+    store = CandidateStore(tmp_path / "c.sqlite")
+    first = store.add(**full())
+
+    class Full:  # the connection as it behaves when the disk fills mid-transaction
+        def __init__(self, db):
+            self.db = db
+
+        def execute(self, sql, *args):
+            if sql.startswith(("INSERT", "UPDATE")):
+                raise sqlite3.OperationalError("database or disk is full")
+            return self.db.execute(sql, *args)
+
+    real = store._db
+    monkeypatch.setattr(store, "_db", Full(real))
+    for write in (lambda: store.add(**full()), lambda: store.update(first, status="crashed")):
+        with pytest.raises(CandidateStoreError, match="disk is full.*committed before is kept"):
+            write()
+    monkeypatch.setattr(store, "_db", real)
+    assert [r["status"] for r in store.cycle_rows(2)] == ["ok"]
+    store.close()
+
+
+def test_a_real_full_disk_is_one_line(tmp_path: Path) -> None:
+    """A store on a 1 MiB tmpfs (root only) filled by large responses."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+    ):
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        with CandidateStore(mnt / "c.sqlite") as store:
+            kept = store.add(**full())
+            with pytest.raises(CandidateStoreError, match="full") as err:
+                for _ in range(100):
+                    store.add(**full(response="x" * 100_000))
+            assert "\n" not in str(err.value)
+            assert store.cycle_rows(2)[0]["id"] == kept
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_check_finds_a_damaged_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    with CandidateStore(path) as store:
+        store.add_many([full(response="r" * 5000) for _ in range(50)])
+        assert store.check() is None
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 :] = b"\0" * (len(data) - len(data) // 2)  # half the pages zeroed
+    path.write_bytes(bytes(data))
+    with CandidateStore(path) as store:
+        problem = store.check()
+        assert problem and "\n" not in problem
+        assert ".recover" in str(store.damaged(problem))

@@ -82,8 +82,8 @@ def test_reproduce_small_writes_every_output_and_plot_redraws(tmp_path):
     claims = json.loads((out / "claims.json").read_text())
     assert [c["id"] for c in claims] == [f"C{i}" for i in range(1, 8)]
     for c in claims:
-        assert set(c) == {"id", "claim", "paper", "measured", "tolerance", "holds"}
-        assert isinstance(c["holds"], bool)
+        assert set(c) == {"id", "claim", "paper", "measured", "tolerance", "holds", "confidence"}
+        assert isinstance(c["holds"], bool) and 0 <= c["confidence"] <= 1
     m = read_metrics(out)
     assert set(m.experiment) == {"trajectory", "topk", "schedules"}
     assert "C7" in p.stdout

@@ -187,7 +187,7 @@ def test_server_down_is_quick_and_one_line():
 
 
 def test_a_stopped_server_is_down_for_kept_alive_clients_too():
-    server = GeneratorServer(Echo()).start()
+    server = GeneratorServer(Echo(), model_name="echo-1").start()
     gen = _client(server)
     assert len(gen.generate(["a"], Sampling(), 0)) == 1  # a keep-alive connection now exists
     server.stop()
@@ -205,7 +205,7 @@ def test_timeout_names_the_limit():
 
 def test_server_error_is_retried_by_the_client():
     fake = Echo(fail=1)
-    with GeneratorServer(fake) as server:
+    with GeneratorServer(fake, model_name="echo-1") as server:
         assert _client(server, max_retries=2).generate(["a"], Sampling(), 4) == [
             "a|seed=4|k=50|t=0.8|p=0.95|m=1024"
         ]
@@ -243,3 +243,103 @@ def test_learned_generator_behind_the_server():
     assert blocks
     for block in blocks:
         compile(block.removeprefix("```python\n").split("```")[0], "<net>", "exec")
+
+
+class Stub:
+    """A misbehaving 'OpenAI' server (http.server): every POST answers `body` with `kind`;
+    GET /v1/models lists one model. Counts the POSTs (to see the retries)."""
+
+    def __init__(self, body: bytes, kind: str = "application/json", status: int = 200) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from threading import Thread
+
+        stub = self
+        self.posts = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, data: bytes, content_type: str, code: int = 200) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                models = {"object": "list", "data": [{"id": "m", "object": "model"}]}
+                self._reply(json.dumps(models).encode(), "application/json")
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                stub.posts += 1
+                self._reply(body, kind, status)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def __enter__(self) -> Stub:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _chat(choices) -> bytes:
+    return json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                       "choices": choices}).encode()  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "body, kind, message",
+    [
+        (b'{"choices": [{"message": ', "application/json", "not a JSON completion"),
+        (b"<html><body>502 Bad Gateway</body></html>", "text/html", "not a completion object"),
+        (_chat([]), "application/json", "no choices"),
+        (b"[" * 5000 + b"]" * 5000, "application/json", "not a"),
+        (_chat([{"index": 0, "message": {"role": "assistant"}}]), "application/json", "no text"),
+        (json.dumps({"choices": "many"}).encode(), "application/json", "not a completion"),
+    ],
+    ids=["malformed", "html", "no-choices", "deeply-nested", "no-content", "choices-not-list"],
+)
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_unusable_answers_are_retried_then_one_line(body, kind, message, api):
+    if api == "completions" and b"message" in body:
+        body = body.replace(b'"message": {"role": "assistant"}', b'"text": null')
+    with Stub(body, kind) as stub:
+        gen = _client(model="m", base_url=stub.url, max_retries=2, api=api)
+        with pytest.raises(GeneratorUnavailable, match="unusable answer 3 time") as info:
+            gen.generate(["a"], Sampling(), 0)
+        assert stub.posts == 3  # retried
+        text = str(info.value)
+        assert "\n" not in text and stub.url in text and (message in text or api != "chat")
+
+
+def test_a_model_that_wrote_nothing_is_an_empty_answer_not_an_error():
+    with Stub(_chat([{"index": 0, "message": {"role": "assistant", "content": None},
+                      "finish_reason": "length"}])) as stub:  # fmt: skip
+        assert _client(model="m", base_url=stub.url).generate(["a"], Sampling(), 0) == [""]
+
+
+def test_an_unusable_model_list_is_one_line():
+    with Stub(b"") as stub:
+        stub.httpd.RequestHandlerClass.do_GET = lambda self: self._reply(b"<html>", "text/html")
+        with pytest.raises(GeneratorUnavailable, match="unusable answer") as info:
+            _client(model="", base_url=stub.url)
+        assert "\n" not in str(info.value)
+
+
+def test_no_base_url_and_no_env_var_is_an_error(monkeypatch):
+    from archrefine.config import ConfigError, load_config
+    from archrefine.real.config import RealConfig
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(GeneratorUnavailable, match=r"generator.base_url or \$OPENAI_BASE_URL"):
+        OpenAIGenerator("m")
+    with pytest.raises(ConfigError, match="generator.base_url: empty"):
+        load_config(None, ["generator.kind=openai"], model=RealConfig)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    assert load_config(None, ["generator.kind=openai"], model=RealConfig).generator.base_url == ""

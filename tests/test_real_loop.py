@@ -68,6 +68,12 @@ HOSTILE = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _own_key(tmp_path: Path, monkeypatch) -> None:
+    """Runs are signed with a key of the test's own (real/trust.py), not the user's."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+
+
 def fenced(code: str) -> str:
     return f"Here is a network.\n```python\n{code}```\n"
 

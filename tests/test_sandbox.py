@@ -251,6 +251,13 @@ def test_fallback_forbids_socket_and_writes(fallback_pool: SandboxPool) -> None:
         assert out.status == "forbidden" and "writing" in out.reason, out
 
 
+def test_fallback_imports_the_standard_library(fallback_pool: SandboxPool) -> None:
+    """Modules not pre-imported before the uid drop load too, even when Python lives under a
+    directory the dedicated uid cannot enter (e.g. /root/.pyenv): the fallback binds it back."""
+    out = fallback_pool.run("import tomllib, xml.dom.minidom, fractions\n" + NET, input_shape=SHAPE)
+    assert out.status == "ok", out
+
+
 def test_fallback_times_out_promptly(fallback_pool: SandboxPool) -> None:
     assert fallback_pool.run(NET, input_shape=SHAPE).status == "ok"
     start = time.monotonic()

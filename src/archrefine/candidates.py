@@ -18,6 +18,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import numbers
@@ -37,7 +38,8 @@ from archrefine.store import atomic_write_bytes
 __all__ = ["COLUMNS", "STATUSES", "CandidateStore", "CandidateStoreError"]
 
 APPLICATION_ID = 0x41524346  # "ARCF": marks the file as ours (PRAGMA application_id)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: `params` is exact decimal text (any size); 1 files are migrated on open
+INT64 = 2**63  # SQLite integers are signed 64-bit: anything outside is refused, never overflowed
 STATUSES = (*SANDBOX_STATUSES, "pending", "no_code", "rejected", "duplicate")
 """The sandbox's outcomes, plus: pending (not evaluated yet), no_code (no code in the response),
 rejected (failed `static_check`), duplicate (a near duplicate, not run)."""
@@ -53,7 +55,7 @@ COLUMNS: dict[str, tuple[str, pa.DataType]] = {
     "code": ("TEXT", _TEXT),
     "status": ("TEXT NOT NULL", _TEXT),
     "reason": ("TEXT", _TEXT),
-    "params": ("INTEGER", _INT),
+    "params": ("TEXT", _REAL),  # exact decimal of any size; a float column in exports
     "accuracy": ("REAL", _REAL),
     "seconds": ("REAL", _REAL),
     "novelty": ("REAL", _REAL),
@@ -63,11 +65,15 @@ COLUMNS: dict[str, tuple[str, pa.DataType]] = {
     "selected": ("INTEGER NOT NULL CHECK (selected IN (0, 1))", _BOOL),
     "created": ("TEXT NOT NULL", _TEXT),
 }
-"""Column → (SQLite declaration, Arrow type in exports). `parent_ids` is a JSON list in SQLite."""
+"""Column → (SQLite declaration, Arrow type in exports). `parent_ids` is a JSON list in SQLite;
+`params` is decimal text, so a forged count of 2**64 or 10**100 is stored exactly instead of
+overflowing SQLite's 64-bit integers (`cycle_rows` gives it back as a Python int, exports as
+float64, exact up to 2**53)."""
 DEFAULTS: dict[str, Any] = dict(run_id="", trial=0, status="pending", near_duplicate=False,
                                 parent_ids=(), selected=False)  # fmt: skip
 _KINDS = {"TEXT": str, "INTEGER": int, "REAL": float}
 _PANDAS = {_INT: "Int64", _REAL: "float64", _BOOL: "bool"}
+RECOVER = "sqlite3 {path} .recover | sqlite3 recovered.sqlite"
 
 
 class CandidateStoreError(RuntimeError):
@@ -116,6 +122,9 @@ class CandidateStore:
         elif app != APPLICATION_ID:
             raise CandidateStoreError(f"{self.path}: an SQLite file of another application")
         version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 1:
+            self._migrate_v1()
+            version = SCHEMA_VERSION
         if version != SCHEMA_VERSION:
             raise CandidateStoreError(
                 f"{self.path}: schema version {version}, this archrefine reads {SCHEMA_VERSION}"
@@ -125,6 +134,45 @@ class CandidateStore:
             raise CandidateStoreError(f"{self.path}: candidates table has columns {found}")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+
+    def _migrate_v1(self) -> None:
+        """Schema 1 kept `params` as INTEGER: copy the table with `params` as text, in one
+        transaction (a crash leaves the file at schema 1)."""
+        db, names = self._db, ", ".join(COLUMNS)
+        columns = ", ".join(f"{name} {decl}" for name, (decl, _) in COLUMNS.items())
+        copy = names.replace("params", "CAST(params AS TEXT)")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(f"CREATE TABLE candidates_v2 ({columns})")
+            db.execute(f"INSERT INTO candidates_v2 ({names}) SELECT {copy} FROM candidates")
+            db.execute("DROP TABLE candidates")
+            db.execute("ALTER TABLE candidates_v2 RENAME TO candidates")
+            db.execute("CREATE INDEX IF NOT EXISTS by_cycle ON candidates (run_id, cycle)")
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def check(self) -> str | None:
+        """The first problem SQLite's `quick_check` finds in the file, or None when it is sound.
+
+        A truncated file or WAL can also pass it while rows are gone: the loop compares row
+        counts with the cycles it recorded complete as well (docs/real-loop.md)."""
+        try:
+            found = [r[0] for r in self._db.execute("PRAGMA quick_check")]
+            self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM candidates LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as err:
+            return _line(err)
+        return None if found == ["ok"] else _line("; ".join(found[:3]))
+
+    def damaged(self, problem: str) -> CandidateStoreError:
+        """The one-line error for a damaged store, saying how to recover what is intact."""
+        return CandidateStoreError(
+            f"{self.path} is damaged ({problem}); nothing was changed. Recover the intact rows "
+            f"with `{RECOVER.format(path=self.path)}` and compare them with metrics.parquet, "
+            "or start the run afresh with --force"
+        )
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -138,7 +186,7 @@ class CandidateStore:
     def add_many(self, rows: Iterable[Mapping[str, Any]]) -> list[int]:
         """Log several candidates in one transaction: all of them, or none."""
         records = [_record(row, insert=True) for row in rows]
-        ids = []
+        ids: list[int] = []
         with self._transaction():
             for rec in records:
                 names = ", ".join(rec)
@@ -179,11 +227,17 @@ class CandidateStore:
     # ---- reading ---------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
+        try:
+            return self._db.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
+        except sqlite3.DatabaseError as err:
+            raise self.damaged(_line(err)) from None
 
     def _rows(self, where: str = "", params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         sql = f"SELECT {', '.join(COLUMNS)} FROM candidates {where} ORDER BY id"
-        return [_decode(r) for r in self._db.execute(sql, list(params))]
+        try:
+            return [_decode(r) for r in self._db.execute(sql, list(params))]
+        except (sqlite3.DatabaseError, ValueError) as err:
+            raise self.damaged(_line(err)) from None
 
     def cycle_rows(self, cycle: int, *, run_id: str | None = None) -> list[dict[str, Any]]:
         """The candidates of one cycle (of one run, if given), in the order they were added."""
@@ -193,8 +247,8 @@ class CandidateStore:
 
     def to_frame(self) -> pd.DataFrame:
         """All candidates as a DataFrame: one column per COLUMNS entry, integers as nullable
-        Int64, flags as bool, `parent_ids` as lists."""
-        frame = pd.DataFrame(self._rows(), columns=list(COLUMNS))
+        Int64, `params` as float64 (exact up to 2**53), flags as bool, `parent_ids` as lists."""
+        frame = pd.DataFrame(self._exported(), columns=list(COLUMNS))
         kinds = {name: _PANDAS.get(kind, object) for name, (_, kind) in COLUMNS.items()}
         return frame.astype(kinds)
 
@@ -229,23 +283,53 @@ class CandidateStore:
 
     def _table(self) -> pa.Table:
         schema = pa.schema([(name, kind) for name, (_, kind) in COLUMNS.items()])
-        return pa.Table.from_pylist(self._rows(), schema=schema)
+        return pa.Table.from_pylist(self._exported(), schema=schema)
+
+    def _exported(self) -> list[dict[str, Any]]:
+        """Rows with `params` as a float (inf beyond float64's range): a numeric column."""
+        rows = self._rows()
+        for row in rows:
+            if row["params"] is not None:
+                try:
+                    row["params"] = float(row["params"])
+                except OverflowError:
+                    row["params"] = float("inf")
+        return rows
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, self.path)
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (nothing half-written)."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (nothing half-written); an
+    SQLite failure (disk full, I/O error) comes out as a one-line CandidateStoreError."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self.db, self.path = db, path
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as err:
+            raise _write_error(self.path, err) from None
 
-    def __exit__(self, kind: object, *rest: object) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+    def __exit__(self, kind: object, error: object, tb: object) -> None:
+        if kind is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error as err:
+                kind, error = type(err), err
+        with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+            self.db.execute("ROLLBACK")
+        if isinstance(error, sqlite3.Error):  # disk full, I/O error, a damaged page: one line
+            raise _write_error(self.path, error) from None
+
+
+def _write_error(path: Path, err: sqlite3.Error) -> CandidateStoreError:
+    return CandidateStoreError(
+        f"{path}: cannot write ({_line(err)}); every row committed before is kept"
+    )
 
 
 def _record(fields: Mapping[str, Any], *, insert: bool) -> dict[str, Any]:
@@ -274,6 +358,11 @@ def _record(fields: Mapping[str, Any], *, insert: bool) -> dict[str, Any]:
             out[name] = int(bool(value))
         elif name == "status" and value not in STATUSES:
             raise ValueError(f"candidate field 'status': {value!r} is not one of {STATUSES}")
+        elif name == "params":
+            count = _int(name, value, limit=None)
+            if count < 0:
+                raise ValueError(f"candidate field 'params': {count} is negative")
+            out[name] = str(count)
         else:
             out[name] = _convert(name, value, _KINDS[decl.split()[0]])
     return out
@@ -283,21 +372,34 @@ def _convert(name: str, value: Any, kind: type) -> Any:
     if kind is int:
         return _int(name, value)
     if kind is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"candidate field {name!r}: {_short(value)} is too large") from None
     if kind is str and isinstance(value, str):
         return value
-    raise ValueError(f"candidate field {name!r}: {value!r} is not {kind.__name__}")
+    raise ValueError(f"candidate field {name!r}: {_short(value)} is not {kind.__name__}")
 
 
-def _int(name: str, value: Any) -> int:
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
-    raise ValueError(f"candidate field {name!r}: {value!r} is not an integer")
+def _int(name: str, value: Any, limit: int | None = INT64) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise ValueError(f"candidate field {name!r}: {_short(value)} is not an integer")
+    value = int(value)
+    if limit is not None and not -limit <= value < limit:
+        raise ValueError(f"candidate field {name!r}: {_short(value)} does not fit in 64 bits")
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, int) or value.bit_length() < 200 else "a number"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _decode(row: tuple) -> dict[str, Any]:
     rec = dict(zip(COLUMNS, row, strict=True))
     rec["parent_ids"] = json.loads(rec["parent_ids"])
+    if rec["params"] is not None:  # decimal text (an old file's migrated integers too)
+        rec["params"] = int(rec["params"])
     rec["near_duplicate"], rec["selected"] = bool(rec["near_duplicate"]), bool(rec["selected"])
     return rec
 

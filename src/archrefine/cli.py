@@ -108,19 +108,105 @@ def reproduce(
     )
 
 
+@app.command()
+@_one_line_errors
+def robustness(
+    config: Annotated[Path | None, typer.Argument(help="Base config TOML.")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Seeds derived from --seed [10].")] = None,
+    trials: Annotated[
+        int | None, typer.Option(help="Trials per run (default: the config's, 100).")
+    ] = None,
+    perturb: Annotated[
+        float | None, typer.Option(help="Move each free parameter by ±FRAC; 0: seeds only [0.15].")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="Only this free parameter (repeatable).")
+    ] = None,
+    trajectories: Annotated[int | None, typer.Option(help="Morris trajectories [4].")] = None,
+    morris_trials: Annotated[
+        int | None, typer.Option(help="Trials per Morris point (default: min(trials, 30)).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Root seed the seeds derive from [0].")] = None,
+    set_: SetOpt = None,
+    workers: Annotated[int | None, typer.Option(help="Processes (default: one per core).")] = None,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+    resume: Annotated[
+        Path | None, typer.Option(help="Finish the study in this directory: finished jobs kept.")
+    ] = None,
+) -> None:
+    """Do the claims hold across seeds and near the parameters? Verdicts, Morris sensitivity."""
+    from archrefine.experiments import robustness as rb
+    from archrefine.store import default_dir
+
+    given = {"CONFIG": config, "--seeds": seeds, "--trials": trials, "--perturb": perturb,
+             "--param": param, "--trajectories": trajectories, "--morris-trials": morris_trials,
+             "--seed": seed, "--set": set_, "--out": out, "--force": force or None}  # fmt: skip
+    if resume is not None:
+        extra = [k for k, v in given.items() if v is not None]
+        if extra:
+            raise ConfigError(f"--resume uses the study's own settings: drop {', '.join(extra)}")
+        base, settings = rb.load_study(resume)
+        out = resume
+    else:
+        overrides = list(set_ or []) + ([f"seed={seed}"] if seed is not None else [])
+        base = load_config(config, overrides)
+        settings = rb.Settings(
+            seeds=10 if seeds is None else seeds,
+            trials=base.trials if trials is None else trials,
+            perturb=0.15 if perturb is None else perturb,
+            params=tuple(param) if param else None,
+            trajectories=4 if trajectories is None else trajectories,
+            morris_trials=morris_trials,
+        ).validate()
+        out = out or default_dir("robustness")
+    counts = {"ran": 0, "skipped": 0}
+    began = time.time()
+    with _progress() as progress:
+        task = progress.add_task("robustness jobs", total=None)
+
+        def advance(job, what: str) -> None:
+            counts[what] += 1
+            progress.advance(task)
+
+        summary = rb.run_robustness(
+            base, settings, out, workers=workers, force=force, resume=resume is not None,
+            on_job=advance, on_plan=lambda n: progress.update(task, total=n),
+        )  # fmt: skip
+    table = Table(title="Claims across seeds and the parameter neighbourhood")
+    for col in ("id", "held/seeds", "share seeds", "share neighbourhood", "robust"):
+        table.add_column(col)
+    for c in summary["claims"]:
+        share_s, share_n = c["share_seeds"], c["share_neighbourhood"]
+        table.add_row(
+            c["id"], f"{c['held']}/{c['seeds']}",
+            "–" if share_s is None else f"{share_s:.0%}",
+            "–" if share_n is None else f"{share_n:.0%}",
+            {True: "[green]yes[/]", False: "[red]no[/]", None: "–"}[c["robust"]],
+        )  # fmt: skip
+    out_console.print(table)
+    console.print(
+        f"wrote {out}/ in {time.time() - began:.1f} s "
+        f"({counts['ran']} jobs ran, {counts['skipped']} already finished)",
+        soft_wrap=True,
+    )
+
+
 def _print_claims(claims) -> None:
-    from archrefine.experiments.reproduce import _fmt
+    from archrefine.experiments.reproduce import _fmt, summary
 
     table = Table(title="Paper claims vs. this simulation")
-    for col in ("id", "claim", "paper", "measured", "holds"):
+    for col in ("id", "claim", "paper", "measured", "holds", "confidence"):
         table.add_column(col, overflow="fold")
     for c in claims:
+        conf = getattr(c, "confidence", None)
         table.add_row(
             c.id,
             c.claim,
             _fmt(c.paper),
-            _fmt(c.measured),
+            summary(c),
             "[green]yes[/]" if c.holds else "[red]no[/]",
+            "–" if conf is None else f"{conf:.2f}",
         )
     out_console.print(table)
 
@@ -270,8 +356,27 @@ def plot(directory: Annotated[Path, typer.Argument(help="A run or reproduce dire
         found = Phases(**json.loads(phases_file.read_text()))
     except (OSError, ValueError, TypeError):
         found = detect(frame, cfg.schedule.kind, seed=cfg.seed)
-    draw(directory, frame, found, cfg.schedule.kind, generator=cfg.generator.kind)
+    draw(
+        directory,
+        frame,
+        found,
+        cfg.schedule.kind,
+        generator=cfg.generator.kind,
+        period=cfg.schedule.period,
+        named=_c1_verdict(directory / "claims.json"),
+    )
     console.print(f"redrew the figures in {directory}/")
+
+
+def _c1_verdict(path: Path) -> bool | None:
+    """C1's verdict from a directory's claims.json (None when it cannot be read)."""
+    from archrefine.experiments.reproduce import phases_found
+
+    try:
+        found = phases_found(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return found if isinstance(found, bool) else None
 
 
 @app.command("config")

@@ -36,6 +36,14 @@ def loop(
         Path | None,
         typer.Option(help="Continue the stopped loop in this directory (its own config)."),
     ] = None,
+    trust_config: Annotated[
+        bool,
+        typer.Option(help="--resume a run whose config.toml this user's key did not sign."),
+    ] = False,
+    weaker_isolation: Annotated[
+        bool,
+        typer.Option(help="--resume with weaker sandbox isolation than the run started with."),
+    ] = False,
 ) -> None:
     """Run the real loop: generate code, evaluate it in the sandbox, select, refine, repeat."""
     _need_real_extra()
@@ -44,9 +52,14 @@ def loop(
     from archrefine.real.report import summary
     from archrefine.store import default_dir
 
+    if (trust_config or weaker_isolation) and resume is None:
+        raise ConfigError("--trust-config and --weaker-isolation apply only with --resume")
     if resume is not None:
         if config is not None or set_:
             raise ConfigError("--resume uses the run's own config.toml: drop CONFIG and --set")
+        from archrefine.real.trust import check_files
+
+        check_files(resume)  # before reading any of it: no FIFO, device or link to elsewhere
         cfg = load_config(resume / "config.toml", model=RealConfig)
         out, done = resume, real.completed_cycles(resume)
         console.print(f"resuming {out}/ after cycle {done} of {cfg.loop.cycles}")
@@ -62,7 +75,10 @@ def loop(
             live.update(display.render())
 
     with live or contextlib.nullcontext():
-        frame = real.run(cfg, out, force=force, resume=resume is not None, on_event=on_event)
+        frame = real.run(
+            cfg, out, force=force, resume=resume is not None, on_event=on_event,
+            trust_config=trust_config, weaker_isolation=weaker_isolation,
+        )  # fmt: skip
     out_console.print(summary(frame), soft_wrap=True)
     console.print(f"wrote {out}/ (candidates.sqlite, metrics.parquet, trajectory.png, claims.md)",
                   soft_wrap=True)  # fmt: skip

@@ -95,12 +95,18 @@ class GeneratorConfig(_Strict):
         "paper", description="who proposes: the paper model, or a small transformer (grounded)"
     )
     base_logit: float = Field(1.34, description="per-token correctness log-odds before learning")
-    bonus_max: float = Field(2.95, ge=0, description="largest learned validity bonus (log-odds)")
-    bonus_rate: float = Field(0.105, ge=0, description="bonus gained per full selection")
-    familiarity: float = Field(0.5, ge=0, description="log-odds per nat of token familiarity")
+    bonus_max: float = Field(8.0, ge=0, description="largest learned validity bonus (log-odds)")
+    bonus_rate: float = Field(0.034, ge=0, description="bonus gained per full selection")
+    familiarity: float = Field(0.43, ge=0, description="log-odds per nat of token familiarity")
     ceiling: float = Field(0.97, gt=0, le=1, description="validity ceiling (non-structural faults)")
-    prior_rate: float = Field(0.51, ge=0, le=1, description="prior step toward the selection")
-    smoothing: float = Field(0.42, ge=0, le=1, description="label smoothing of fine-tune targets")
+    prior_rate: float = Field(0.56, ge=0, le=1, description="prior step toward the selection")
+    smoothing: float = Field(0.26, ge=0, le=1, description="label smoothing of fine-tune targets")
+    temperature: float = Field(
+        0.75, ge=0.01, le=10, description="decoding temperature of the prior at mutation rate 0"
+    )
+    temperature_span: float = Field(
+        0.25, ge=0, le=10, description="decoding temperature added per unit of mutation rate"
+    )
     learned: LearnedConfig = LearnedConfig()
 
 
@@ -108,7 +114,7 @@ class LoopConfig(_Strict):
     cycles: int = Field(22, ge=1, le=10_000, description="refinement cycles")
     population: int = Field(50, ge=2, le=1_000_000, description="candidates per cycle")
     top_k: int = Field(10, ge=1, description="selected per cycle: templates and fine-tune set")
-    fresh_fraction: float = Field(0.3, ge=0, le=1, description="share sampled fresh each cycle")
+    fresh_fraction: float = Field(0.35, ge=0, le=1, description="share sampled fresh each cycle")
     novelty_k: int = Field(15, ge=1, description="neighbours averaged for novelty")
     archive: Literal["selected", "valid", "all"] = Field(
         "selected", description="which candidates of earlier cycles join the novelty archive"
@@ -127,8 +133,8 @@ class ScheduleConfig(_Strict):
     kind: Literal["constant", "linear", "cosine", "cyclic"] = Field(
         "constant", description="mutation-rate schedule"
     )
-    rate: float = Field(0.7, ge=0, le=1, description="start (and constant) rate")
-    min_rate: float = Field(0.33, ge=0, le=1, description="floor of decays and cyclic")
+    rate: float = Field(0.86, ge=0, le=1, description="start (and constant) rate")
+    min_rate: float = Field(0.72, ge=0, le=1, description="floor of decays and cyclic")
     max_rate: float = Field(1.0, ge=0, le=1, description="peak of the cyclic schedule")
     period: int = Field(4, ge=2, description="cycles per cyclic period")
     shape: Literal["triangular", "cosine"] = Field(
@@ -265,18 +271,22 @@ def reference_table(model: type[BaseModel] | None = None) -> str:
     """The configuration reference as a Markdown table (the README embeds this output)."""
     rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
 
-    def walk(model: type[BaseModel], prefix: str) -> None:
+    def walk(model: type[BaseModel], prefix: str, defaults: BaseModel | None) -> None:
+        # defaults come from the parent's default instance: a section may set its own values
         for name, field in model.model_fields.items():
             ann = field.annotation
+            default = getattr(defaults, name, None) if defaults is not None else None
+            if default is None:
+                default = field.get_default(call_default_factory=True)
             if isinstance(ann, type) and issubclass(ann, BaseModel):
-                walk(ann, f"{prefix}{name}.")
+                walk(ann, f"{prefix}{name}.", default)
                 continue
             allowed = _allowed(field)
             doc = field.description or ""
-            default = field.get_default(call_default_factory=True)
             rows.append(f"| `{prefix}{name}` | `{default!r}` | {allowed} | {doc} |")
 
-    walk(model or Config, "")
+    root = model or Config
+    walk(root, "", root())
     return "\n".join(rows)
 
 

@@ -5,29 +5,44 @@ imported by the library. The zygote imports torch once, drops to an unprivileged
 as root, makes itself non-dumpable (so a job cannot ptrace it or open its pipes through /proc) and
 a child subreaper (so no process a job starts can escape the cleanup), then serves jobs: one JSON
 line in on stdin, one JSON line out on stdout. Untrusted code runs only in the forked child, after
-that child has applied the job's rlimits and (optionally) the audit-hook policy. Depends on the
-standard library, numpy and torch only.
+that child has applied the job's rlimits and (optionally) the audit-hook policy. The zygote is the
+trusted harness: it holds the only channel to the host, gives the child just its own pipe, kills
+the child and all it started at the deadline, accepts only a flat, bounded report from it, and
+after each job compares its own state with a snapshot (`_worker_os._snapshot`), exiting if a job
+changed it. Depends on the standard library, numpy and torch only.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import gc
 import json
 import math
 import os
 import resource
+import secrets
 import select
-import shutil
 import signal
 import sys
 import time
 import traceback
 
+from _worker_os import (  # the sibling file, bound next to this one
+    _count_my_tasks,
+    _libc,
+    _log_tail,
+    _prctl,
+    _private_view,
+    _reap_all,
+    _remove_tree,
+    _safe_json,
+    _snapshot,
+    _work_full,
+)
+
 MARKER = "archrefine-sandbox-worker"
-RESULT_CAP = 32 << 20  # bytes of result JSON the zygote accepts from a child
+RESULT_CAP = 64 << 10  # bytes of a child's report, besides 16 per held-out prediction
 LOG_TAIL = 2000  # characters of the candidate's stdout/stderr kept
 FSIZE = 16 << 20  # largest file a candidate may write (its stdout log included)
 EXTRA_TASKS = 32  # processes/threads a candidate may add (RLIMIT_NPROC headroom)
@@ -49,12 +64,6 @@ PRELOAD = str.split(  # imported before the uid drop, after which the stdlib may
     "torch.nn.init torch.nn.utils torch.utils.data torch.optim.lr_scheduler zipfile "
     "encodings.cp437 numpy.lib.format"
 )
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _prctl(option: int, arg: int) -> None:
-    if _libc.prctl(option, arg, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
 
 
 def _warm_up() -> None:
@@ -155,6 +164,8 @@ def _classify(exc: BaseException, stage: str) -> tuple[str, str]:
         return "forbidden", f"forbidden: {exc.strerror}"
     if isinstance(exc, OSError):
         code = exc.errno
+        if code == errno.ENOSPC:
+            return "crashed", "crashed: work directory full"
         if code == errno.EFBIG:
             return "forbidden", f"forbidden: file size limit of {FSIZE >> 20} MB exceeded"
         if code == errno.EAGAIN:
@@ -248,17 +259,6 @@ def _train(net, data: dict, spec: dict) -> list[int]:
         ]
 
 
-def _count_my_tasks() -> int:
-    """Threads of every process with my real uid (what RLIMIT_NPROC counts), as /proc shows."""
-    uid, n = str(os.getuid()), 0
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-                n += int(fields["Threads"]) if fields["Uid"].split()[0] == uid else 0
-    return n
-
-
 def _child(job: dict, workdir: str, wfd: int, vm_bytes: int, cpu: int) -> None:
     """Runs in the forked child: confine this process, evaluate, write the result, never return."""
     me = os.getpid()  # stays in the worker's process group, which the host kills as a whole
@@ -294,34 +294,14 @@ def _child(job: dict, workdir: str, wfd: int, vm_bytes: int, cpu: int) -> None:
     os._exit(0)
 
 
-def _reap_all(limit_s: float = 5.0) -> bool:
-    """Kill and reap every descendant; none can escape, as orphans are reparented to us."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
-        except ChildProcessError:
-            return True  # the usual case: the job left nothing behind
-        kids: dict[int, list[int]] = {}
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/stat", "rb") as f:
-                kids.setdefault(int(f.read().rsplit(b")", 1)[1].split()[1]), []).append(int(pid))
-        todo = [os.getpid()]
-        while todo:
-            for pid in kids.get(todo.pop(), []):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-                todo.append(pid)
-        time.sleep(0.002)
-    return False
-
-
 def _run_job(job: dict, workroot: str, vm_bytes: int) -> dict:
-    workdir = os.path.join(workroot, f"job-{job['id']}")
+    """Run one job in a forked child, end it at its deadline, and return a checked reply."""
+    workdir = os.path.join(workroot, secrets.token_hex(16))  # unguessable: no job can reach it
     os.mkdir(workdir, 0o700)
     rfd, wfd = os.pipe()
-    cpu = math.ceil(float(job["timeout_s"])) + 1  # backs up the host's wall clock
+    timeout = float(job["timeout_s"])
+    cpu = math.ceil(timeout) + 1  # backs up the wall clock below
+    cap = RESULT_CAP + 16 * int(job.get("n_val") or 0)
     sys.stdout.flush(), sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
@@ -331,60 +311,91 @@ def _run_job(job: dict, workroot: str, vm_bytes: int) -> dict:
         finally:
             os._exit(70)
     os.close(wfd)
-    pidfd, chunks, size, status = os.pidfd_open(pid), [], 0, None
+    deadline = time.monotonic() + timeout
+    pidfd, chunks, size, status, used = os.pidfd_open(pid), [], 0, None, 0.0
     while status is None:
-        ready, _, _ = select.select([rfd, pidfd], [], [])
-        if rfd in ready and (chunk := os.read(rfd, 1 << 16)) and size < RESULT_CAP:
+        left = deadline - time.monotonic()
+        ready = select.select([rfd, pidfd], [], [], max(0.0, left))[0] if left > 0 else []
+        if not ready:  # the deadline: SIGKILL the job and everything it started, at once
+            os.kill(pid, signal.SIGKILL)
+            _reap_all()
+            status = -1
+            break
+        if rfd in ready and (chunk := os.read(rfd, 1 << 16)) and size <= cap:
             chunks.append(chunk)
             size += len(chunk)
         if pidfd in ready:
-            status = os.waitpid(pid, 0)[1]
+            _, status, usage = os.wait4(pid, 0)
+            used = usage.ru_utime + usage.ru_stime
     os.set_blocking(rfd, False)
     with contextlib.suppress(BlockingIOError):
-        while size < RESULT_CAP and (chunk := os.read(rfd, 1 << 16)):
+        while size <= cap and (chunk := os.read(rfd, 1 << 16)):
             chunks.append(chunk)
             size += len(chunk)
     os.close(rfd), os.close(pidfd)
     clean = _reap_all()
-    reply = _parse_result(b"".join(chunks), status, cpu)
-    with contextlib.suppress(OSError), open(os.path.join(workdir, ".log"), "rb") as f:
-        f.seek(max(0, os.fstat(f.fileno()).st_size - LOG_TAIL))
-        reply["log"] = f.read().decode("utf-8", "replace")
-    with contextlib.suppress(OSError):
-        for d, _, _ in os.walk(workdir):
-            os.chmod(d, 0o700)  # a job may have locked its own directories
-    shutil.rmtree(workdir, ignore_errors=True)
-    reply.update(id=job["id"], dirty=not clean or os.path.exists(workdir))
+    if status == -1:
+        reply = {"status": "timeout", "reason": f"timeout: exceeded {timeout:g} s wall clock"}
+    elif size > cap:
+        reply = {"status": "crashed", "reason": "crashed: oversized result from the job"}
+    else:
+        reply = _parse_result(b"".join(chunks), status, cpu, used)
+    reply["log"] = _log_tail(os.path.join(workdir, ".log"), LOG_TAIL)
+    if CONFIG.get("private_work") and reply["status"] != "ok" and _work_full(workroot):
+        size_mb = CONFIG.get("work_mb", 256)
+        reply.update(status="crashed", reason=f"crashed: work directory full ({size_mb} MB)")
+    removed = _remove_tree(workdir)
+    changed = _snapshot(workroot, *FLAGS) != BASELINE.get("state")
+    reply.update(id=job["id"], dirty=not clean or not removed or changed)
     return reply
 
 
-def _parse_result(raw: bytes, status: int, cpu: int) -> dict:
-    """The child's own report if it sent one, else what its exit status tells."""
+def _parse_result(raw: bytes, status: int, cpu: int, used: float = 0.0) -> dict:
+    """What the child reported, reduced to the fields and types we accept, else what its exit
+    status tells. The child ran candidate code: its report is a claim, checked again by the host
+    (which alone holds the held-out labels and computes accuracy). `used`: its CPU seconds."""
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        if sig == signal.SIGXCPU:
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and used >= cpu):
+            # SIGKILL past the CPU limit: the hard limit, after SIGXCPU was ignored (threads)
             return {"status": "timeout", "reason": f"timeout: exceeded the CPU limit of {cpu} s"}
         if sig == signal.SIGKILL:
             return {"status": "oom", "reason": "oom: killed by SIGKILL (likely out of memory)"}
-        return {"status": "crashed", "reason": f"crashed: killed by {signal.Signals(sig).name}"}
-    try:
-        result = json.loads(raw)
-        if not isinstance(result, dict):
-            raise ValueError
-    except ValueError:
-        code = os.waitstatus_to_exitcode(status)
-        return {"status": "crashed", "reason": f"crashed: exited with code {code} and no result"}
-    return result
+        names = {s.value: s.name for s in signal.Signals}  # not every number has a name (SIGRT*)
+        return {
+            "status": "crashed",
+            "reason": f"crashed: killed by {names.get(sig, f'signal {sig}')}",
+        }
+    result = _safe_json(raw, len(raw))
+    code = os.waitstatus_to_exitcode(status)
+    if result is None or not isinstance(result.get("status"), str):
+        why = "malformed result" if raw else "no result"
+        return {"status": "crashed", "reason": f"crashed: exited with code {code} and {why}"}
+    out = {"status": result["status"], "reason": _one_line(result.get("reason", ""))}
+    if type(result.get("params")) is int:
+        out["params"] = result["params"]
+    preds = result.get("preds")
+    if isinstance(preds, list) and all(type(p) is int for p in preds):
+        out["preds"] = preds
+    return out
+
+
+CONFIG: dict = {}
+BASELINE: dict = {}
+FLAGS: list = [False, False, None]  # private work tmpfs, private ipc, mqueue mount
 
 
 def main() -> None:
     cfg = json.loads(sys.argv[2])
+    CONFIG.update(cfg)
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if p != here] + cfg.get("path", [])
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)  # only the host's SIGKILL ends us
-    _warm_up()
     workroot = cfg["workroot"]
+    if os.getuid() == 0 and cfg.get("cover") is not None:
+        _private_view(cfg)
+    _warm_up()
     if os.getuid() == 0 and cfg.get("uid") is not None:
         if cfg.get("unshare_net"):  # CLONE_NEWNET, best effort: a loopback that is down, only
             _libc.unshare(0x40000000)
@@ -399,15 +410,24 @@ def main() -> None:
     _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (after the uid change, which clears it)
     with open(f"/proc/{os.getpid()}/statm") as f:
         vm_bytes = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    FLAGS[:] = [bool(cfg.get("private_work")), bool(cfg.get("private_ipc")), cfg.get("mqueue")]
+    BASELINE["state"] = _snapshot(workroot, *FLAGS)
     out = sys.stdout
     out.write(json.dumps({"ready": True, "uid": os.getuid(), "vm_mb": vm_bytes >> 20}) + "\n")
     out.flush()
     gc.freeze()  # children then leave the warm heap alone: fewer copy-on-write faults per fork
     base_tasks = _count_my_tasks()  # once: scanning a host's /proc per job costs ~5 ms
     for line in sys.stdin:
-        reply = _run_job(dict(json.loads(line), base_tasks=base_tasks), workroot, vm_bytes)
+        job = dict(json.loads(line), base_tasks=base_tasks)
+        try:
+            reply = _run_job(job, workroot, vm_bytes)
+        except Exception as exc:  # a job broke us (e.g. lowered our limits): say so, then go
+            why = _one_line(f"crashed: the job broke its sandbox worker ({exc!r})")
+            reply = {"id": job.get("id"), "status": "crashed", "reason": why, "dirty": True}
         out.write(json.dumps(reply) + "\n")
         out.flush()
+        if reply.get("dirty"):
+            return  # the host replaces us; nothing a job changed serves another job
 
 
 if __name__ == "__main__":

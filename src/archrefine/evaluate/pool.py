@@ -1,11 +1,12 @@
 """A pool of warm sandbox workers, so validating a candidate costs a fork, not a torch import.
 
 Each worker is a confined zygote (see `_worker.py`) that never runs candidate code itself: every
-job runs in a freshly forked child, which is killed with all its descendants when the job ends,
-whatever the outcome. The host enforces each job's wall-clock limit; when it is exceeded, when a
-worker dies or answers nonsense, or when it could not clean up after a job, the worker's whole
-process group is killed and a fresh worker replaces it. A job cannot change the zygote other
-than by signalling it (stopping or killing it), which those rules catch.
+job runs in a freshly forked child, which the worker SIGKILLs with all its descendants at the
+job's deadline or end, whatever the outcome. After each job the worker checks that nothing it
+depends on changed (its limits, parent, work area) and otherwise asks to be replaced. The host
+holds the held-out labels, scores predictions, validates every reply, caps each worker's memory
+cgroup per job (when root) and, should a worker not answer half a second after a deadline, die,
+or answer nonsense, kills its whole process group, cgroup and uid and starts a fresh one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import itertools
 import json
 import math
 import os
+import re
 import select
 import shutil
 import signal
@@ -32,7 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from archrefine.evaluate import confine
+from archrefine.evaluate._worker_os import _remove_tree
 from archrefine.evaluate.sandbox import (
+    REPLY_CAP,
     Isolation,
     Launch,
     Outcome,
@@ -44,10 +49,12 @@ from archrefine.evaluate.sandbox import (
     launch,
     make_outcome,
     one_line,
+    parse_reply,
 )
 
-LINE_CAP = 64 << 20  # a worker reply longer than this is treated as a crash
 MAX_SOURCE = 1 << 20  # characters of candidate source accepted
+GRACE_S = 0.5  # the worker ends a job at its deadline; we kill the worker this much later
+SLACK = 64 << 20  # bytes of cgroup headroom over usage + memory_mb (page cache, our own pipes)
 Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -58,6 +65,7 @@ class _Job:
     y_val: list | None  # labels of the held-out set: they never enter the sandbox
     started: float = 0.0
     deadline: float = math.inf
+    oom_kills: int = 0
 
 
 class _Worker:
@@ -65,9 +73,17 @@ class _Worker:
 
     def __init__(self, spec: Launch, root: Path, startup_timeout_s: float) -> None:
         self.spec, self.buf = spec, bytearray()
+        self.cgroup, self.base, self.limit = None, 0, 0
+        argv = spec.argv
+        try:
+            self.cgroup = confine.new_cgroup(spec.name)
+        except OSError as err:
+            raise SandboxError(f"cannot create a memory cgroup for a worker: {err}") from None
+        if self.cgroup is not None:  # the shell joins the cgroup, then becomes the worker
+            argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', self.cgroup.procs, *argv]
         self.errlog = open(root / f"worker-{spec.name}.err", "a+b")  # noqa: SIM115 - lives with us
         self.proc = subprocess.Popen(
-            spec.argv,
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.errlog,
@@ -96,6 +112,7 @@ class _Worker:
             self.proc.wait(timeout=5)
         while time.monotonic() < deadline:  # processes that left the group but kept the uid
             left = kill_uid(self.spec.uid) if self.spec.uid is not None else 0
+            left += self.kill_cgroup()
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -105,6 +122,40 @@ class _Worker:
         for f in (self.proc.stdin, self.proc.stdout, self.errlog):
             with contextlib.suppress(OSError):
                 f.close()
+        if self.cgroup is not None:
+            self.cgroup.remove()
+
+    def kill_cgroup(self) -> int:
+        """SIGKILL whatever is left in the worker's cgroup; return how many there were."""
+        pids: list[str] = []
+        if self.cgroup is not None:
+            with contextlib.suppress(OSError):
+                pids = Path(self.cgroup.procs).read_text().split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        return len(pids)
+
+    def limit_memory(self, memory_mb: int) -> None:
+        """Cap the worker's cgroup at its warm usage + `memory_mb` (+ slack) for the next job."""
+        if self.cgroup is None:
+            return
+        try:
+            if not self.base:
+                self.base = self.cgroup.usage()
+            limit = self.base + (memory_mb << 20) + SLACK
+            if limit != self.limit:
+                self.cgroup.set_limit(limit)
+                self.limit = limit
+        except (OSError, ValueError) as err:
+            raise SandboxError(f"cannot limit a worker's memory cgroup: {err}") from None
+
+    def oom_kills(self) -> int:
+        if self.cgroup is None:
+            return 0
+        with contextlib.suppress(OSError, ValueError):
+            return self.cgroup.oom_kills()
+        return 0
 
 
 class SandboxPool:
@@ -139,8 +190,11 @@ class SandboxPool:
         self.timeout_s, self.memory_mb, self.audit = timeout_s, memory_mb, bool(audit)
         self.mode = _resolve(isolation)
         self.isolation = self.mode + ("+audit" if audit else "")
+        # "cgroup": memory_mb caps each job as a whole; "process": each of its processes
+        self.memory_scope = "process" if confine.cgroup_problem() else "cgroup"
         self._startup, self._size = startup_timeout_s, workers
-        self._root = Path(tempfile.mkdtemp(prefix="archrefine-sandbox-"))
+        _sweep_stale_roots()
+        self._root = Path(tempfile.mkdtemp(prefix=f"archrefine-sandbox-{os.getpid()}-"))
         self._root.chmod(0o711)
         (self._root / "in").mkdir(mode=0o755)
         self._ids, self._lock, self._data = itertools.count(), threading.Lock(), set()
@@ -282,10 +336,13 @@ class SandboxPool:
         path.write_text(spec.pop("src"), encoding="utf-8", errors="replace")
         path.chmod(0o644)
         spec.update(id=job_id, source=f"{w.spec.inputs}/{path.name}")
+        spec["n_val"] = len(job.y_val) if job.y_val is not None else 0
         if spec["data"]:
             spec["data"] = f"{w.spec.inputs}/{spec['data']}"
+        w.limit_memory(int(spec["memory_mb"]))
+        job.oom_kills = w.oom_kills()
         job.spec, job.started = spec, time.monotonic()
-        job.deadline = job.started + float(spec["timeout_s"])
+        job.deadline = job.started + float(spec["timeout_s"]) + GRACE_S
         w.job = job
         try:
             w.proc.stdin.write(json.dumps(spec).encode() + b"\n")
@@ -294,13 +351,14 @@ class SandboxPool:
             pass
 
     def _read(self, w: _Worker, results: list) -> None:
-        chunk = os.read(w.fd, 1 << 20) if len(w.buf) <= LINE_CAP else b""
+        n_val = len(w.job.y_val) if w.job and w.job.y_val is not None else 0
+        cap = REPLY_CAP + 16 * n_val
+        chunk = os.read(w.fd, 1 << 20) if len(w.buf) <= cap else b""
         if not chunk:  # EOF (or an oversized reply): the worker is gone or misbehaving
             if not w.ready:
+                why = w.startup_error()
                 self._drop(w)
-                raise SandboxError(
-                    f"sandbox worker failed to start ({self.mode}): {w.startup_error()}"
-                )
+                raise SandboxError(f"sandbox worker failed to start ({self.mode}): {why}")
             if w.job:
                 why = "crashed: sandbox worker died during the job"
                 return self._finish(w, results, {"status": "crashed", "reason": why}, kill=True)
@@ -309,13 +367,12 @@ class SandboxPool:
         while b"\n" in w.buf:
             line, _, rest = bytes(w.buf).partition(b"\n")
             w.buf = bytearray(rest)
-            try:
-                reply = json.loads(line)
-            except ValueError:
+            reply = parse_reply(line, cap)
+            if reply is None:
                 why = "crashed: unreadable reply from the sandbox worker"
                 reply = {"status": "crashed", "reason": why, "dirty": True}
             if not w.ready:
-                w.ready = bool(reply.get("ready"))
+                w.ready = reply.get("ready") is True
             elif w.job:
                 self._finish(w, results, reply)
 
@@ -323,8 +380,14 @@ class SandboxPool:
         job, w.job = w.job, None
         with contextlib.suppress(OSError):
             os.unlink(self._root / "in" / Path(job.spec["source"]).name)
-        results[job.index] = make_outcome(reply, job.y_val, job.started, self.isolation)
-        if kill or reply.get("dirty"):
+        if w.oom_kills() > job.oom_kills:  # the kernel killed one of the job's processes
+            mb = job.spec["memory_mb"]
+            why = f"oom: the job's processes together exceeded {mb} MB (memory cgroup)"
+            reply = dict(reply, status="oom", reason=why)
+        results[job.index] = make_outcome(
+            reply, job.y_val, job.started, self.isolation, job.spec["classes"]
+        )
+        if kill or reply.get("dirty") is not False:
             self._replace(w)
 
     def _replace(self, w: _Worker) -> None:
@@ -336,7 +399,23 @@ class SandboxPool:
         self._workers.remove(w)
 
 
+def _sweep_stale_roots(idle_s: float = 600) -> None:
+    """Remove pool directories (inputs: training data, candidates' sources) left by processes
+    that died without closing their pool (kill -9): named by the pid, idle for `idle_s`."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(tempfile.gettempdir()):
+            match = re.fullmatch(r"archrefine-sandbox-(\d+)-\w+", entry.name)
+            if not match or os.path.exists(f"/proc/{match.group(1)}"):
+                continue
+            with contextlib.suppress(OSError):
+                if time.time() - os.stat(os.path.join(entry.path, "in")).st_mtime > idle_s:
+                    _shutdown([], Path(entry.path))
+
+
 def _shutdown(workers: list[_Worker], root: Path) -> None:
     for w in workers:
         w.kill()
-    shutil.rmtree(root, ignore_errors=True)
+    try:  # work directories on the host (the fallback without namespaces) hold what jobs made
+        shutil.rmtree(root, ignore_errors=True)
+    except RecursionError:  # a tree thousands of levels deep: never an exception in the caller
+        _remove_tree(str(root))

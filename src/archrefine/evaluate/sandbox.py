@@ -4,8 +4,10 @@ The candidate source is never executed in the calling process. It runs in a fork
 sandboxed "zygote" worker (see `_worker.py`) that has torch imported already; the child applies
 per-job rlimits and an audit-hook policy before the source is compiled. The worker itself is
 confined by bubblewrap where that works (private mount, pid, net, ipc and uts namespaces; a
-dedicated uid when we are root) and by rlimits, a dedicated uid (when root), a private network
-namespace (when root) and the audit hook otherwise. See docs/sandbox.md for guarantees and limits.
+dedicated uid when we are root; no dataset visible, see `confine.py`) and otherwise by rlimits,
+a dedicated uid and (as root) namespaces of its own made with `unshare`; as root each worker also
+gets a memory cgroup. Every reply is validated here (`make_outcome`); accuracy is scored here.
+See docs/sandbox.md for guarantees and limits.
 
 Example
 -------
@@ -18,42 +20,61 @@ Example
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import importlib.util
-import itertools
 import json
+import math
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
+import re
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from archrefine.evaluate.workers import (  # noqa: F401 - re-exported for pool.py and tests
+    INSIDE,
+    MARKER,
+    UID_BASE,
+    WORK_MB,
+    WORKER,
+    Launch,
+    _bwrap_config,
+    _bwrap_problem,
+    _unshare_problem,
+    kill_uid,
+    launch,
+)
 
 if TYPE_CHECKING:
     import numpy as np
 
     from archrefine.evaluate.pool import SandboxPool
 
-__all__ = ["Outcome", "SandboxError", "SandboxPool", "TrainSpec", "isolation_level", "run_code"]
+__all__ = [
+    "Outcome",
+    "SandboxError",
+    "SandboxPool",
+    "SandboxWarning",
+    "TrainSpec",
+    "isolation_level",
+    "run_code",
+]
 
 STATUSES = ("ok", "invalid", "timeout", "crashed", "oom", "forbidden")
 Isolation = Literal["auto", "bwrap", "rlimits"]
-WORKER = Path(__file__).with_name("_worker.py")
-MARKER = "archrefine-sandbox-worker"
-INSIDE = "/sandbox"  # where the worker, inputs and scratch space appear inside bwrap
-UID_BASE = 2_000_000  # dedicated uids for sandboxed workers when we are root (never real users)
 ENV_FORCE = "ARCHREFINE_SANDBOX"  # "rlimits" forces the fallback for isolation="auto"
-_uid_counter = itertools.count()
+MAX_MEMORY_MB = 1 << 24  # 16 TiB: larger limits cannot be meant and overflow rlimits
+REPLY_CAP = 1 << 20  # bytes of a worker's reply line, besides 16 per held-out prediction
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+class SandboxWarning(UserWarning):
+    """The sandbox runs weaker than it could (no bubblewrap): printed once, on stderr."""
 
 
 class SandboxError(RuntimeError):
-    """The sandbox itself failed (not the candidate), e.g. a worker could not start."""
+    """The sandbox itself failed (not the candidate): a worker could not start, a memory cgroup
+    could not be set up or limited. Never raised for anything a candidate did."""
 
 
 @dataclass(frozen=True)
@@ -157,8 +178,41 @@ def __getattr__(name: str) -> Any:  # SandboxPool lives in pool.py, which import
 
 
 def one_line(text: object, limit: int = 200) -> str:
+    """`text` as one printable line of at most `limit` characters (control characters -> '?')."""
     text = " ".join(str(text).split())
+    text = "".join(c if c.isprintable() else "?" for c in text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def printable_log(text: object, limit: int = 2000) -> str:
+    """The tail of a log as printable text: lines kept, escape sequences and NULs neutralised."""
+    if not isinstance(text, str):
+        return ""
+    return "".join(c if c.isprintable() or c in "\n\t" else "?" for c in text[-limit:])
+
+
+def parse_reply(raw: bytes, cap: int = REPLY_CAP) -> dict | None:
+    """A worker's reply line as a flat dict, or None when it is not one we could have written.
+
+    Hostile input: longer than `cap`, nested (a reply has one object and at most one list, so
+    more than four brackets outside strings is refused before `json.loads` could recurse), not an
+    object, or numbers Python refuses (over 4,300 digits) all give None, never an exception.
+    """
+    if not isinstance(raw, bytes | bytearray) or len(raw) > cap:
+        return None
+    skeleton = _STRING.sub(b"", bytes(raw))
+    if skeleton.count(b"[") + skeleton.count(b"{") > 2:
+        return None
+    try:
+        reply = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return reply if isinstance(reply, dict) else None
+
+
+def _count(value: object) -> int | None:
+    """A non-negative Python int of any size (bools are not counts), else None."""
+    return value if type(value) is int and value >= 0 else None
 
 
 def job_options(
@@ -175,8 +229,8 @@ def job_options(
     """Validate one job's options (messages name the parameter) and return them as sent."""
     if not (isinstance(timeout_s, int | float) and 0 < timeout_s <= 86400):
         raise ValueError(f"timeout_s: {timeout_s!r} is not a number of seconds in (0, 86400]")
-    if not (isinstance(memory_mb, int) and memory_mb >= 16):
-        raise ValueError(f"memory_mb: {memory_mb!r} is not an integer >= 16")
+    if not (isinstance(memory_mb, int) and 16 <= memory_mb <= MAX_MEMORY_MB):
+        raise ValueError(f"memory_mb: {memory_mb!r} is not an integer in [16, {MAX_MEMORY_MB}]")
     shape = tuple(input_shape)
     if not (shape and all(isinstance(d, int) and d >= 1 for d in shape)):
         raise ValueError(f"input_shape: {input_shape!r} is not a tuple of positive integers")
@@ -194,190 +248,72 @@ def job_options(
     )  # fmt: skip
 
 
-def make_outcome(reply: dict, y_val: Any, started: float, isolation: str) -> Outcome:
-    """Validate a worker's (untrusted) reply; score its predictions against labels kept here."""
+def make_outcome(
+    reply: object, y_val: Any, started: float, isolation: str, classes: int | None = None
+) -> Outcome:
+    """Validate a worker's (untrusted) reply into an Outcome every field of which is sound.
+
+    status is one of STATUSES; reason one printable line <= 200 characters; params a
+    non-negative int (any size) or None; accuracy is computed here, from the predictions against
+    `y_val` (kept in the caller), finite in [0, 1] or None; seconds finite >= 0; log printable,
+    <= 2000 characters. Anything malformed makes the candidate `crashed` with that reason.
+    """
+    reply = reply if isinstance(reply, dict) else {}
     status, reason = reply.get("status"), one_line(reply.get("reason", ""))
-    if status not in STATUSES:
+    if status not in STATUSES or not isinstance(reply.get("reason", ""), str):
         status, reason = "crashed", "crashed: malformed result from the sandbox"
-    params, preds, accuracy = reply.get("params"), reply.get("preds"), None
+    params, preds, accuracy = _count(reply.get("params")), reply.get("preds"), None
+    if status == "ok" and params is None:
+        status, reason = "crashed", "crashed: malformed parameter count from the sandbox"
     if status == "ok" and y_val is not None:
         labels = list(y_val)
-        if isinstance(preds, list) and len(preds) == len(labels) > 0:
-            hits = [isinstance(p, int) and p == t for p, t in zip(preds, labels, strict=True)]
-            accuracy = sum(hits) / len(hits) if all(isinstance(p, int) for p in preds) else None
-        if accuracy is None:
+        top = classes if classes is not None else math.inf
+        if (
+            isinstance(preds, list)
+            and len(preds) == len(labels) > 0
+            and all(type(p) is int and 0 <= p < top for p in preds)
+        ):
+            accuracy = sum(p == t for p, t in zip(preds, labels, strict=True)) / len(labels)
+        else:
             status, reason = "crashed", "crashed: malformed predictions from the sandbox"
-    ok = status == "ok" and isinstance(params, int) and params >= 0
-    log = reply.get("log")
-    return Outcome(status, reason, params if ok else None, accuracy,
-                   round(time.monotonic() - started, 4), isolation,
-                   log[-2000:] if isinstance(log, str) else "")  # fmt: skip
-
-
-def kill_uid(uid: int) -> int:
-    """SIGKILL every process whose real uid is `uid` (a dedicated sandbox uid); return the count."""
-    n = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status") as f:
-            line = next(line for line in f if line.startswith("Uid:"))
-            if int(line.split()[1]) == uid:
-                os.kill(int(pid), signal.SIGKILL)
-                n += 1
-    return n
-
-
-@dataclass(frozen=True)
-class Launch:
-    """Everything needed to start one worker: argv, environment and the paths it sees."""
-
-    argv: list[str]
-    env: dict[str, str]
-    inputs: str  # the host's input directory as the worker sees it
-    uid: int | None  # dedicated uid when we are root, so the host can sweep its processes
-    name: str  # distinguishes the worker's files in the pool directory
+    if status != "ok":
+        params, accuracy = None, None
+    if status == "ok":
+        reason = "ok"
+    seconds = time.monotonic() - started
+    seconds = round(seconds, 4) if math.isfinite(seconds) and seconds > 0 else 0.0
+    log = printable_log(reply.get("log"))
+    return Outcome(status, reason or status, params, accuracy, seconds, isolation, log)
 
 
 def _resolve(isolation: str) -> str:
     if isolation not in ("auto", "bwrap", "rlimits"):
         raise ValueError(f"isolation: {isolation!r} is not one of auto, bwrap, rlimits")
+    asked, forced = isolation, ""
     if isolation == "auto":
         forced = os.environ.get(ENV_FORCE, "")
         if forced not in ("", "auto", "bwrap", "rlimits"):
             raise ValueError(f"{ENV_FORCE}: {forced!r} is not one of auto, bwrap, rlimits")
         isolation = forced if forced in ("bwrap", "rlimits") else "auto"
-    problem = _bwrap_problem() if isolation != "rlimits" else "not asked for"
+    problem = _bwrap_problem() if isolation != "rlimits" else f"{ENV_FORCE}=rlimits"
     if isolation == "bwrap" and problem:
         raise SandboxError(f"isolation='bwrap' unavailable: {problem}")
+    if asked == "auto" and problem:  # no silent weakening: say so, once, at start
+        _warn_fallback(problem)
     return "bwrap" if not problem else "rlimits"
 
 
-def _env(home: str) -> dict[str, str]:
-    """The scrubbed environment: only what Python needs, single-threaded numerics."""
-    single = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    env = dict(PATH="/usr/bin:/bin", HOME=home, TMPDIR=home, LANG="C.UTF-8", **single)
-    return env | {"PYTHONHASHSEED": "0"}  # set iteration order, too, is the same every run
-
-
-def _python() -> tuple[str, list[str]]:
-    """The interpreter to run (a venv keeps working) and the directories it needs to read."""
-    exe = os.path.join(
-        os.path.realpath(os.path.dirname(sys.executable)), os.path.basename(sys.executable)
-    )
-    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    for mod in ("torch", "numpy"):
-        spec = importlib.util.find_spec(mod)
-        if spec and spec.submodule_search_locations:
-            dirs.add(os.path.dirname(list(spec.submodule_search_locations)[0]))
-    return exe, sorted({os.path.realpath(d) for d in dirs if os.path.isdir(d)})
-
-
-def _site_dirs() -> list[str]:
-    """Directories holding torch and numpy: the worker's extra sys.path (PYTHONPATH is dropped)."""
-    return [
-        d
-        for d in _python()[1]
-        if os.path.isdir(os.path.join(d, "torch")) or os.path.isdir(os.path.join(d, "numpy"))
-    ]
-
-
-def _outermost(paths: list[str]) -> list[str]:
-    kept: list[str] = []
-    for p in sorted(set(paths)):
-        if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in kept):
-            kept.append(p)
-    return kept
-
-
-def _bwrap_prefix(inputs: str, as_root: bool, disable_userns: bool) -> list[str]:
-    """bwrap options: read-only system and Python, private /tmp, /proc, /dev; no network."""
-    args = ["bwrap"] + str.split(
-        "--unshare-net --unshare-pid --unshare-ipc --unshare-uts --unshare-cgroup-try "
-        "--die-with-parent --new-session --clearenv"
-    )
-    if as_root:  # keep just enough to drop to a dedicated uid (RLIMIT_NPROC ignores uid 0)
-        args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-    else:
-        args += ["--unshare-user"] + (["--disable-userns"] if disable_userns else [])
-    system = [f"/{n}" for n in ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc")]
-    for p in system:
-        if os.path.islink(p):
-            args += ["--symlink", os.readlink(p), p]
-        elif os.path.isdir(p):
-            args += ["--ro-bind", p, p]
-    # /tmp first: Python may live under /tmp (a CI clone), and later binds must sit on top
-    args += str.split(f"--proc /proc --dev /dev --size {64 << 20} --perms 1777 --tmpfs /tmp")
-    binds = [p for p in _outermost(system + _python()[1]) if p not in system]
-    made: set[str] = set()
-    for p in binds:
-        parents = Path(p).parents
-        for anc in reversed([str(a) for a in parents if str(a) != "/"]):
-            if anc not in made and anc not in system:
-                args += ["--perms", "0755", "--dir", anc]
-                made.add(anc)
-        args += ["--ro-bind", p, p]
-    args += str.split(  # sizes cap what a candidate can park in memory-backed files
-        f"--size {256 << 20} --perms 0777 --tmpfs {INSIDE}/work --chdir {INSIDE}/work"
-    )
-    args += ["--ro-bind", str(WORKER), f"{INSIDE}/_worker.py", "--ro-bind", inputs, f"{INSIDE}/in"]
-    for key, value in _env(f"{INSIDE}/work").items():
-        args += ["--setenv", key, value]
-    return args + ["--"]
-
-
 @functools.cache
-def _bwrap_config() -> tuple[bool, str]:
-    """Find a bwrap configuration that works here, once: (disable_userns, problem or "")."""
-    if not shutil.which("bwrap"):
-        return False, "bwrap is not installed (apt-get install bubblewrap)"
-    as_root = os.geteuid() == 0
-    u = UID_BASE
-    drop = f"os.setgroups([]); os.setresgid({u}, {u}, {u}); os.setresuid({u}, {u}, {u}); "
-    check = (
-        "import os, sys; "
-        + (drop if as_root else "")
-        + "[os.listdir(d) for d in sys.path if os.path.isdir(d)]; print('ok')"
+def _warn_fallback(why: str) -> None:
+    """Say once per process, on stderr, that candidates get the weaker fallback and why."""
+    extra = (
+        "own mount, pid, network and ipc namespaces"
+        if not _unshare_problem()
+        else f"no namespaces ({_unshare_problem()})"
     )
-    exe = _python()[0]
-    problem = ""
-    with tempfile.TemporaryDirectory(prefix="archrefine-probe-") as tmp:
-        os.chmod(tmp, 0o755)
-        for disable_userns in (False,) if as_root else (True, False):
-            argv = _bwrap_prefix(tmp, as_root, disable_userns) + [exe, "-s", "-B", "-c", check]
-            try:
-                proc = subprocess.run(
-                    argv,
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                return False, f"bwrap probe failed: {exc}"
-            if proc.returncode == 0 and proc.stdout.strip() == "ok":
-                return disable_userns, ""
-            lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
-            problem = f"bwrap probe failed: {lines[-1][:150]}"
-    return False, problem
-
-
-def _bwrap_problem() -> str:
-    return _bwrap_config()[1]
-
-
-def launch(mode: str, root: Path, index: int) -> Launch:
-    """How to start worker `index` of a pool whose host directory is `root` (inputs in root/in)."""
-    as_root = os.geteuid() == 0
-    uid = UID_BASE + (os.getpid() % 16384) * 4096 + next(_uid_counter) % 4096 if as_root else None
-    exe = _python()[0]
-    cfg: dict[str, Any] = {"uid": uid, "gid": uid, "path": _site_dirs()}
-    if mode == "bwrap":
-        cfg.update(workroot=f"{INSIDE}/work", chown=False, unshare_net=False)
-        argv = _bwrap_prefix(str(root / "in"), as_root, _bwrap_config()[0])
-        argv += [exe, "-s", "-B", f"{INSIDE}/_worker.py", MARKER, json.dumps(cfg)]
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        return Launch(argv, env, f"{INSIDE}/in", uid, str(index))
-    work = root / f"work-{index}"
-    work.mkdir(mode=0o700)
-    cfg.update(workroot=str(work), chown=as_root, unshare_net=as_root)
-    argv = [exe, "-s", "-B", str(WORKER), MARKER, json.dumps(cfg)]
-    return Launch(argv, _env(str(work)), str(root / "in"), uid, str(index))
+    warnings.warn(
+        f"archrefine sandbox: not using bubblewrap ({why}); candidates run under the "
+        f"rlimits fallback ({extra}); see docs/sandbox.md",
+        SandboxWarning,
+        stacklevel=4,
+    )

@@ -55,7 +55,15 @@ def reproduce(
         on_done=on_done,
     )
     found = detect(frame, config.schedule.kind, n_boot=n_boot, seed=config.seed)
-    return Reproduction(frame, found, evaluate(frame, found))
+    claims = evaluate(
+        frame,
+        found,
+        schedule_kind=config.schedule.kind,
+        period=config.schedule.period,
+        n_boot=n_boot,
+        seed=config.seed,
+    )
+    return Reproduction(frame, found, claims)
 
 
 def write(out: Path, config: Config, rep: Reproduction, *, started: float) -> None:
@@ -64,7 +72,15 @@ def write(out: Path, config: Config, rep: Reproduction, *, started: float) -> No
     write_json(out / "claims.json", as_records(rep.claims))
     atomic_write_text(out / "claims.md", claims_markdown(rep.claims, config))
     write_json(out / "phases.json", rep.phases.__dict__)
-    draw(out, rep.frame, rep.phases, config.schedule.kind, generator=config.generator.kind)
+    draw(
+        out,
+        rep.frame,
+        rep.phases,
+        config.schedule.kind,
+        generator=config.generator.kind,
+        period=config.schedule.period,
+        named=phases_found(rep.claims),
+    )
     close_run(
         out,
         files=[
@@ -80,6 +96,15 @@ def write(out: Path, config: Config, rep: Reproduction, *, started: float) -> No
     )
 
 
+def phases_found(claims: list[Claim] | list[dict]) -> bool | None:
+    """C1's verdict (None when it was not checked): figures name phases only when it held."""
+    for c in claims:
+        cid, holds = (c["id"], c["holds"]) if isinstance(c, dict) else (c.id, c.holds)
+        if cid == "C1":
+            return holds
+    return None
+
+
 def draw(
     out: Path,
     frame: pd.DataFrame,
@@ -88,16 +113,23 @@ def draw(
     *,
     workers: int = 2,
     generator: str = "this run",
+    period: int = 4,
+    named: bool | None = None,
 ) -> None:
-    """Draw the four figures, in parallel processes (matplotlib is single-threaded)."""
+    """Draw the four figures, in parallel processes (matplotlib is single-threaded); phases are
+    named only when C1 held (`named`, see `phases_found`)."""
     traj = frame[(frame.experiment == "trajectory") & (frame.condition == "baseline")]
     exp, cond = phase_source(frame, schedule_kind)
     phase_run = frame[(frame.experiment == exp) & (frame.condition == cond)]
     jobs = [
-        (plots.trajectory, (traj, out / FIGURES[0]), {"found": found}),
+        (plots.trajectory, (traj, out / FIGURES[0]), {"found": found, "named": named}),
         (plots.topk, (frame[frame.experiment == "topk"], out / FIGURES[1]), {}),
-        (plots.phases, (phase_run, found, out / FIGURES[2]), {}),
-        (plots.schedules, (frame[frame.experiment == "schedules"], out / FIGURES[3]), {}),
+        (plots.phases, (phase_run, found, out / FIGURES[2]), {"named": named}),
+        (
+            plots.schedules,
+            (frame[frame.experiment == "schedules"], out / FIGURES[3]),
+            {"period": period},
+        ),
     ]
     if "comparison" in set(frame.experiment):
         jobs.append(
@@ -141,6 +173,56 @@ def _fmt(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0%}"
+
+
+def summary(c: Claim) -> str:
+    """The few numbers of a claim's `measured` that decide it (claims.json has all of them)."""
+    m = c.measured
+    if not isinstance(m, dict):
+        return _fmt(m)
+    try:
+        if c.id == "C1":
+            shapes = m["shape"]
+            failed = [k for k, ok in shapes.items() if not ok]
+            return (
+                f"{m['count']} boundaries {_fmt(m.get('boundaries', []))} "
+                f"(90% {_fmt(m.get('ci90', []))}); R² gains {_fmt(m['r2_gain'])}; "
+                f"phase shapes {len(shapes) - len(failed)}/{len(shapes)}"
+                + (f" (failed: {', '.join(failed)})" if failed else "")
+                + f"; diversity drop in specialization "
+                f"{_pct(m['diversity_drop_share_in_specialization'])} "
+                f"over {_pct(m['specialization_duration_share'])} of the run"
+            )
+        if c.id == "C2":
+            return (
+                f"levels r={_fmt(m['levels_r'])}, changes r={_fmt(m['changes_r'])}, "
+                f"fixed-cycle ρ={_fmt(m['fixed_cycle_rho'])}"
+            )
+        if c.id == "C3":
+            return ", ".join(f"{k.removesuffix('_loss')}={_pct(v)}" for k, v in m.items())
+        if c.id == "C4":
+            return (
+                f"kept={_fmt(m['kept'])}, validity share={_fmt(m['validity_share'])}; "
+                f"kept by schedule {_fmt(m['kept_by_schedule'])}"
+            )
+        if c.id == "C6":
+            return (
+                f"ρ validity={_fmt(m['rho_validity'])}, fitness={_fmt(m['rho_fitness'])}, "
+                f"diversity={_fmt(m['rho_diversity'])}; best k={m['best_k']} "
+                f"(90% {_fmt(m['best_k_ci90'])})"
+            )
+        if c.id == "C7":
+            return (
+                f"validity rise {_fmt(m['validity_rise'])}, novelty fall "
+                f"{_fmt(m['novelty_fall'])}, lag {_fmt(m['lag'])} (90% {_fmt(m['lag_ci90'])})"
+            )
+    except KeyError:
+        pass
+    return _fmt({k: v for k, v in m.items() if not isinstance(v, (dict, list))} or m)
+
+
 def claims_markdown(claims: list[Claim], config: Config) -> str:
     return claims_table(
         claims,
@@ -150,21 +232,28 @@ def claims_markdown(claims: list[Claim], config: Config) -> str:
 
 
 def claims_table(claims: list[Claim], title: str) -> str:
-    """The claims as a Markdown table; a claim whose experiment was not run says so."""
+    """The claims as a Markdown table; a claim whose experiment was not run says so.
+
+    Confidence: the share of bootstrap resamples of the trials in which the claim holds."""
     rows = [
         f"# {title}",
         "",
-        "| id | claim | paper | measured | tolerance | holds |",
-        "|---|---|---|---|---|---|",
+        "| id | claim | paper | measured | tolerance | holds | confidence |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in claims:
-        rows.append(
-            f"| {c.id} | {c.claim} | {_fmt(c.paper)} | {_fmt(c.measured)} | "
-            f"{c.tolerance} | {_verdict(c.holds)} |"
-        )
+        conf = getattr(c, "confidence", None)
+        cells = (c.id, c.claim, _fmt(c.paper), summary(c), c.tolerance, _verdict(c.holds),
+                 "–" if conf is None else f"{conf:.2f}")  # fmt: skip
+        rows.append("| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |")
     held = sum(c.holds is True for c in claims)
     measured = sum(c.holds is not None for c in claims)
     missing = len(claims) - measured
     note = f" ({missing} not measured: their experiments were not run)" if missing else ""
-    rows += ["", f"{held} of {measured} claims hold.{note}"]
+    rows += [
+        "",
+        f"{held} of {measured} claims hold.{note} Confidence: the share of bootstrap resamples "
+        "of the trials in which the claim holds (– with one trial); every number measured is in "
+        "claims.json.",
+    ]
     return "\n".join(rows) + "\n"

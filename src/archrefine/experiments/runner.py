@@ -8,8 +8,9 @@ conditions whose resolved configs coincide are simulated once.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Any, TypeVar
 
 import pandas as pd
 
@@ -17,6 +18,7 @@ from archrefine.config import Config
 from archrefine.loop import simulate
 
 Plan = dict[str, dict[str, dict]]  # experiment → condition → dotted overrides
+Item = TypeVar("Item")
 
 
 def _run(config: Config) -> pd.DataFrame:
@@ -73,3 +75,32 @@ def count_unique(base: Config, plan: Plan) -> int:
             for over in conds.values()
         }
     )
+
+
+def each_in_processes(
+    fn: Callable[[Any], tuple],
+    items: Sequence[Item],
+    arg: Callable[[Item], Any],
+    finish: Callable[..., None],
+    workers: int,
+) -> None:
+    """Call `fn(arg(item))` for every item, in `workers` fresh processes (forkserver where the
+    platform has it: no inherited state), and `finish(item, *result)` here as each one ends, so
+    results are stored as they come and an interrupted study keeps what finished."""
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            finish(item, *fn(arg(item)))
+        return
+    import multiprocessing as mp
+
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method)) as pool:
+        pending = {pool.submit(fn, arg(item)): item for item in items}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finish(pending.pop(future), *future.result())
+        finally:
+            for future in pending:
+                future.cancel()

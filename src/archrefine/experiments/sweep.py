@@ -18,7 +18,6 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from archrefine.config import Config, ConfigError, _parse_value, _set_dotted, load_config
+from archrefine.experiments.runner import each_in_processes
 from archrefine.loop import METRICS, simulate
 from archrefine.store import (
     StoreError,
@@ -167,23 +167,7 @@ def _write_point(path: Path, point: Point, frame: pd.DataFrame, seconds: float) 
 
 
 def _local(todo, workers, finish) -> None:
-    if workers <= 1 or len(todo) <= 1:
-        for point in todo:
-            finish(point, *_simulate(point.config))
-        return
-    import multiprocessing as mp
-
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method)) as pool:
-        pending = {pool.submit(_simulate, p.config): p for p in todo}
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    finish(pending.pop(future), *future.result())
-        finally:
-            for future in pending:
-                future.cancel()
+    each_in_processes(_simulate, todo, lambda point: point.config, finish, workers)
 
 
 def _import_ray():

@@ -249,7 +249,9 @@ class HFGenerator:
             self.model.to(self.device)
             self._new_optimizer()
             assert self.optimizer is not None
-            saved = torch.load(directory / "optimizer.pt", map_location=self.device)
+            saved = torch.load(
+                directory / "optimizer.pt", map_location=self.device, weights_only=True
+            )  # tensors only, never a pickle's code: generator/ is not covered by the digest
             self.optimizer.load_state_dict(saved)
         self.model.eval()
 

@@ -15,11 +15,20 @@ Mechanisms (docs/model.md gives the equations and the reasons for each parameter
   b ∈ [0, 1] raises every token's odds, and tokens the prior finds familiar (likely) are right
   more often than unfamiliar ones. Validity is the product over the written tokens, times a
   ceiling for faults no learning removes.
+* **Decoding temperature.** Every token the generator writes is drawn from the prior at
+  temperature tau = temperature + temperature_span·m (m the cycle's mutation rate): below 1 the
+  generator favours what it already finds likely, as code models are sampled (Chen et al. 2021),
+  and a request to rewrite more of a template samples more freely (the learned generator's
+  rate-to-temperature mapping). Fine-tuning on tempered samples sharpens the prior every round:
+  the self-consuming loop with "sampling bias" of Alemohammad et al. (2024) and the vanishing
+  tails of Shumailov et al. (2024), so diversity keeps falling after validity has saturated.
 * **Fine-tuning.** The selection is the training set, and what a cycle teaches is proportional
   to how full it is, s = |selection| / k: with fewer than k valid outputs there is less to
   learn from. Every full selection teaches the same amount until nothing is left to learn, so
   the bonus grows linearly and stops, b ← min(1, b + bonus_rate·s), and the prior steps toward
-  the selection's label-smoothed token frequencies by prior_rate·s; like SFT run to
+  the selection's label-smoothed token frequencies by prior_rate·s (smoothing toward the
+  starting distribution stands for what anchors a fine-tuned model to its base: the "fresh
+  data" that keeps a self-consuming loop from collapsing entirely). Like SFT run to
   convergence, a small selection is learned as sharply as a large one, so a small k
   concentrates the prior more. Learning speed rises with validity, which learning raises, so
   validity takes off late and fast (autocatalysis), and the same step narrows the prior, so
@@ -67,15 +76,27 @@ class PaperGenerator:
         self.prior = self.initial.copy()
         self.bonus = np.zeros(trials)
 
-    def sample(self, n: int) -> np.ndarray:
+    def sampling(self, rate: float) -> np.ndarray:
+        """The distribution the generator decodes from at mutation rate `rate`: the prior at
+        temperature tau = temperature + temperature_span * rate (cycle 1, no rate: temperature)."""
+        cfg = self.cfg
+        tau = cfg.temperature + (cfg.temperature_span * rate if np.isfinite(rate) else 0.0)
+        if tau == 1.0:
+            return self.prior
+        logp = np.log(np.maximum(self.prior, 1e-300)) / tau
+        p = np.exp(logp - logp.max(axis=2, keepdims=True))
+        return p / p.sum(axis=2, keepdims=True)
+
+    def sample(self, n: int, rate: float = float("nan")) -> np.ndarray:
         trials, d, _ = self.prior.shape
-        return sample_categorical(np.cumsum(self.prior, axis=2), self.rng.random((trials, n, d)))
+        cdf = np.cumsum(self.sampling(rate), axis=2)
+        return sample_categorical(cdf, self.rng.random((trials, n, d)))
 
     def propose(
         self, pool: np.ndarray, pool_size: np.ndarray, n: int, rate: float, fresh: float
     ) -> Candidates:
         trials, d, _ = self.prior.shape
-        draws = self.sample(n)  # fresh samples double as mutation replacements
+        draws = self.sample(n, rate)  # fresh samples double as mutation replacements
         if not np.isfinite(rate) or pool_size.max() == 0:
             return Candidates(draws, np.ones(draws.shape, dtype=bool))
         pick = (self.rng.random((trials, n)) * np.maximum(pool_size, 1)[:, None]).astype(int)

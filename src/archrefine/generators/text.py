@@ -116,6 +116,11 @@ class LearnedTextGenerator:
         return out
 
     def refine(self, pairs: Sequence[tuple[str, str]], cycle: int) -> float | None:
+        """Fine-tune on the pairs not seen yet. The minibatch draws are seeded by (seed, cycle),
+        not by whatever sampling ran before: a cycle whose candidates were generated before a
+        kill and are not generated again after `--resume` trains exactly the same."""
+        state = np.random.SeedSequence([self.seed, cycle, 0x7265]).generate_state(2)
+        self.model.g.manual_seed(int(state[0]) << 32 | int(state[1]))
         new = [_tokens_in(c) for _, c in pairs[self._seen :]]
         seqs = np.array([s[0] for s in new if s], dtype=np.int16).reshape(-1, 15)
         self._seen = len(pairs)

@@ -5,7 +5,9 @@
 
 `run` writes everything `archrefine loop` does (docs/real-loop.md): `candidates.sqlite`,
 `metrics.parquet` (the simulator's columns), `trajectory.png`, `phases.json`, `claims.md`,
-`claims.json`, and one generator state per cycle under `generator/`.
+`claims.json`, and one generator state per cycle under `generator/`, plus `prompt.txt` (the
+template the run started with: a resume reads only that copy) and, in `run.json`, the isolation
+used and a digest `--resume` checks (`real/trust.py`).
 """
 
 from __future__ import annotations
@@ -61,22 +63,39 @@ def make_generator(config: RealConfig) -> TextGenerator:
     return LearnedTextGenerator(g.learned, seed=config.seed)
 
 
-def start(out: Path, config: RealConfig, *, force: bool = False, resume: bool = False) -> Path:
-    """Open `out` for a new run, or (with `resume`) check it holds this run and reopen it."""
+def start(
+    out: Path,
+    config: RealConfig,
+    *,
+    force: bool = False,
+    resume: bool = False,
+    trust_config: bool = False,
+    weaker_isolation: bool = False,
+) -> Path:
+    """Open `out` for a new run, or (with `resume`) check it holds a run archrefine wrote for
+    this user (`trust.verify`: config digest, isolation not weaker) and reopen it."""
     from archrefine.evaluate.sandbox import isolation_level
+    from archrefine.real import trust
+    from archrefine.real.prompts import TEMPLATE_FILE, template_text
 
     out = Path(out)
+    level = isolation_level(config.evaluate.isolation)
     if resume:
         saved = out / "config.toml"
         if not saved.exists():
             raise StoreError(f"{out}: no loop to resume (no config.toml)")
+        if trust_config and not (out / TEMPLATE_FILE).exists():  # a run from before the copy
+            atomic_write_text(out / TEMPLATE_FILE, template_text(config.prompt.template))
+        trust.verify(out, level, trust_config=trust_config, weaker_isolation=weaker_isolation)
         return out
-    meta = {"seed": config.seed, "isolation": isolation_level(config.evaluate.isolation)}
-    open_run(out, force=force, kind="loop", meta=meta)
+    text = template_text(config.prompt.template)  # read (and checked) before anything is written
+    open_run(out, force=force, kind="loop", meta={"seed": config.seed, "isolation": level})
     for name in LOOP_STATE:  # --force starts afresh: an old loop's state must not be resumed
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     atomic_write_text(out / "config.toml", config.to_toml())
+    atomic_write_text(out / TEMPLATE_FILE, text)
+    trust.sign(out, level)
     return out
 
 
@@ -88,12 +107,16 @@ def run(
     on_event: Callable[[Event], None] | None = None,
     force: bool = False,
     resume: bool = False,
+    trust_config: bool = False,
+    weaker_isolation: bool = False,
 ) -> pd.DataFrame:
-    """Run (or resume) a loop in `out` and write its report; return the per-cycle metrics."""
+    """Run (or resume) a loop in `out` and write its report; return the per-cycle metrics.
+    `trust_config` and `weaker_isolation` are the `--resume` overrides of `trust.verify`."""
     from archrefine.real.report import write_report
 
     started = time.time()
-    start(out, config, force=force, resume=resume)
+    start(out, config, force=force, resume=resume, trust_config=trust_config,
+          weaker_isolation=weaker_isolation)  # fmt: skip
     gen = generator or make_generator(config)
     try:
         frame = run_loop(config, out, gen, on_event=on_event)

@@ -7,6 +7,7 @@ to `hf` (a local model directory) or `openai` (a server), as in configs/real-*.t
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -36,7 +37,9 @@ class RealGeneratorConfig(_Strict):
     model: str = Field(
         "", description="hf: local model directory; openai: model name (empty: the server's)"
     )
-    base_url: str = Field("", description="openai: server URL (empty: $OPENAI_BASE_URL)")
+    base_url: str = Field(
+        "", description="openai: server URL (empty: $OPENAI_BASE_URL, which must then be set)"
+    )
     api: Literal["chat", "completions"] = Field("chat", description="openai: which endpoint")
     temperature: float = Field(0.8, gt=0, le=5, description="sampling temperature")
     temperature_span: float = Field(
@@ -93,7 +96,9 @@ class EvaluateConfig(_Strict):
         2, ge=1, le=256, description="local: sandbox workers; ray: CPUs of a local Ray"
     )
     timeout_s: float = Field(120.0, gt=0, le=86400, description="wall-clock limit per candidate")
-    memory_mb: int = Field(2048, ge=64, description="memory a candidate may add")
+    memory_mb: int = Field(
+        2048, ge=64, le=1_048_576, description="memory a candidate may add (64 MB to 1 TB)"
+    )
     isolation: Literal["auto", "bwrap", "rlimits"] = Field(
         "auto", description="sandbox isolation (auto: bubblewrap when it works)"
     )
@@ -118,12 +123,19 @@ class RealConfig(_Overridable):
     generator: RealGeneratorConfig = RealGeneratorConfig()
     prompt: PromptConfig = PromptConfig()
     loop: RealLoopConfig = RealLoopConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
+    # the real loop keeps its own rates: the paper model's fitted ones are not a real model's
+    schedule: ScheduleConfig = ScheduleConfig(rate=0.7, min_rate=0.33)
     evaluate: EvaluateConfig = EvaluateConfig()
     novelty: NoveltyConfig = NoveltyConfig()
 
     @model_validator(mode="after")
     def _model_given(self) -> RealConfig:
-        if self.generator.kind == "hf" and not self.generator.model:
+        g = self.generator
+        if g.kind == "hf" and not g.model:
             raise ValueError("generator.model: the hf generator needs a local model directory")
+        if g.kind == "openai" and not (g.base_url or os.environ.get("OPENAI_BASE_URL")):
+            raise ValueError(
+                "generator.base_url: empty and $OPENAI_BASE_URL is not set; name the server "
+                "(e.g. http://127.0.0.1:8000/v1; https://api.openai.com/v1 for OpenAI itself)"
+            )
         return self

@@ -5,7 +5,11 @@ its outcome the moment the sandbox reports it, so a run that dies loses at most 
 in flight. A cycle's steps are idempotent given the store: generation fills only the missing
 candidate slots, evaluation runs only `pending` rows, selection and refinement are recomputed
 from the rows. `state.json` names the last *completed* cycle, written after its generator state
-(`generator/cycle-NNN/`) and metrics; `resume` continues from there.
+(`generator/cycle-NNN/`) and metrics; `resume` continues from there, after checking that the
+store holds every row of those cycles (`guard.verify_store`). Every random draw depends only on
+(seed, cycle, slot) or on state saved with the cycle, so a run killed at any moment and resumed
+gives the same candidates and metrics as one never stopped (tests/test_loop_resume.py); one
+candidate's failure is that candidate's outcome, never the run's end (`guard`).
 
 Per-cycle metrics use the simulator's columns (one trial): validity = share of the population
 that built, ran and had the right output shape; novelty = mean MinHash-Jaccard novelty of the
@@ -18,6 +22,8 @@ on the code mapped into the grounded vocabulary) sits beside them.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,20 +32,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from archrefine import metrics as simmetrics
-from archrefine.candidates import CandidateStore
-from archrefine.evaluate.code import CodeError, extract_code, fingerprint, static_check, to_tokens
+from archrefine.candidates import CandidateStore, CandidateStoreError
 from archrefine.evaluate.novelty_code import CodeNovelty
-from archrefine.evaluate.sandbox import TrainSpec
-from archrefine.generators.text import Sampling, TextGenerator
+from archrefine.evaluate.sandbox import TrainSpec, one_line
+from archrefine.generators.text import GeneratorUnavailable, Sampling, TextGenerator
 from archrefine.real.config import RealConfig
-from archrefine.real.prompts import Reference, load_template, render
+from archrefine.real.cycle_metrics import cycle_metrics, mapped
+from archrefine.real.guard import (
+    Evaluation,
+    crashed,
+    describe,
+    probe_source,
+    rows_digest,
+    verify_store,
+)
+from archrefine.real.prompts import Reference, read_template, render
+from archrefine.real.replies import code_or_error, row
 from archrefine.schedules import rates
 from archrefine.store import StoreError, write_json, write_parquet
 
 INPUT_SHAPE, CLASSES = (3, 32, 32), 10
 BATCH = 8  # responses generated (and stored) per generator call
-GROUNDED_K = 15  # neighbours of the grounded novelty, as the simulator's loop.novelty_k
 
 
 @dataclass
@@ -55,13 +68,27 @@ class Event:
 
 def completed_cycles(out: Path) -> int:
     """The last completed cycle recorded in `out/state.json` (0 when none)."""
-    path = Path(out) / "state.json"
+    return _state(Path(out))[0]
+
+
+def _state(out: Path) -> tuple[int, dict[str, str]]:
+    """`state.json`: the last completed cycle and the digest of each completed cycle's rows."""
+    path = out / "state.json"
     if not path.exists():
-        return 0
+        return 0, {}
     try:
-        return int(json.loads(path.read_text())["completed"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise StoreError(f"{path}: not a readable loop state ({err})") from None
+        state = json.loads(path.read_text())
+        done, digests = state["completed"], state.get("digests", {})
+        if not isinstance(done, int) or isinstance(done, bool) or done < 0:
+            raise ValueError(f"completed = {done!r:.40} is not a cycle number")
+        if not isinstance(digests, dict):
+            raise ValueError("digests is not a table")
+        return done, digests
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+        raise StoreError(
+            f"{path}: not a readable loop state ({one_line(str(err), 120)}); restore it "
+            "(it names the last completed cycle) or start afresh with --force"
+        ) from None
 
 
 def run_loop(
@@ -73,19 +100,28 @@ def run_loop(
 ) -> pd.DataFrame:
     """Run (or continue) the loop in `out` until `config.loop.cycles`; return the metrics."""
     out = Path(out)
-    start = completed_cycles(out)
+    start, digests = _state(out)
+    if start > config.loop.cycles:
+        raise StoreError(
+            f"{out}/state.json records {start} cycles complete, but the run has "
+            f"{config.loop.cycles}: restore state.json or config.toml, or start afresh with --force"
+        )
+    rows = _read_rows(out)
+    verify_store(out, start, config.loop.population, [int(r["cycle"]) for r in rows], digests)
+    digests = {k: v for k, v in digests.items() if k.isdigit() and int(k) <= start}
+    rows = rows[:start]
     if start:
         generator.load(out / "generator" / f"cycle-{start:03d}")
     ev = config.evaluate
-    template = load_template(config.prompt.template)
+    template = read_template(out)
     schedule = rates(config.schedule, config.loop.cycles)
     data = _data(config) if ev.train else None
-    rows = _read_rows(out)[:start]
     notify = on_event or (lambda e: None)
     with (
         CandidateStore(out / "candidates.sqlite") as store,
         evaluator(config) as pool,
     ):
+        evaluation = Evaluation(pool, probe_source(), dict(input_shape=INPUT_SHAPE))
         archive = Archive(config)  # kept across cycles; on resume, refilled from the store once
         for earlier in range(1, start + 1):
             archive.admit(store.cycle_rows(earlier))
@@ -95,20 +131,46 @@ def run_loop(
             refs = _references(store, c, config)
             _generate(store, generator, config, template, refs, c, rate, notify)
             _score_novelty(store, c, archive.codes, config)
-            _evaluate(store, pool, c, config, data, notify)
+            _evaluate(store, evaluation, c, config, data, notify)
             selected = _select(store, c, config.loop.top_k)
             pairs = _pairs(store)
             loss = generator.refine(pairs, c) if selected else None
-            generator.save(out / "generator" / f"cycle-{c:03d}")
+            _written(out / "generator", _save_generator, generator, out, c)
             cycle_rows = store.cycle_rows(c)
-            row = _metrics(cycle_rows, archive.codes, archive.mapped(), c, rate, loss, config)
+            row = cycle_metrics(cycle_rows, archive.codes, archive.mapped(), c, rate, loss, config)
             row["seconds"] = round(time.time() - began, 3)
             rows.append(row)
-            write_parquet(out / "metrics.parquet", pd.DataFrame(rows))
-            write_json(out / "state.json", {"completed": c})
+            _written(
+                out / "metrics.parquet", write_parquet, out / "metrics.parquet", pd.DataFrame(rows)
+            )
+            digests[str(c)] = rows_digest(store.cycle_rows(c))
+            state = {"completed": c, "digests": digests}
+            _written(out / "state.json", write_json, out / "state.json", state)
             archive.admit(cycle_rows)  # judged against from the next cycle on
             notify(Event(c, "cycle", c, config.loop.cycles, row))
     return pd.DataFrame(rows)
+
+
+def _save_generator(generator: TextGenerator, out: Path, c: int) -> None:
+    """Save into a temporary directory, then rename it: a directory that exists is whole."""
+    final = out / "generator" / f"cycle-{c:03d}"
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    generator.save(tmp)
+    shutil.rmtree(final, ignore_errors=True)  # a re-run cycle (state.json still says c - 1)
+    os.replace(tmp, final)
+
+
+def _written(path: Path, write: Callable[..., object], *args: object) -> None:
+    """`write(*args)`, a failing disk (full, read-only, I/O error) reported in one line."""
+    try:
+        write(*args)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
+        why = getattr(err, "strerror", None) or " ".join(str(err).split())[:120]
+        raise StoreError(
+            f"cannot write {path} ({why}); everything written before is kept: "
+            "free the disk and --resume"
+        ) from None
 
 
 def evaluator(config: RealConfig):
@@ -160,21 +222,33 @@ def _generate(store, generator, config, template, refs, c, rate, notify) -> None
             render(template, config.prompt, ch, input_shape=INPUT_SHAPE, classes=CLASSES)
             for ch in chosen
         ]
-        responses = generator.generate(prompts, sampling, seed=_seed(config.seed, c, first))
+        responses = _answers(generator, prompts, sampling, _seed(config.seed, c, first))
         for attempt in range(1, g.retries + 1):  # rejection: resample responses with no code
-            again = [j for j, r in enumerate(responses) if _code_or_error(r)[0] is None]
+            again = [j for j, r in enumerate(responses) if code_or_error(r)[0] is None]
             if not again:
                 break
-            redo = generator.generate(
-                [prompts[j] for j in again], sampling, seed=_seed(config.seed, c, first, attempt)
+            redo = _answers(
+                generator,
+                [prompts[j] for j in again],
+                sampling,
+                _seed(config.seed, c, first, attempt),
             )
             for j, r in zip(again, redo):
                 responses[j] = r
         store.add_many(
-            _row(config, c, p, r, [x.cid for x in ch if x.cid is not None])
-            for p, r, ch in zip(prompts, responses, chosen)
+            row(c, p, r, [x.cid for x in ch if x.cid is not None])
+            for p, r, ch in zip(prompts, responses, chosen, strict=True)
         )
         notify(Event(c, "generate", slots[-1] + 1, n))
+
+
+def _answers(generator: TextGenerator, prompts: list[str], sampling: Sampling, seed: int) -> list:
+    """One response per prompt, or GeneratorUnavailable (the run stops cleanly, resumable)."""
+    out = generator.generate(prompts, sampling, seed=seed)
+    if not isinstance(out, list | tuple) or len(out) != len(prompts):
+        got = len(out) if isinstance(out, list | tuple) else type(out).__name__
+        raise GeneratorUnavailable(f"the generator answered {got} for {len(prompts)} prompts")
+    return list(out)
 
 
 def _pick(refs: list[Reference], config: RealConfig, c: int, i: int) -> list[Reference]:
@@ -185,24 +259,6 @@ def _pick(refs: list[Reference], config: RealConfig, c: int, i: int) -> list[Ref
 
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
-
-
-def _code_or_error(response: str) -> tuple[str | None, str]:
-    try:
-        return extract_code(response), ""
-    except CodeError as err:
-        return None, str(err)
-
-
-def _row(config: RealConfig, c: int, prompt: str, response: str, parents: list[int]) -> dict:
-    code, error = _code_or_error(response)
-    row = dict(cycle=c, prompt=prompt, response=response, parent_ids=parents)
-    if code is None:
-        return row | dict(status="no_code", reason=error)
-    problems = static_check(code)
-    if problems:
-        return row | dict(code=code, status="rejected", reason=problems[0])
-    return row | dict(code=code, fingerprint=fingerprint(code).sha1)
 
 
 class Archive:
@@ -229,9 +285,9 @@ class Archive:
                 continue
             try:
                 self.codes.add(f"cand:{r['id']}", r["code"])
-            except ValueError:  # a block with no code tokens (comments only): nothing to match
+            except Exception:  # noqa: BLE001 - no code tokens (comments only), or hostile text
                 continue
-            seq = _mapped(r["code"])
+            seq = mapped(r["code"])
             if seq is not None:
                 self._mapped.append(seq + [token_id("none")] * (LENGTH - len(seq)))
 
@@ -245,13 +301,6 @@ def _admitted(row: dict, policy: str) -> bool:
     if policy == "selected":
         return bool(row["selected"])
     return policy == "all" or row["status"] == "ok"
-
-
-def _mapped(code: str) -> list[int] | None:
-    try:
-        return to_tokens(fingerprint(code))
-    except CodeError:
-        return None
 
 
 def _score_novelty(store: CandidateStore, c: int, archive: CodeNovelty, config) -> None:
@@ -269,9 +318,13 @@ def _score_novelty(store: CandidateStore, c: int, archive: CodeNovelty, config) 
             seen.add(str(r["id"]), r["code"])
         except ValueError:  # no code tokens at all
             store.update(r["id"], status="rejected", reason="the code block has no code tokens")
+        except CandidateStoreError:
+            raise
+        except Exception as err:  # noqa: BLE001 - hostile code must not end the run
+            store.update(r["id"], **crashed(f"scoring novelty raised {describe(err)}"))
 
 
-def _evaluate(store, pool, c: int, config: RealConfig, data, notify) -> None:
+def _evaluate(store, evaluation: Evaluation, c: int, config: RealConfig, data, notify) -> None:
     """Run every pending candidate in the sandbox, `workers × 2` at a time, storing outcomes as
     they come; near duplicates are built and run but not trained. (With Ray, `workers` is the
     local instance's CPUs; a cluster gets the same chunks, each chunk's tasks in parallel.)"""
@@ -290,12 +343,12 @@ def _evaluate(store, pool, c: int, config: RealConfig, data, notify) -> None:
             if not part:
                 continue
             train = dict(train=spec, data=data) if spec is not None and not dup else {}
-            outs = pool.map([r["code"] for r in part], input_shape=INPUT_SHAPE, **train)
-            for r, o in zip(part, outs):
-                store.update(
-                    r["id"], status=o.status, reason=o.reason, params=o.params,
-                    accuracy=o.accuracy, seconds=round(o.seconds, 3),
-                )  # fmt: skip
+            outs = evaluation.run([r["code"] for r in part], **train)
+            for r, fields in zip(part, outs, strict=True):
+                try:
+                    store.update(r["id"], **fields)
+                except ValueError as err:  # a field the store refuses: the candidate's fault
+                    store.update(r["id"], **crashed(f"its outcome cannot be stored ({err})"))
         done += len(chunk)
         notify(Event(c, "evaluate", done, total))
 
@@ -319,62 +372,6 @@ def _pairs(store: CandidateStore) -> list[tuple[str, str]]:
     return list(zip(sel.prompt, sel.response))
 
 
-# ---- metrics -----------------------------------------------------------------------------------
-
-
-def _metrics(rows, archive, mapped, c, rate, loss, config: RealConfig) -> dict:
-    n = config.loop.population
-    coded = [r for r in rows if r["novelty"] is not None]
-    ok = [r for r in rows if r["status"] == "ok"]
-    acc = [r["accuracy"] for r in ok if r["accuracy"] is not None]
-    counts = {s: sum(r["status"] == s for r in rows) for s in _COUNTED}
-    row = dict(
-        trial=0, cycle=c,
-        validity=len(ok) / n,
-        novelty=float(np.mean([r["novelty"] for r in coded])) if coded else np.nan,
-        diversity=_code_diversity([r["code"] for r in coded], archive),
-        fitness=float(np.mean(acc)) if acc else np.nan,
-        best_fitness=float(np.max(acc)) if acc else np.nan,
-        mutation_rate=rate,
-        pool_size=sum(bool(r["selected"]) for r in rows),
-        bonus=np.nan,
-        loss=np.nan if loss is None else float(loss),
-        duplicates=sum(bool(r["near_duplicate"]) for r in coded),
-    )  # fmt: skip
-    row |= {f"n_{s}": v for s, v in counts.items()}
-    row |= _grounded([r["code"] for r in coded], mapped)
-    return row
-
-
-_COUNTED = ("ok", "invalid", "timeout", "crashed", "oom", "forbidden", "no_code", "rejected")
-
-
-def _code_diversity(codes: list[str], archive: CodeNovelty) -> float:
-    """Mean pairwise distance (1 − estimated Jaccard) among the cycle's code."""
-    if len(codes) < 2:
-        return np.nan
-    sketches = np.stack([np.asarray(archive.sketch(code).hashvalues) for code in codes])
-    same = (sketches[:, None, :] == sketches[None, :, :]).mean(axis=2)
-    upper = np.triu_indices(len(codes), k=1)
-    return float(1.0 - same[upper].mean())
-
-
-def _grounded(codes: list[str], mapped_archive: np.ndarray) -> dict:
-    """Novelty and diversity on the code mapped into the grounded vocabulary (the simulator's
-    Hamming yardstick), and the share of code that maps at all."""
-    from archrefine.space import LENGTH, VOCAB, token_id
-
-    seqs = [s for s in (_mapped(code) for code in codes) if s is not None]
-    out = dict(mapped=len(seqs) / len(codes) if codes else np.nan)
-    if not seqs:
-        return out | dict(grounded_novelty=np.nan, grounded_diversity=np.nan)
-    arr = np.array([s + [token_id("none")] * (LENGTH - len(s)) for s in seqs], dtype=np.int16)
-    filled = np.array([len(mapped_archive)])
-    nov = simmetrics.novelty(arr[None], mapped_archive[None], filled, GROUNDED_K)
-    div = simmetrics.diversity(arr[None], len(VOCAB)) if len(arr) > 1 else [np.nan]
-    return out | dict(grounded_novelty=float(np.nanmean(nov)), grounded_diversity=float(div[0]))
-
-
 # ---- data and files ----------------------------------------------------------------------------
 
 
@@ -393,4 +390,9 @@ def _read_rows(out: Path) -> list[dict]:
         return []
     from archrefine.store import read_metrics
 
-    return read_metrics(path).to_dict("records")
+    try:
+        return read_metrics(path).to_dict("records")
+    except StoreError as err:
+        raise StoreError(
+            f"{err}; nothing was changed: restore it from a backup, or start afresh with --force"
+        ) from None

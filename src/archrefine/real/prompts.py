@@ -16,6 +16,7 @@ from pathlib import Path
 from archrefine.config import ConfigError
 from archrefine.real.config import PromptConfig
 
+TEMPLATE_FILE = "prompt.txt"  # the run directory's copy of the template it started with
 PLACEHOLDERS = ("task", "dataset", "input_shape", "classes", "param_budget", "references")
 
 
@@ -34,15 +35,39 @@ def default_template() -> str:
     return (files("archrefine") / "data" / "prompts" / "default.txt").read_text()
 
 
-def load_template(path: str) -> string.Template:
-    """The template at `path` (the built-in one when empty), checked for unknown placeholders."""
+def template_text(path: str) -> str:
+    """The text of the template at `path` (the built-in one when empty), checked."""
     if path:
         try:
             text = Path(path).read_text()
-        except OSError as err:
-            raise ConfigError(f"prompt.template: cannot read {path} ({err.strerror})") from None
+        except (OSError, UnicodeDecodeError) as err:
+            why = getattr(err, "strerror", None) or "not UTF-8 text"
+            raise ConfigError(f"prompt.template: cannot read {path} ({why})") from None
     else:
         text = default_template()
+    parse_template(text, path or "the built-in")
+    return text
+
+
+def load_template(path: str) -> string.Template:
+    """The template at `path` (the built-in one when empty), checked for unknown placeholders."""
+    return parse_template(template_text(path), path or "the built-in")
+
+
+def read_template(run_dir: Path) -> string.Template:
+    """The run's own copy of its template (`TEMPLATE_FILE`, written when the run started): a
+    resumed run reads no file outside its directory, whatever its config.toml names."""
+    path = Path(run_dir) / TEMPLATE_FILE
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError(f"{path}: missing or unreadable (the run's prompt template)") from None
+    return parse_template(text, str(path))
+
+
+def parse_template(text: str, name: str) -> string.Template:
+    """`text` as a template, with unknown or malformed placeholders reported against `name`."""
+    path = name if name != "the built-in" else ""
     template = string.Template(text)
     try:  # substitute with dummies: an unknown or malformed placeholder fails here, not mid-run
         template.substitute({name: "" for name in PLACEHOLDERS})

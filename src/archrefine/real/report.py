@@ -7,6 +7,7 @@ loop per condition and compare them (`archrefine plot`, `archrefine compare`) to
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,8 @@ from archrefine.experiments.reproduce import claims_table
 from archrefine.real.config import RealConfig
 from archrefine.store import atomic_write_text, write_json
 
-FILES = ("config.toml", "candidates.sqlite", "metrics.parquet", "trajectory.png", "phases.json",
-         "claims.json", "claims.md")  # fmt: skip
+FILES = ("config.toml", "prompt.txt", "candidates.sqlite", "metrics.parquet", "trajectory.png",
+         "phases.json", "claims.json", "claims.md")  # fmt: skip
 
 
 def long_format(frame: pd.DataFrame) -> pd.DataFrame:
@@ -39,10 +40,13 @@ def write_report(out: Path, config: RealConfig, frame: pd.DataFrame) -> list[str
     data = long_format(frame)
     found = phases(per_trial(data, "trajectory", "baseline", PHASE_SERIES), n_boot=0)
     cycles = len(data)
-    plots.trajectory(
-        frame.assign(trial=0), out / "trajectory.png", found=found if cycles >= 9 else None,
-        title=f"Real loop ({config.generator.kind} generator)",
-    )  # fmt: skip
+    try:
+        plots.trajectory(
+            frame.assign(trial=0), out / "trajectory.png", found=found if cycles >= 9 else None,
+            title=f"Real loop ({config.generator.kind} generator)",
+        )  # fmt: skip
+    except (ValueError, ArithmeticError) as err:  # e.g. every candidate failed: no values
+        warnings.warn(f"trajectory.png not drawn: {' '.join(str(err).split())}", stacklevel=2)
     write_json(out / "phases.json", found.__dict__)
     if cycles >= 5 and data[list(PHASE_SERIES)].notna().all().all():
         claims = evaluate(data, found)

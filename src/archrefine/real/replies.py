@@ -1,0 +1,64 @@
+"""One model reply → one stored candidate row, whatever the reply holds.
+
+The reply is hostile text: it may be huge, hold lone surrogates or NUL bytes, nest too deeply
+for `ast`, or carry code that costs seconds to read. `row` turns it into the fields the store
+takes (valid UTF-8 always) with a status and one-line reason when it is not code worth a sandbox
+run; nothing in it raises (docs/real-loop.md, "Hostile text reaches the store …").
+"""
+
+from __future__ import annotations
+
+from archrefine.evaluate.code import CodeError, extract_code, fingerprint, static_check
+from archrefine.real.guard import contained, describe
+
+MAX_RESPONSE = 1_000_000  # characters of one response kept; a longer one is rejected
+MAX_CODE = (200_000, 5_000)  # characters, lines of extracted code; reading more costs seconds
+
+
+def code_or_error(response: str) -> tuple[str | None, str]:
+    try:
+        return extract_code(response), ""
+    except CodeError as err:
+        return None, str(err)
+    except Exception as err:  # noqa: BLE001 - e.g. RecursionError on a hostile reply
+        return None, f"no readable code ({describe(err)})"
+
+
+def row(c: int, prompt: str, response: object, parents: list[int]) -> dict:
+    """The stored row of one response; parsing it cannot raise (a hostile reply, e.g. code
+    nested too deeply for `ast`, makes that candidate `crashed`)."""
+    if not isinstance(response, str):
+        return dict(cycle=c, prompt=prompt, response=None, parent_ids=parents,
+                    status="no_code", reason="the generator returned no text")  # fmt: skip
+    response = storable(response)
+    if len(response) > MAX_RESPONSE:
+        why = f"rejected: a response of {len(response):,} characters (limit {MAX_RESPONSE:,})"
+        return dict(cycle=c, prompt=prompt, response=response[:MAX_RESPONSE],
+                    parent_ids=parents, status="rejected", reason=why)  # fmt: skip
+    fields = dict(cycle=c, prompt=prompt, response=response, parent_ids=parents)
+    return fields | contained("parsing the response", lambda: _parsed(response))
+
+
+def storable(text: str) -> str:
+    """`text` as valid UTF-8: a lone surrogate (JSON can carry `\\ud800`) becomes the escape
+    `\\ud800` as text. SQLite, JSON and the sandbox's pipe refuse such strings, and a stored
+    one would reach every later prompt that shows it as a reference."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _parsed(response: str) -> dict:
+    code, error = code_or_error(response)
+    if code is None:
+        return dict(status="no_code", reason=error)
+    lines = code.count("\n") + 1
+    if len(code) > MAX_CODE[0] or lines > MAX_CODE[1]:
+        why = f"the code has {len(code):,} characters in {lines:,} lines (limit {MAX_CODE[0]:,}"
+        return dict(code=code, status="rejected", reason=f"{why} in {MAX_CODE[1]:,})")
+    problems = static_check(code)
+    if problems:
+        return dict(code=code, status="rejected", reason=problems[0])
+    return dict(code=code, fingerprint=fingerprint(code).sha1)
