@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from archrefine.config import Config
-from archrefine.schedules import rates
+from archrefine.core.config import Config
+from archrefine.core.schedules import rates
 
 
 def run_trial(config: Config, rng: np.random.Generator) -> list[dict[str, float]]:

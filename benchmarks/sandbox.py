@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 from _results import machine, update_results
 
-from archrefine.evaluate.sandbox import SandboxPool, isolation_level, run_code
+from archrefine.sandbox.sandbox import SandboxPool, isolation_level, run_code
 
 NET = """
 import torch.nn as nn

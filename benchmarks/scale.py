@@ -1,4 +1,4 @@
-"""kNN novelty far beyond the paper's scale: every `archrefine.knn` method, then the 1000× loop.
+"""kNN novelty far beyond the paper's scale: every `core.knn` method, then the 1000× loop.
 
     python benchmarks/scale.py              # ~5 min; prints and updates "## scale" in RESULTS.md
     python benchmarks/scale.py --no-write
@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 import numpy as np
 from _results import machine, update_results
 
-from archrefine import knn
+from archrefine.core import knn
 
 D, V, K = 15, 30, 15
 SCALES = {  # name: (trials, candidates, archive rows)
@@ -80,7 +80,7 @@ def cell(method: str, trials: int, n: int, rows: int) -> dict:
 
 def loop() -> dict:
     """The 1000× workload end to end (in this process: run it in a child)."""
-    from archrefine.loop import Archive
+    from archrefine.sim.loop import Archive
 
     trials, n, rows = SCALES["1000×"]
     rng = np.random.default_rng(1)

@@ -19,7 +19,7 @@ import time
 import numpy as np
 from _results import RESULTS, machine, update_results
 
-from archrefine.evaluate.training import FirstEpochFitness
+from archrefine.sandbox.training import FirstEpochFitness
 from archrefine.space import KNOWN_ARRAY, LENGTH, VOCAB, is_valid
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from archrefine.config import load_config
+from archrefine.core.config import load_config
+from archrefine.core.store import atomic_write_text, read_metrics, write_json
 from archrefine.experiments.claims import as_records, detect, evaluate
 from archrefine.experiments.reproduce import Reproduction, claims_markdown, draw, phases_found
-from archrefine.store import atomic_write_text, read_metrics, write_json
 
 
 def recheck(directory: Path) -> Reproduction:

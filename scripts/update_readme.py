@@ -22,7 +22,7 @@ import json
 import re
 from pathlib import Path
 
-from archrefine.config import reference_table
+from archrefine.core.config import reference_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

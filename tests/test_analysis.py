@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from archrefine.analysis import (
+from archrefine.core.analysis import (
     bootstrap_rows,
     change_points,
     derivative,

@@ -6,16 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from archrefine.config import Config
+from archrefine.core.config import Config
 from archrefine.experiments.calibrate import (
     KHALID,
     CalibrationError,
     _simulate,
     calibrate,
     load_trajectory,
-    write_calibration,
 )
-from archrefine.loop import simulate
+from archrefine.experiments.calibrate_report import write_calibration
+from archrefine.sim.loop import simulate
 
 
 def test_shipped_khalid_trajectory_has_the_published_numbers():

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from archrefine.candidates import COLUMNS, CandidateStore, CandidateStoreError
+from archrefine.real.candidates import COLUMNS, CandidateStore, CandidateStoreError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -201,7 +201,7 @@ def test_corrupt_foreign_and_odd_files_fail_with_one_line(tmp_path: Path) -> Non
 CHILD = textwrap.dedent(
     """
     import sys
-    from archrefine.candidates import CandidateStore
+    from archrefine.real.candidates import CandidateStore
 
     store = CandidateStore(sys.argv[1])
     i = 0

@@ -269,8 +269,8 @@ def test_another_generator_is_compared_with_the_paper_generator(tmp_path):
 
 @pytest.mark.parametrize("boundaries", [[8.0, 15.0], [6.0, 10.0, 15.0]])
 def test_figures_draw_whatever_number_of_boundaries_was_detected(tmp_path, boundaries):
-    from archrefine import plots
-    from archrefine.analysis import Phases
+    from archrefine.core.analysis import Phases
+    from archrefine.experiments import plots
 
     found = Phases(boundaries, list(boundaries), list(boundaries), [8.0, 15.0])
     frame = trajectory(5)
@@ -282,8 +282,8 @@ def test_figures_draw_whatever_number_of_boundaries_was_detected(tmp_path, bound
 
 @pytest.mark.parametrize("named", [True, False])
 def test_phases_are_named_in_the_figures_only_when_c1_held(monkeypatch, tmp_path, named):
-    from archrefine import plots
-    from archrefine.analysis import Phases
+    from archrefine.core.analysis import Phases
+    from archrefine.experiments import plots
 
     texts: list[str] = []
     real_save = plots._save
@@ -305,7 +305,7 @@ def test_phases_are_named_in_the_figures_only_when_c1_held(monkeypatch, tmp_path
 
 
 def test_trajectory_figure_draws_a_metric_that_is_missing_or_zero_throughout(tmp_path):
-    from archrefine import plots
+    from archrefine.experiments import plots
 
     frame = trajectory(3).assign(fitness=np.nan, diversity=0.0)
     plots.trajectory(frame, tmp_path / "fig1.png")

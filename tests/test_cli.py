@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from archrefine.store import read_metrics
+from archrefine.core.store import read_metrics
 
 
 def cli(*args, cwd=None):

@@ -8,14 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from archrefine.evaluate.code import (
-    CodeError,
-    Fingerprint,
-    extract_code,
-    fingerprint,
-    static_check,
-    to_tokens,
-)
+from archrefine.code.code import CodeError, extract_code, static_check
+from archrefine.code.fingerprint import Fingerprint, fingerprint
+from archrefine.code.tokens import to_tokens
 
 try:
     from archrefine import space

@@ -1,6 +1,6 @@
 import pytest
 
-from archrefine.config import Config, ConfigError, load_config, parse_overrides
+from archrefine.core.config import Config, ConfigError, load_config, parse_overrides
 
 
 def test_defaults_are_the_papers_setup():

@@ -17,8 +17,8 @@ pytest.importorskip("tokenizers", reason="the hf generator needs tokenizers")
 
 from peft import get_peft_model_state_dict  # noqa: E402
 
-from archrefine.generators.hf import HFGenerator, LoraSettings, build_tiny_model  # noqa: E402
-from archrefine.generators.text import GeneratorUnavailable, Sampling, TextGenerator  # noqa: E402
+from archrefine.real.hf import HFGenerator, LoraSettings, build_tiny_model  # noqa: E402
+from archrefine.real.text import GeneratorUnavailable, Sampling, TextGenerator  # noqa: E402
 
 SAMPLING = Sampling(temperature=1.0, max_new_tokens=12)
 PROMPTS = ["Write a PyTorch module `Net`.", "Propose a new architecture.", "hi"]

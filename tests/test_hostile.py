@@ -21,8 +21,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from archrefine.evaluate import confine, sandbox  # noqa: E402
-from archrefine.evaluate.sandbox import (  # noqa: E402
+from archrefine.sandbox import confine, sandbox  # noqa: E402
+from archrefine.sandbox.sandbox import (  # noqa: E402
     STATUSES,
     SandboxPool,
     SandboxWarning,
@@ -380,7 +380,7 @@ def test_no_two_workers_share_a_uid(monkeypatch: pytest.MonkeyPatch) -> None:
     other's jobs. Now: random among 2^30, and never one a live process has."""
     import subprocess
 
-    from archrefine.evaluate import workers
+    from archrefine.sandbox import workers
 
     busy = sandbox.UID_BASE + 12345
     sleeper = subprocess.Popen(["sleep", "30"], user=busy, group=busy)
@@ -524,7 +524,7 @@ def test_a_deep_locked_tree_is_cleaned_without_breaking_the_worker(
 
 def test_closing_a_pool_removes_a_deep_tree_without_raising(tmp_path: Path) -> None:
     """Without namespaces the work directories live on the host, and the pool removes them."""
-    from archrefine.evaluate import pool as pool_module
+    from archrefine.sandbox import pool as pool_module
 
     root = tmp_path / "pool"
     here = os.getcwd()

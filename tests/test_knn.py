@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from archrefine import knn, metrics
+from archrefine.core import knn, metrics
 
 FAISS = ("faiss", "faiss-bytes")
 needs_faiss = pytest.mark.skipif(

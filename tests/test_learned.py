@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from archrefine.generators.learned import LearnedConfig, LearnedGenerator  # noqa: E402
-from archrefine.selection import top_k  # noqa: E402
+from archrefine.sim.learned import LearnedConfig, LearnedGenerator  # noqa: E402
+from archrefine.sim.selection import top_k  # noqa: E402
 from archrefine.space import LENGTH, VOCAB, is_valid  # noqa: E402
 
 # smaller than the defaults where it does not matter, so the whole file runs in seconds
@@ -101,7 +101,7 @@ def test_same_seed_same_candidates_other_seed_others():
 
 
 def test_pretraining_is_deterministic_without_the_cache():
-    from archrefine.generators.learned import PRETRAIN_FIELDS, _pretrained
+    from archrefine.sim.learned import PRETRAIN_FIELDS, _pretrained
 
     key = (LearnedConfig().model_dump_json(include=PRETRAIN_FIELDS), len(VOCAB), LENGTH, 123)
     (p, steps, validity), (q, steps2, validity2) = (_pretrained.__wrapped__(*key) for _ in "ab")

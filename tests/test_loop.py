@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 
 from archrefine import Config, simulate
-from archrefine.loop import Archive
-from archrefine.selection import top_k
+from archrefine.sim.loop import Archive
+from archrefine.sim.selection import top_k
 
 SMALL = Config(trials=8, seed=3).with_overrides({"loop.cycles": 12})
 
@@ -75,7 +75,7 @@ def test_archive_policies_run(policy):
 
 
 def _generator(temperature: float, span: float, prior: np.ndarray):
-    from archrefine.generators.paper import PaperGenerator
+    from archrefine.sim.paper import PaperGenerator
 
     cfg = Config().generator.model_copy(
         update={"temperature": temperature, "temperature_span": span}

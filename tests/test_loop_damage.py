@@ -38,10 +38,10 @@ from test_loop_faults import (  # noqa: E402
     stopped,  # noqa: F401 - a fixture
 )
 
-from archrefine.candidates import CandidateStore, CandidateStoreError  # noqa: E402
-from archrefine.config import load_config  # noqa: E402
+from archrefine.core.config import load_config  # noqa: E402
+from archrefine.core.store import StoreError  # noqa: E402
 from archrefine.real import RealConfig, completed_cycles, run  # noqa: E402
-from archrefine.store import StoreError  # noqa: E402
+from archrefine.real.candidates import CandidateStore, CandidateStoreError  # noqa: E402
 
 pytestmark = [pytest.mark.torch]
 
@@ -263,8 +263,8 @@ KILLER = textwrap.dedent(
     import test_loop_faults as t
     import archrefine.real as real
     import archrefine.real.loop as loop
-    from archrefine.candidates import CandidateStore
-    from archrefine.generators.text import LearnedTextGenerator
+    from archrefine.real.candidates import CandidateStore
+    from archrefine.real.text import LearnedTextGenerator
 
     loop.evaluator = lambda config: t.FakePool()
     moment, die = sys.argv[2], lambda: os.kill(os.getpid(), signal.SIGKILL)

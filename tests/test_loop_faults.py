@@ -21,12 +21,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("datasketch")
 
-from archrefine.candidates import CandidateStore, CandidateStoreError  # noqa: E402
-from archrefine.config import load_config  # noqa: E402
-from archrefine.evaluate.sandbox import Outcome, SandboxError  # noqa: E402
-from archrefine.generators.text import GeneratorUnavailable  # noqa: E402
+from archrefine.core.config import load_config  # noqa: E402
+from archrefine.core.store import StoreError  # noqa: E402
 from archrefine.real import RealConfig, completed_cycles, run  # noqa: E402
-from archrefine.store import StoreError  # noqa: E402
+from archrefine.real.candidates import CandidateStore, CandidateStoreError  # noqa: E402
+from archrefine.real.text import GeneratorUnavailable  # noqa: E402
+from archrefine.sandbox.sandbox import Outcome, SandboxError  # noqa: E402
 
 pytestmark = [pytest.mark.torch]
 

@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("datasketch")
 
-from archrefine.candidates import CandidateStore  # noqa: E402
+from archrefine.real.candidates import CandidateStore  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
@@ -124,8 +124,8 @@ def test_learned_loop_stopped_between_generation_and_refinement_resumes_exactly(
 ) -> None:
     """The window finding 8 was in: a cycle's candidates all stored and evaluated, the process
     gone before refining; the resumed run must refine (and sample) as if it never stopped."""
-    from archrefine.generators.text import LearnedTextGenerator
     from archrefine.real import RealConfig, run
+    from archrefine.real.text import LearnedTextGenerator
 
     class Stop(BaseException):  # like a kill: nothing in the loop may catch it
         pass
@@ -145,8 +145,8 @@ def test_learned_loop_stopped_between_generation_and_refinement_resumes_exactly(
 
 def test_openai_loop_killed_mid_run_resumes_exactly(tmp_path: Path) -> None:
     pytest.importorskip("openai")
-    from archrefine.generators.text import LearnedTextGenerator
-    from archrefine.serve import GeneratorServer
+    from archrefine.real.serve import GeneratorServer
+    from archrefine.real.text import LearnedTextGenerator
 
     with GeneratorServer(LearnedTextGenerator(seed=3), model_name="learned") as server:
         settings = {**SMALL, "loop.cycles": 2, "generator.kind": "openai",
@@ -165,7 +165,7 @@ HF_DRIVER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from archrefine.generators.hf import HFGenerator, LoraSettings
+    from archrefine.real.hf import HFGenerator, LoraSettings
     from archrefine.real import RealConfig, run
 
     NET = '''```python
@@ -205,7 +205,7 @@ HF_DRIVER = textwrap.dedent(
 def test_hf_loop_killed_mid_run_resumes_exactly(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
-    from archrefine.generators.hf import build_tiny_model
+    from archrefine.real.hf import build_tiny_model
 
     model = str(build_tiny_model(tmp_path / "tiny", seed=0))
 

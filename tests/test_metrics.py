@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from archrefine.metrics import diversity, hamming, novelty, token_counts
+from archrefine.core.metrics import diversity, hamming, novelty, token_counts
 
 
 def brute_diversity(pop):

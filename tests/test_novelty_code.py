@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("datasketch")
 
-from archrefine.evaluate.novelty_code import CodeNovelty, code_tokens  # noqa: E402
+from archrefine.code.novelty_code import CodeNovelty, code_tokens  # noqa: E402
 
 try:
     from archrefine import space

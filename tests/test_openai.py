@@ -15,9 +15,9 @@ import pytest
 
 pytest.importorskip("openai")
 
-from archrefine.generators.openai_api import OpenAIGenerator  # noqa: E402
-from archrefine.generators.text import GeneratorUnavailable, Sampling, TextGenerator  # noqa: E402
-from archrefine.serve import GeneratorServer  # noqa: E402
+from archrefine.real.openai_api import OpenAIGenerator  # noqa: E402
+from archrefine.real.serve import GeneratorServer  # noqa: E402
+from archrefine.real.text import GeneratorUnavailable, Sampling, TextGenerator  # noqa: E402
 
 
 class Echo:
@@ -231,7 +231,7 @@ def test_save_load_round_trip(echo, tmp_path):
 def test_learned_generator_behind_the_server():
     pytest.importorskip("torch")
     from archrefine import space
-    from archrefine.generators.text import LearnedTextGenerator
+    from archrefine.real.text import LearnedTextGenerator
 
     ref = "Improve on:\n```python\n" + space.to_source(space.KNOWN["vgg"]) + "```\n"
     with GeneratorServer(LearnedTextGenerator(seed=0), model_name="learned") as server:
@@ -333,7 +333,7 @@ def test_an_unusable_model_list_is_one_line():
 
 
 def test_no_base_url_and_no_env_var_is_an_error(monkeypatch):
-    from archrefine.config import ConfigError, load_config
+    from archrefine.core.config import ConfigError, load_config
     from archrefine.real.config import RealConfig
 
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)

@@ -20,8 +20,8 @@ import pytest
 
 pytest.importorskip("openai")
 
-from archrefine.generators.openai_api import OpenAIGenerator  # noqa: E402
-from archrefine.generators.text import GeneratorUnavailable, Sampling  # noqa: E402
+from archrefine.real.openai_api import OpenAIGenerator  # noqa: E402
+from archrefine.real.text import GeneratorUnavailable, Sampling  # noqa: E402
 
 Handler = Callable[[BaseHTTPRequestHandler, int], None]  # (request, POST number from 1)
 

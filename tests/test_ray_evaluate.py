@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("torch")
 ray = pytest.importorskip("ray", reason="the Ray backend needs ray (pip install 'archrefine[ray]')")
 
-from archrefine.evaluate.pool import SandboxPool  # noqa: E402
-from archrefine.evaluate.ray_backend import RayEvaluator, evaluate_one  # noqa: E402
-from archrefine.evaluate.sandbox import TrainSpec  # noqa: E402
+from archrefine.sandbox.pool import SandboxPool  # noqa: E402
+from archrefine.sandbox.ray_backend import RayEvaluator, evaluate_one  # noqa: E402
+from archrefine.sandbox.sandbox import TrainSpec  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 

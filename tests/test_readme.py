@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from archrefine.config import reference_table
+from archrefine.core.config import reference_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,12 +20,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("datasketch")
 
-from archrefine.candidates import CandidateStore  # noqa: E402
-from archrefine.config import ConfigError  # noqa: E402
-from archrefine.generators.text import GeneratorUnavailable, Sampling  # noqa: E402
-from archrefine.loop import METRICS  # noqa: E402
+from archrefine.core.config import ConfigError  # noqa: E402
 from archrefine.real import RealConfig, completed_cycles, run  # noqa: E402
+from archrefine.real.candidates import CandidateStore  # noqa: E402
 from archrefine.real.prompts import Reference, load_template, render  # noqa: E402
+from archrefine.real.text import GeneratorUnavailable, Sampling  # noqa: E402
+from archrefine.sim.loop import METRICS  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
@@ -254,7 +254,7 @@ def test_hf_generator_runs_two_cycles_with_a_lora_step_saved_and_reloaded(tmp_pa
     pytest.importorskip("peft")
     from peft import get_peft_model_state_dict
 
-    from archrefine.generators.hf import HFGenerator, LoraSettings, build_tiny_model
+    from archrefine.real.hf import HFGenerator, LoraSettings, build_tiny_model
 
     class Planted(HFGenerator):
         def generate(self, prompts, sampling, seed):
@@ -312,8 +312,8 @@ def test_openai_backend_runs_two_cycles_and_survives_the_server_going_down(
     tmp_path: Path,
 ) -> None:
     pytest.importorskip("openai")
-    from archrefine.generators.text import LearnedTextGenerator
-    from archrefine.serve import GeneratorServer
+    from archrefine.real.serve import GeneratorServer
+    from archrefine.real.text import LearnedTextGenerator
 
     served = LearnedTextGenerator(seed=0)
     server = GeneratorServer(served, model_name="learned").start()
@@ -356,7 +356,7 @@ def test_cli_reports_an_unreachable_server_in_one_line(tmp_path: Path) -> None:
 def test_export_writes_parquet_and_fine_tuning_pairs(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from archrefine.cli import app
+    from archrefine.cli.commands import app
 
     answers = [fenced(NET.format(c=c, out=10)) for c in (3, 5)] + ["no code here"]
     cfg = config(**{"loop.cycles": 1, "loop.population": 3, "loop.top_k": 1,

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from archrefine.checkpoint import Checkpoint, CheckpointError
-from archrefine.config import Config
-from archrefine.loop import simulate
-from archrefine.store import read_metrics
+from archrefine.core.config import Config
+from archrefine.core.store import read_metrics
+from archrefine.sim.checkpoint import Checkpoint, CheckpointError
+from archrefine.sim.loop import simulate
 
 
 class Stop(Exception):
@@ -149,7 +149,7 @@ def test_a_truncated_checkpoint_is_one_error(tmp_path, keep):
 
 
 def test_first_epoch_cache_round_trips():
-    from archrefine.evaluate.training import FirstEpochFitness
+    from archrefine.sandbox.training import FirstEpochFitness
 
     a, b = FirstEpochFitness(seed=0, workers=1), FirstEpochFitness(seed=0, workers=1)
     a.load_state([[[1, 2, 3], 0.25], [[4], 1 / 3]])

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from archrefine.cli import app
-from archrefine.config import Config
+from archrefine.cli.commands import app
+from archrefine.core.config import Config
 from archrefine.experiments import robustness as rb
 from archrefine.experiments.robustness_report import aggregate, scalar
 

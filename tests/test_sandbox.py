@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from archrefine.evaluate.sandbox import (  # noqa: E402
+from archrefine.sandbox.sandbox import (  # noqa: E402
     MARKER,
     SandboxPool,
     TrainSpec,

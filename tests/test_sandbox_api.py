@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from archrefine.evaluate import sandbox, workers
-from archrefine.evaluate.sandbox import (
+from archrefine.sandbox import sandbox, workers
+from archrefine.sandbox.sandbox import (
     Outcome,
     SandboxError,
     TrainSpec,
@@ -145,7 +145,7 @@ def test_memory_limits_beyond_reason_are_refused() -> None:
 
 
 def test_the_worker_view_holds_torch_and_numpy_but_no_dataset_package() -> None:
-    from archrefine.evaluate import confine
+    from archrefine.sandbox import confine
 
     names = set().union(*confine.allowed_entries().values())
     assert {"torch", "numpy"} <= names
@@ -157,8 +157,8 @@ def test_the_worker_view_holds_torch_and_numpy_but_no_dataset_package() -> None:
 
 
 def test_a_cgroup_that_cannot_be_made_is_a_sandbox_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from archrefine.evaluate import confine
-    from archrefine.evaluate.pool import SandboxPool
+    from archrefine.sandbox import confine
+    from archrefine.sandbox.pool import SandboxPool
 
     def refuse(name: str) -> None:
         raise PermissionError(13, "Permission denied")
@@ -169,7 +169,7 @@ def test_a_cgroup_that_cannot_be_made_is_a_sandbox_error(monkeypatch: pytest.Mon
 
 
 def test_cgroup_files_are_read_as_the_kernel_writes_them(tmp_path) -> None:
-    from archrefine.evaluate.confine import Cgroup
+    from archrefine.sandbox.confine import Cgroup
 
     (tmp_path / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n")
     (tmp_path / "memory.usage_in_bytes").write_text("1048576\n")
@@ -191,7 +191,7 @@ def test_pools_of_dead_processes_are_swept(tmp_path, monkeypatch) -> None:
     import tempfile
     import time
 
-    from archrefine.evaluate import pool
+    from archrefine.sandbox import pool
 
     monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
     gone = subprocess.Popen(["true"])

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from archrefine.config import ScheduleConfig
-from archrefine.schedules import rates
+from archrefine.core.config import ScheduleConfig
+from archrefine.core.schedules import rates
 
 CYCLES = 22
 

@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from archrefine.store import (
+from archrefine.core.store import (
     StoreError,
     atomic_write_text,
     close_run,

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from archrefine.cli import app
-from archrefine.config import Config
+from archrefine.cli.commands import app
+from archrefine.core.config import Config
 from archrefine.experiments.sweep import SweepError, expand, point_seed, run_sweep
 
 BASE = Config().with_overrides({"trials": 4, "loop.cycles": 5})
@@ -210,9 +210,9 @@ def test_cli_runs_lists_everything_and_survives_damage(tmp_path, runner, base_to
 
 
 def test_compare_reads_a_reproduce_style_long_frame(tmp_path, runner):
-    from archrefine.catalog import trajectories
-    from archrefine.loop import simulate
-    from archrefine.store import write_parquet
+    from archrefine.core.catalog import trajectories
+    from archrefine.core.store import write_parquet
+    from archrefine.sim.loop import simulate
 
     frame = simulate(BASE).metrics
     long = pd.concat(
@@ -230,7 +230,7 @@ def test_a_running_record_whose_process_is_gone_is_incomplete(tmp_path):
     import subprocess
     import sys
 
-    from archrefine.catalog import describe
+    from archrefine.core.catalog import describe
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()  # fmt: skip

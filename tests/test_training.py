@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from archrefine.evaluate.training import FirstEpochFitness, digits  # noqa: E402
+from archrefine.sandbox.training import FirstEpochFitness, digits  # noqa: E402
 from archrefine.space import KNOWN, LENGTH, VOCAB, is_valid, token_id  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -34,7 +34,7 @@ def cheap_valid(n: int, seed: int) -> np.ndarray:
 
 
 def test_data_is_standardised_and_held_out_is_stratified():
-    from archrefine.evaluate.training import TrainSettings
+    from archrefine.sandbox.training import TrainSettings
 
     x, y, xh, yh = digits(TrainSettings(max_train=100))
     assert tuple(x.shape) == (100, 3, 32, 32) and tuple(xh.shape) == (450, 3, 32, 32)

@@ -6,8 +6,8 @@
 ['trial', 'cycle', 'validity', 'novelty', 'diversity', 'fitness']
 """
 
-from archrefine.config import Config, ConfigError, load_config
-from archrefine.loop import Result, simulate
+from archrefine.core.config import Config, ConfigError, load_config
+from archrefine.sim.loop import Result, simulate
 
 __all__ = ["Config", "ConfigError", "Result", "load_config", "simulate"]
 __version__ = "0.1.0"

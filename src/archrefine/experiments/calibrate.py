@@ -1,3 +1,4 @@
+# Over 400 lines: the fit, its parameter table and its bootstrap share one model (output: *_report).
 """`archrefine calibrate`: fit a generator's free parameters to an observed per-cycle trajectory.
 
 The simulator is stochastic, so every evaluation of the objective runs with the same seed (common
@@ -19,9 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from archrefine.config import Config, ConfigError
-from archrefine.loop import _cycles, make_fitness, make_generator
-from archrefine.spaces import make_space
+from archrefine.core.config import Config, ConfigError
+from archrefine.sim.loop import simulate
 
 KHALID = resources.files("archrefine") / "data" / "khalid2026.csv"
 
@@ -117,31 +117,6 @@ def check_trajectory(frame: pd.DataFrame, *, name: str = "trajectory") -> pd.Dat
     return out.sort_values("cycle", ignore_index=True)
 
 
-class _Recorder:
-    """The space, spied on: keeps each cycle's validity, fitness and novelty per candidate.
-
-    It draws no random numbers, so a recorded run is the same run as `loop.simulate`'s."""
-
-    def __init__(self, world, score):
-        self.world, self.score, self.cycles = world, score, []
-
-    def __getattr__(self, name):
-        return getattr(self.world, name)
-
-    def validity(self, cands, generator, rng):
-        self._valid = self.world.validity(cands, generator, rng)
-        return self._valid
-
-    def fitness(self, seqs):
-        self._fit = self.score(seqs)
-        return self._fit
-
-    def novelty(self, seqs, archive, filled, k):
-        nov = self.world.novelty(seqs, archive, filled, k)
-        self.cycles.append((self._valid, self._fit, nov))
-        return nov
-
-
 @dataclass
 class _Sim:
     validity: np.ndarray  # (cycles,) mean over trials
@@ -156,16 +131,11 @@ class _Sim:
 
 def _simulate(config: Config) -> _Sim:
     """`loop.simulate`, keeping per-candidate values the per-trial metrics average away."""
-    rng = np.random.default_rng(config.seed)
-    world = make_space(config)
-    score = make_fitness(config, world, rng)
-    generator = make_generator(config, world, rng)
-    known = world.known(config.trials, rng)
-    spy = _Recorder(world, score)
-    _cycles(config, spy, generator, spy.fitness, known, rng, None)
-    valid = np.stack([v for v, _, _ in spy.cycles])  # (cycles, trials, n)
-    fit = np.stack([f for _, f, _ in spy.cycles])
-    nov = np.stack([x for _, _, x in spy.cycles])
+    cycles: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    simulate(config, on_candidates=lambda c, valid, fit, nov: cycles.append((valid, fit, nov)))
+    valid = np.stack([v for v, _, _ in cycles])  # (cycles, trials, n)
+    fit = np.stack([f for _, f, _ in cycles])
+    nov = np.stack([x for _, _, x in cycles])
     with np.errstate(invalid="ignore", divide="ignore"):
         per_trial = np.where(valid, fit, 0).sum(axis=2) / valid.sum(axis=2)
     return _Sim(
@@ -444,7 +414,3 @@ def _bootstrap(jac, res, u, lo, hi, log, keys, n_boot, seed):
         q = np.quantile(values[:, i], [0.05, 0.95])
         interval[k] = (float(q[0]), float(q[1]))
     return stderr, interval
-
-
-# The output side lives in calibrate_report.py; re-exported for `from ... import *` users.
-from archrefine.experiments.calibrate_report import overlay, summary, write_calibration  # noqa: E402,F401

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from archrefine.store import atomic_write_bytes, atomic_write_text, write_json
+from archrefine.core.store import atomic_write_bytes, atomic_write_text, write_json
 
 if TYPE_CHECKING:
     from archrefine.experiments.calibrate import Calibration

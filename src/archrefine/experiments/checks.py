@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from archrefine.analysis import RowFits, count_breaks, peak_time
+from archrefine.core.analysis import RowFits, count_breaks, peak_time
 
 PAPER_BOUNDS = (7.5, 15.5)
 BOUND_TOL = 2.0

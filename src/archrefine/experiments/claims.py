@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from archrefine.analysis import (
+from archrefine.core.analysis import (
     MIN_GAIN,
     Phases,
     bootstrap_rows,

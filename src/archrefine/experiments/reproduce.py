@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from archrefine import plots
-from archrefine.analysis import Phases
-from archrefine.config import Config
+from archrefine.core.analysis import Phases
+from archrefine.core.config import Config
+from archrefine.core.store import atomic_write_text, close_run, open_run, write_json, write_parquet
+from archrefine.experiments import plots
 from archrefine.experiments.claims import (
     Claim,
     as_records,
@@ -22,7 +23,6 @@ from archrefine.experiments.claims import (
     phase_source,
 )
 from archrefine.experiments.runner import count_unique, run_plan
-from archrefine.store import atomic_write_text, close_run, open_run, write_json, write_parquet
 
 FIGURES = ("fig1_trajectory.png", "fig2_topk.png", "fig3_phases.png", "fig4_schedules.png")
 COMPARE = "fig5_compare.png"  # only when the generator is not the paper's

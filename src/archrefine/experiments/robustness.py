@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from archrefine.config import Config, ConfigError, GeneratorConfig, load_config
+from archrefine.core.config import Config, ConfigError, GeneratorConfig, load_config
+from archrefine.core.store import StoreError, atomic_write_text, close_run, open_run, write_json
 from archrefine.experiments import robustness_report as report
 from archrefine.experiments.runner import each_in_processes
 from archrefine.experiments.sweep import point_seed
-from archrefine.store import StoreError, atomic_write_text, close_run, open_run, write_json
 
 CALIBRATION_SEED = 12345  # scripts/calibrate_paper.py fitted the parameters on it: never reused
 CALIBRATION_SEEDS = (CALIBRATION_SEED, 0, 1, 2, 3)  # and checked them on seeds 0-3 (docs/model.md)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from archrefine.store import atomic_write_bytes
+from archrefine.core.store import atomic_write_bytes
 
 ROBUST = 0.9  # issue 10: a claim is robust when it holds on ≥ 90% of seeds and of neighbours
 

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from archrefine.config import Config
-from archrefine.loop import simulate
+from archrefine.core.config import Config
+from archrefine.sim.loop import simulate
 
 Plan = dict[str, dict[str, dict]]  # experiment → condition → dotted overrides
 Item = TypeVar("Item")

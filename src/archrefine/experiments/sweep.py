@@ -25,10 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from archrefine.config import Config, ConfigError, _parse_value, _set_dotted, load_config
-from archrefine.experiments.runner import each_in_processes
-from archrefine.loop import METRICS, simulate
-from archrefine.store import (
+from archrefine.core.config import Config, ConfigError, _parse_value, _set_dotted, load_config
+from archrefine.core.store import (
     StoreError,
     atomic_write_text,
     close_run,
@@ -37,6 +35,8 @@ from archrefine.store import (
     write_json,
     write_parquet,
 )
+from archrefine.experiments.runner import each_in_processes
+from archrefine.sim.loop import METRICS, simulate
 
 BACKENDS = ("local", "ray")
 
@@ -277,7 +277,7 @@ def run_sweep(
     write_parquet(out_dir / "metrics.parquet", combined)
     files = ["config.toml", "sweep.json", "metrics.parquet", "points"]
     if figure:
-        from archrefine import plots
+        from archrefine.experiments import plots
 
         plots.overlay(per_point(combined), out_dir / "sweep.png", title="Sweep")
         files.append("sweep.png")

@@ -1,4 +1,5 @@
 """The real loop: an LLM (or the learned model) writes PyTorch code, the sandbox runs it.
+Layer: may import experiments, sim, code, sandbox, space and core; only cli imports it.
 
 >>> from archrefine.real import RealConfig, run
 >>> frame = run(RealConfig(), Path("runs/loop-demo"))  # doctest: +SKIP
@@ -19,10 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from archrefine.generators.text import GeneratorUnavailable, TextGenerator
+from archrefine.core.store import StoreError, atomic_write_text, close_run, open_run
 from archrefine.real.config import RealConfig
 from archrefine.real.loop import Event, completed_cycles, run_loop
-from archrefine.store import StoreError, atomic_write_text, close_run, open_run
+from archrefine.real.text import GeneratorUnavailable, TextGenerator
 
 LOOP_STATE = ("state.json", "metrics.parquet", "generator", "candidates.sqlite",
               "candidates.sqlite-wal", "candidates.sqlite-shm")  # fmt: skip
@@ -42,13 +43,13 @@ def make_generator(config: RealConfig) -> TextGenerator:
     """The backend `config.generator.kind` names (heavy imports only for the one asked for)."""
     g = config.generator
     if g.kind == "hf":
-        from archrefine.generators.hf import HFGenerator, LoraSettings
+        from archrefine.real.hf import HFGenerator, LoraSettings
 
         lora = g.lora.model_dump()
         lora["target_modules"] = tuple(lora["target_modules"])
         return HFGenerator(g.model, lora=LoraSettings(**lora), device=g.device, seed=config.seed)
     if g.kind == "openai":
-        from archrefine.generators.openai_api import OpenAIGenerator
+        from archrefine.real.openai_api import OpenAIGenerator
 
         return OpenAIGenerator(
             g.model,
@@ -58,7 +59,7 @@ def make_generator(config: RealConfig) -> TextGenerator:
             max_retries=g.max_retries,
             concurrency=g.concurrency,
         )
-    from archrefine.generators.text import LearnedTextGenerator
+    from archrefine.real.text import LearnedTextGenerator
 
     return LearnedTextGenerator(g.learned, seed=config.seed)
 
@@ -74,9 +75,9 @@ def start(
 ) -> Path:
     """Open `out` for a new run, or (with `resume`) check it holds a run archrefine wrote for
     this user (`trust.verify`: config digest, isolation not weaker) and reopen it."""
-    from archrefine.evaluate.sandbox import isolation_level
     from archrefine.real import trust
     from archrefine.real.prompts import TEMPLATE_FILE, template_text
+    from archrefine.sandbox.sandbox import isolation_level
 
     out = Path(out)
     level = isolation_level(config.evaluate.isolation)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from archrefine.config import LearnedConfig, ScheduleConfig, _Overridable, _Strict
+from archrefine.core.config import LearnedConfig, ScheduleConfig, _Overridable, _Strict
 
 
 class LoraConfig(_Strict):

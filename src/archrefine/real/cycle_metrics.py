@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from archrefine import metrics as simmetrics
-from archrefine.evaluate.code import fingerprint, to_tokens
-from archrefine.evaluate.novelty_code import CodeNovelty
+from archrefine.code.fingerprint import fingerprint
+from archrefine.code.novelty_code import CodeNovelty
+from archrefine.code.tokens import to_tokens
+from archrefine.core import metrics as simmetrics
 from archrefine.real.config import RealConfig
 
 GROUNDED_K = 15  # neighbours of the grounded novelty, as the simulator's loop.novelty_k

@@ -31,8 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from archrefine.candidates import CandidateStore, CandidateStoreError
-from archrefine.evaluate.sandbox import STATUSES, SandboxError, one_line
+from archrefine.real.candidates import CandidateStore, CandidateStoreError
+from archrefine.sandbox.sandbox import STATUSES, SandboxError, one_line
 
 _T = TypeVar("_T")
 _FAILED = ("crashed", "oom")  # statuses that may be the sandbox's fault rather than the code's

@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from archrefine.candidates import CandidateStore, CandidateStoreError
-from archrefine.evaluate.novelty_code import CodeNovelty
-from archrefine.evaluate.sandbox import TrainSpec, one_line
-from archrefine.generators.text import GeneratorUnavailable, Sampling, TextGenerator
+from archrefine.code.novelty_code import CodeNovelty
+from archrefine.core.schedules import rates
+from archrefine.core.store import StoreError, write_json, write_parquet
+from archrefine.real.candidates import CandidateStore, CandidateStoreError
 from archrefine.real.config import RealConfig
 from archrefine.real.cycle_metrics import cycle_metrics, mapped
 from archrefine.real.guard import (
@@ -48,8 +48,8 @@ from archrefine.real.guard import (
 )
 from archrefine.real.prompts import Reference, read_template, render
 from archrefine.real.replies import code_or_error, row
-from archrefine.schedules import rates
-from archrefine.store import StoreError, write_json, write_parquet
+from archrefine.real.text import GeneratorUnavailable, Sampling, TextGenerator
+from archrefine.sandbox.sandbox import TrainSpec, one_line
 
 INPUT_SHAPE, CLASSES = (3, 32, 32), 10
 BATCH = 8  # responses generated (and stored) per generator call
@@ -178,13 +178,13 @@ def evaluator(config: RealConfig):
     ev = config.evaluate
     limits = dict(timeout_s=ev.timeout_s, memory_mb=ev.memory_mb, isolation=ev.isolation)
     if ev.backend == "ray":
-        from archrefine.evaluate.ray_backend import RayEvaluator
+        from archrefine.sandbox.ray_backend import RayEvaluator
 
         resources = dict(num_cpus=ev.cpus_per_task, num_gpus=ev.gpus_per_task)
         return RayEvaluator(
             address=ev.ray_address or None, local_cpus=ev.workers, **resources, **limits
         )
-    from archrefine.evaluate.pool import SandboxPool
+    from archrefine.sandbox.pool import SandboxPool
 
     return SandboxPool(ev.workers, **limits)
 
@@ -377,7 +377,7 @@ def _pairs(store: CandidateStore) -> list[tuple[str, str]]:
 
 def _data(config: RealConfig):
     """The digits as numpy arrays (x, y, x_val, y_val) at the sandbox's input shape."""
-    from archrefine.evaluate.training import TrainSettings, digits
+    from archrefine.sandbox.training import TrainSettings, digits
 
     ev = config.evaluate
     settings = TrainSettings(seed=config.seed, max_train=ev.max_train or None)
@@ -388,7 +388,7 @@ def _read_rows(out: Path) -> list[dict]:
     path = out / "metrics.parquet"
     if not path.exists():
         return []
-    from archrefine.store import read_metrics
+    from archrefine.core.store import read_metrics
 
     try:
         return read_metrics(path).to_dict("records")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from archrefine.config import ConfigError
+from archrefine.core.config import ConfigError
 from archrefine.real.config import PromptConfig
 
 TEMPLATE_FILE = "prompt.txt"  # the run directory's copy of the template it started with

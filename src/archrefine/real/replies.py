@@ -8,7 +8,8 @@ run; nothing in it raises (docs/real-loop.md, "Hostile text reaches the store â€
 
 from __future__ import annotations
 
-from archrefine.evaluate.code import CodeError, extract_code, fingerprint, static_check
+from archrefine.code.code import CodeError, extract_code, static_check
+from archrefine.code.fingerprint import fingerprint
 from archrefine.real.guard import contained, describe
 
 MAX_RESPONSE = 1_000_000  # characters of one response kept; a longer one is rejected

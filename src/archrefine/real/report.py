@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from archrefine import plots
+from archrefine.core.store import atomic_write_text, write_json
+from archrefine.experiments import plots
 from archrefine.experiments.claims import PHASE_SERIES, as_records, evaluate, per_trial
 from archrefine.experiments.reproduce import claims_table
 from archrefine.real.config import RealConfig
-from archrefine.store import atomic_write_text, write_json
 
 FILES = ("config.toml", "prompt.txt", "candidates.sqlite", "metrics.parquet", "trajectory.png",
          "phases.json", "claims.json", "claims.md")  # fmt: skip
@@ -34,7 +34,7 @@ def long_format(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write_report(out: Path, config: RealConfig, frame: pd.DataFrame) -> list[str]:
     """Write trajectory.png, phases.json, claims.json and claims.md; return the run's files."""
-    from archrefine.analysis import phases
+    from archrefine.core.analysis import phases
 
     out = Path(out)
     data = long_format(frame)

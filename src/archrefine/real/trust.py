@@ -27,8 +27,8 @@ import secrets
 import tempfile
 from pathlib import Path
 
+from archrefine.core.store import StoreError, write_json
 from archrefine.real.prompts import TEMPLATE_FILE
-from archrefine.store import StoreError, write_json
 
 KEY_FILE = "run-key"
 _RANKS = {"rlimits": 0, "bwrap": 2}

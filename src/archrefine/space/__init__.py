@@ -1,4 +1,5 @@
 """The grounded architecture space: every 15-token sequence is a real PyTorch network.
+Layer: may import core only (torch only inside `build`); sim, code, sandbox and real build on it.
 
 Thirty component types (convolutions, pooling, normalisation, activations, residual skips,
 squeeze-and-excitation, attention, linear layers, a classifier head, a no-op) describe image

@@ -1,0 +1,408 @@
+# Over 400 lines: the simulator command group (run, reproduce, robustness, calibrate, plot, config).
+"""The `archrefine` command: a thin layer that parses, calls the library and prints."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from archrefine.core.config import Config, ConfigError, load_config
+from archrefine.core.store import StoreError
+from archrefine.real.candidates import CandidateStoreError
+from archrefine.real.text import GeneratorUnavailable
+from archrefine.sandbox.sandbox import SandboxError
+
+USER_ERRORS = (ConfigError, StoreError, CandidateStoreError, GeneratorUnavailable, SandboxError)
+"""Problems of input or environment: reported in one line, never as a traceback."""
+
+
+def _one_line_errors(fn):
+    """Bad input ends a command with one line naming the problem, and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as err:
+            print(f"error: {err}", file=sys.stderr)  # one line, never wrapped
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            print("interrupted; files already written are complete", file=sys.stderr)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Simulate and run LLM-driven architecture refinement loops.",
+)
+console = Console(stderr=True)
+out_console = Console()
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: dotted.key=value (repeatable)."),
+]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Reuse a non-empty output directory.")]
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+@app.command()
+@_one_line_errors
+def reproduce(
+    trials: Annotated[int | None, typer.Option(help="Trials per condition [100].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Root random seed [0].")] = None,
+    out: OutOpt = None,
+    config: Annotated[Path | None, typer.Option(help="Base config TOML.")] = None,
+    space: Annotated[str | None, typer.Option(help="space.kind")] = None,
+    generator: Annotated[str | None, typer.Option(help="generator.kind")] = None,
+    set_: SetOpt = None,
+    workers: Annotated[int | None, typer.Option(help="Processes [one per core].")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Run the paper's four experiments; write figures, metrics and the claims table."""
+    from archrefine.core.store import default_dir
+    from archrefine.experiments import reproduce as rep
+
+    overrides = list(set_ or [])
+    for key, value in (
+        ("trials", trials),
+        ("seed", seed),
+        ("space.kind", space),
+        ("generator.kind", generator),
+    ):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_config(config, overrides)
+    out = out or default_dir("reproduce")
+    started = rep.start(out, cfg, force=force)
+    with _progress() as progress:
+        task = progress.add_task("simulating conditions", total=rep.conditions(cfg))
+        result = rep.reproduce(cfg, workers=workers, on_done=lambda: progress.advance(task))
+    rep.write(out, cfg, result, started=started)
+    _print_claims(result.claims)
+    console.print(
+        f"wrote {out}/ in {time.time() - started:.1f} s "
+        f"({sum(c.holds for c in result.claims)}/{len(result.claims)} claims hold)"
+    )
+
+
+@app.command()
+@_one_line_errors
+def robustness(
+    config: Annotated[Path | None, typer.Argument(help="Base config TOML.")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Seeds derived from --seed [10].")] = None,
+    trials: Annotated[
+        int | None, typer.Option(help="Trials per run (default: the config's, 100).")
+    ] = None,
+    perturb: Annotated[
+        float | None, typer.Option(help="Move each free parameter by ±FRAC; 0: seeds only [0.15].")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="Only this free parameter (repeatable).")
+    ] = None,
+    trajectories: Annotated[int | None, typer.Option(help="Morris trajectories [4].")] = None,
+    morris_trials: Annotated[
+        int | None, typer.Option(help="Trials per Morris point (default: min(trials, 30)).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Root seed the seeds derive from [0].")] = None,
+    set_: SetOpt = None,
+    workers: Annotated[int | None, typer.Option(help="Processes (default: one per core).")] = None,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+    resume: Annotated[
+        Path | None, typer.Option(help="Finish the study in this directory: finished jobs kept.")
+    ] = None,
+) -> None:
+    """Do the claims hold across seeds and near the parameters? Verdicts, Morris sensitivity."""
+    from archrefine.core.store import default_dir
+    from archrefine.experiments import robustness as rb
+
+    given = {"CONFIG": config, "--seeds": seeds, "--trials": trials, "--perturb": perturb,
+             "--param": param, "--trajectories": trajectories, "--morris-trials": morris_trials,
+             "--seed": seed, "--set": set_, "--out": out, "--force": force or None}  # fmt: skip
+    if resume is not None:
+        extra = [k for k, v in given.items() if v is not None]
+        if extra:
+            raise ConfigError(f"--resume uses the study's own settings: drop {', '.join(extra)}")
+        base, settings = rb.load_study(resume)
+        out = resume
+    else:
+        overrides = list(set_ or []) + ([f"seed={seed}"] if seed is not None else [])
+        base = load_config(config, overrides)
+        settings = rb.Settings(
+            seeds=10 if seeds is None else seeds,
+            trials=base.trials if trials is None else trials,
+            perturb=0.15 if perturb is None else perturb,
+            params=tuple(param) if param else None,
+            trajectories=4 if trajectories is None else trajectories,
+            morris_trials=morris_trials,
+        ).validate()
+        out = out or default_dir("robustness")
+    counts = {"ran": 0, "skipped": 0}
+    began = time.time()
+    with _progress() as progress:
+        task = progress.add_task("robustness jobs", total=None)
+
+        def advance(job, what: str) -> None:
+            counts[what] += 1
+            progress.advance(task)
+
+        summary = rb.run_robustness(
+            base, settings, out, workers=workers, force=force, resume=resume is not None,
+            on_job=advance, on_plan=lambda n: progress.update(task, total=n),
+        )  # fmt: skip
+    table = Table(title="Claims across seeds and the parameter neighbourhood")
+    for col in ("id", "held/seeds", "share seeds", "share neighbourhood", "robust"):
+        table.add_column(col)
+    for c in summary["claims"]:
+        share_s, share_n = c["share_seeds"], c["share_neighbourhood"]
+        table.add_row(
+            c["id"], f"{c['held']}/{c['seeds']}",
+            "–" if share_s is None else f"{share_s:.0%}",
+            "–" if share_n is None else f"{share_n:.0%}",
+            {True: "[green]yes[/]", False: "[red]no[/]", None: "–"}[c["robust"]],
+        )  # fmt: skip
+    out_console.print(table)
+    console.print(
+        f"wrote {out}/ in {time.time() - began:.1f} s "
+        f"({counts['ran']} jobs ran, {counts['skipped']} already finished)",
+        soft_wrap=True,
+    )
+
+
+def _print_claims(claims) -> None:
+    from archrefine.experiments.reproduce import _fmt, summary
+
+    table = Table(title="Paper claims vs. this simulation")
+    for col in ("id", "claim", "paper", "measured", "holds", "confidence"):
+        table.add_column(col, overflow="fold")
+    for c in claims:
+        conf = getattr(c, "confidence", None)
+        table.add_row(
+            c.id,
+            c.claim,
+            _fmt(c.paper),
+            summary(c),
+            "[green]yes[/]" if c.holds else "[red]no[/]",
+            "–" if conf is None else f"{conf:.2f}",
+        )
+    out_console.print(table)
+
+
+@app.command()
+@_one_line_errors
+def run(
+    config: Annotated[
+        Path | None, typer.Argument(help="Config TOML (defaults if omitted).")
+    ] = None,  # noqa: E501
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the interrupted run in this directory (its own config)."),
+    ] = None,
+) -> None:
+    """Run one configuration; write config.toml, metrics.parquet and a trajectory figure.
+
+    The loop's state is checkpointed after every cycle, so `--resume DIR` finishes a killed
+    run with exactly the results an uninterrupted one would have."""
+    if resume is not None:
+        cfg, out, done = _reopen(resume, config=config, set_=set_, out=out, force=force)
+        if done is None:
+            return
+        started = time.time()
+    else:
+        from archrefine.core.store import atomic_write_text, default_dir, open_run
+
+        cfg = load_config(config, list(set_ or []))
+        out = out or default_dir("run")
+        open_run(out, force=force, kind="run", meta={"seed": cfg.seed, "trials": cfg.trials})
+        (out / CHECKPOINT).unlink(missing_ok=True)  # --force starts afresh
+        started, done = time.time(), 0
+        atomic_write_text(out / "config.toml", cfg.to_toml())
+    from archrefine.core.store import close_run, write_parquet
+    from archrefine.experiments import plots
+    from archrefine.sim.loop import simulate
+
+    with _progress() as progress:
+        task = progress.add_task("cycles", total=cfg.loop.cycles, completed=done)
+        result = simulate(
+            cfg,
+            on_cycle=lambda c: progress.update(task, completed=c),
+            checkpoint=out / CHECKPOINT,
+            resume=resume is not None,
+        )
+    write_parquet(out / "metrics.parquet", result.metrics)
+    plots.trajectory(result.metrics, out / "trajectory.png")
+    files = ["config.toml", "metrics.parquet", "trajectory.png", CHECKPOINT]
+    close_run(out, files=files, started=started)
+    last = result.mean().iloc[-1]
+    out_console.print("final cycle: " + ", ".join(f"{k} {v:.3f}" for k, v in last.items()))
+    console.print(f"wrote {out}/")
+
+
+CHECKPOINT = "checkpoint.bin"
+
+
+def _reopen(directory: Path, *, config, set_, out, force) -> tuple[Config, Path, int | None]:
+    """Check that `directory` holds an interrupted `archrefine run`; return its config, the
+    directory and the cycles its checkpoint completed (None, said aloud, if it had finished)."""
+    from archrefine.core.store import StoreError, utc_now, write_json
+    from archrefine.sim.checkpoint import Checkpoint
+
+    if config is not None or set_:
+        raise ConfigError("--resume uses the run's own config.toml: drop CONFIG and --set")
+    if out is not None or force:
+        raise ConfigError("--resume writes into the run's own directory: drop --out and --force")
+    if not (directory / "config.toml").is_file():
+        raise StoreError(f"{directory}: no run to resume (no config.toml)")
+    cfg = load_config(directory / "config.toml")
+    try:
+        info = json.loads((directory / "run.json").read_text())
+    except (OSError, ValueError):
+        info = {}
+    if not isinstance(info, dict):
+        info = {}
+    if info.get("kind") not in (None, "run"):
+        raise StoreError(f"{directory}: holds a {info['kind']} run, not an `archrefine run`")
+    if info.get("status") == "complete":
+        done = f"{directory}/ is already complete ({cfg.loop.cycles} cycles): nothing to do"
+        console.print(done, soft_wrap=True)
+        return cfg, directory, None
+    for tmp in directory.glob(f".{CHECKPOINT}.*.tmp"):  # a write the kill cut short
+        tmp.unlink()
+    path = directory / CHECKPOINT
+    done = Checkpoint(path).completed() if path.exists() else 0
+    if info:
+        resumed = [*info.get("resumed", []), utc_now()]
+        write_json(directory / "run.json", {**info, "resumed": resumed})
+    console.print(f"resuming {directory}/ after cycle {done} of {cfg.loop.cycles}", soft_wrap=True)
+    return cfg, directory, done
+
+
+@app.command()
+@_one_line_errors
+def calibrate(
+    trajectory: Annotated[Path, typer.Argument(help="Observed per-cycle trajectory CSV.")],
+    generator: Annotated[str, typer.Option(help="Generator to fit: paper or learned.")] = "paper",
+    out: OutOpt = None,
+    trials: Annotated[
+        int | None, typer.Option(help="Trials per evaluation [paper 30, learned 2].")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="The one seed every evaluation uses.")] = 0,
+    force: ForceOpt = False,
+) -> None:
+    """Fit a generator's parameters to an observed trajectory; write params, residuals, overlay."""
+    from archrefine.core.store import close_run, default_dir, open_run
+    from archrefine.experiments import calibrate as cal
+    from archrefine.experiments import calibrate_report as cal_report
+
+    observed = cal.load_trajectory(trajectory)
+    cal.free_params(generator)  # an unsupported generator fails before the directory is made
+    out = out or default_dir("calibrate")
+    meta = {"trajectory": str(trajectory), "generator": generator, "trials": trials, "seed": seed}
+    open_run(out, force=force, kind="calibrate", meta=meta)
+    started = time.time()
+    with console.status("fitting (each evaluation is one simulation)"):
+        result = cal.calibrate(observed, generator=generator, trials=trials, seed=seed)
+    files = cal_report.write_calibration(out, result)
+    close_run(out, files=files, started=started)
+    out_console.print(cal_report.summary(result))
+    console.print(f"wrote {out}/ in {time.time() - started:.1f} s")
+
+
+@app.command()
+@_one_line_errors
+def plot(directory: Annotated[Path, typer.Argument(help="A run or reproduce directory.")]) -> None:
+    """Redraw a directory's figures from its saved metrics.parquet."""
+    from archrefine.core.analysis import Phases
+    from archrefine.core.store import read_metrics
+    from archrefine.experiments import plots
+    from archrefine.experiments.claims import detect
+    from archrefine.experiments.reproduce import draw
+
+    frame = read_metrics(directory)
+    if "experiment" not in frame.columns:
+        plots.trajectory(frame, directory / "trajectory.png")
+        console.print(f"redrew {directory}/trajectory.png")
+        return
+    cfg = (
+        load_config(directory / "config.toml") if (directory / "config.toml").exists() else Config()
+    )
+    phases_file = directory / "phases.json"
+    try:
+        found = Phases(**json.loads(phases_file.read_text()))
+    except (OSError, ValueError, TypeError):
+        found = detect(frame, cfg.schedule.kind, seed=cfg.seed)
+    draw(
+        directory,
+        frame,
+        found,
+        cfg.schedule.kind,
+        generator=cfg.generator.kind,
+        period=cfg.schedule.period,
+        named=_c1_verdict(directory / "claims.json"),
+    )
+    console.print(f"redrew the figures in {directory}/")
+
+
+def _c1_verdict(path: Path) -> bool | None:
+    """C1's verdict from a directory's claims.json (None when it cannot be read)."""
+    from archrefine.experiments.reproduce import phases_found
+
+    try:
+        found = phases_found(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return found if isinstance(found, bool) else None
+
+
+@app.command("config")
+@_one_line_errors
+def show_config(
+    config: Annotated[Path | None, typer.Argument(help="Config TOML to resolve.")] = None,
+    set_: SetOpt = None,
+    reference: Annotated[bool, typer.Option(help="Print every key as a Markdown table.")] = False,
+    loop: Annotated[bool, typer.Option(help="The real loop's config (archrefine loop).")] = False,
+) -> None:
+    """Print the fully resolved configuration as TOML (or the key reference)."""
+    from archrefine.core.config import reference_table
+
+    model = None
+    if loop:
+        from archrefine.real.config import RealConfig
+
+        model = RealConfig
+    if reference:
+        text = reference_table(model)
+    else:
+        text = load_config(config, list(set_ or []), model=model).to_toml()
+    print(text)
+
+
+def main() -> None:
+    app()

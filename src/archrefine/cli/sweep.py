@@ -1,0 +1,169 @@
+"""Commands for many runs at once: `sweep`, `runs`, `compare` (registered on `cli.app`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from archrefine.cli.commands import (
+    ForceOpt,
+    OutOpt,
+    _one_line_errors,
+    _progress,
+    app,
+    console,
+    out_console,
+)
+from archrefine.core.config import ConfigError, load_config
+from archrefine.sim.loop import METRICS
+
+
+@app.command()
+@_one_line_errors
+def sweep(
+    config: Annotated[
+        Path | None, typer.Argument(help="Base config TOML (defaults if omitted).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="A grid axis: dotted.key=value1,value2,... (repeatable)."),
+    ] = None,
+    backend: Annotated[str, typer.Option(help="Where points run: local or ray.")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address [start a local Ray instance].")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Processes (local) or Ray CPUs [one per core].")
+    ] = None,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the sweep in this directory: finished points are kept."),
+    ] = None,
+) -> None:
+    """Run a grid of configurations; write one sub-run per point, combined metrics, a figure."""
+    from archrefine.core.store import StoreError, default_dir
+    from archrefine.experiments import sweep as sw
+
+    if resume is not None:
+        if config is not None:
+            raise ConfigError("--resume uses the sweep's own config.toml: drop CONFIG")
+        try:
+            saved = json.loads((resume / "sweep.json").read_text())
+        except (OSError, ValueError):
+            raise StoreError(f"{resume}: no sweep to resume (no readable sweep.json)") from None
+        base = load_config(resume / "config.toml")
+        sets: list[str] | dict = list(set_) if set_ else saved.get("grid", {})
+        out = resume
+    else:
+        base = load_config(config)
+        sets = list(set_ or [])
+        out = out or default_dir("sweep")
+    points = sw.expand(base, sets)
+    with _progress() as progress:
+        task = progress.add_task(f"{len(points)} points ({backend})", total=len(points))
+        counts = {"ran": 0, "skipped": 0}
+
+        def advance(point, what: str) -> None:
+            counts[what] += 1
+            progress.advance(task)
+
+        began = time.time()
+        frame = sw.run_sweep(
+            base, points, out, backend=backend, address=address, workers=workers,
+            on_point=advance, force=force, resume=resume is not None,
+        )  # fmt: skip
+    _print_means(sw.final_means(frame), "Final cycle, mean over trials")
+    console.print(
+        f"wrote {out}/ in {time.time() - began:.1f} s "
+        f"({counts['ran']} points ran, {counts['skipped']} already finished)",
+        soft_wrap=True,
+    )
+
+
+def _cell(value) -> str:
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return "" if missing else f"{value:.3f}"
+
+
+def _print_means(means, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("point", overflow="fold")
+    for key in METRICS:
+        table.add_column(key, justify="right")
+    for name, row in means.iterrows():
+        table.add_row(str(name), *(_cell(row[k]) for k in METRICS))
+    out_console.print(table)
+
+
+@app.command()
+@_one_line_errors
+def runs(
+    directory: Annotated[Path, typer.Argument(help="Where to look for runs.")] = Path("runs"),
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the records as JSON (pandas.read_json).")
+    ] = False,
+) -> None:
+    """List the runs and sweeps under a directory: kind, date, status, config, final metrics."""
+    from archrefine.core.catalog import scan
+
+    records = scan(directory)
+    if as_json:
+        clean = [
+            {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+            for r in records
+        ]
+        print(json.dumps(clean, indent=1))
+        return
+    table = Table(title=f"Runs under {directory}", box=box.SIMPLE_HEAD, show_edge=False, padding=0)
+    table.add_column("name", overflow="fold", min_width=6)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("date", min_width=10)
+    table.add_column("status", overflow="fold", min_width=8)
+    table.add_column("config", no_wrap=True)
+    for key in METRICS:
+        table.add_column(key[:5], justify="right", no_wrap=True)
+    for r in records:
+        date = (r["date"] or "")[:16].replace("T", " ")
+        status = r["status"] or ""
+        style = {"finished": "green", "running": "yellow"}.get(status, "red")
+        table.add_row(
+            r["name"], r["kind"] or "", date, f"[{style}]{status}[/]", r["config_hash"] or "",
+            *(_cell(r[k]) for k in METRICS),
+        )  # fmt: skip
+    out_console.print(table)
+    console.print(f"{len(records)} runs under {directory}/", soft_wrap=True)
+
+
+@app.command()
+@_one_line_errors
+def compare(
+    runs_: Annotated[
+        list[Path], typer.Argument(metavar="RUN...", help="Run, reproduce or sweep directories.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Figure to write.")] = Path(
+        "compare.png"
+    ),
+) -> None:
+    """Overlay the runs' mean trajectories (every point of a sweep) in one figure."""
+    from archrefine.core.catalog import trajectories
+    from archrefine.experiments import plots
+
+    overlaid: dict = {}
+    for path in runs_:
+        for label, frame in trajectories(path, prefix=len(runs_) > 1).items():
+            key, n = label, 1
+            while key in overlaid:  # two runs with the same directory name
+                n += 1
+                key = f"{label} ({n})"
+            overlaid[key] = frame
+    plots.overlay(overlaid, out)
+    console.print(f"wrote {out} ({len(overlaid)} trajectories)", soft_wrap=True)

@@ -1,0 +1,392 @@
+"""The structural fingerprint of model-written PyTorch code, read from its AST alone.
+
+`fingerprint` describes the `Net` a source defines (its layer constructors and the ops its
+forward applies) without executing anything, so duplicates can be found in this process; the
+code itself only ever runs in `archrefine.sandbox.sandbox`. The op names are listed in
+docs/real-loop.md; `archrefine.code.tokens.to_tokens` maps them into the grounded vocabulary.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from dataclasses import dataclass
+
+from archrefine.code.code import (
+    _UNKNOWN,
+    CodeError,
+    _arg,
+    _bind_literal,
+    _dotted,
+    _is_sequential,
+    _literal,
+    _method,
+    _node,
+    _parse,
+    _preorder,
+    _returns,
+)
+
+__all__ = ["Fingerprint", "fingerprint"]
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A network's structure as read from its source: the layer constructors in `__init__`,
+    in order, and the operations `forward` applies, in evaluation order (see docs/real-loop.md
+    for the op names). Renaming variables or attributes does not change it."""
+
+    layers: tuple[str, ...]
+    forward: tuple[str, ...]
+
+    @property
+    def canonical(self) -> str:
+        return f"layers={';'.join(self.layers)}|forward={';'.join(self.forward)}"
+
+    @property
+    def sha1(self) -> str:
+        """A stable hash of `canonical` (the same in every process and Python version)."""
+        return hashlib.sha1(self.canonical.encode()).hexdigest()
+
+    def __str__(self) -> str:
+        return self.canonical
+
+
+def fingerprint(source: str) -> Fingerprint:
+    """The structural fingerprint of the `Net` in `source`, from its AST (nothing is executed).
+
+    Raises CodeError when the source does not parse or defines no top-level `class Net`.
+    """
+    tree = _parse(source)
+    if not any(isinstance(n, ast.ClassDef) and n.name == "Net" for n in tree.body):
+        raise CodeError("no top-level class Net")
+    try:
+        layers, forward = _Reader(tree).analyse("Net", {})
+    except RecursionError:
+        raise CodeError("source is nested too deeply to read") from None
+    return Fingerprint(tuple(layers), tuple(forward))
+
+
+# ---- reading the AST ---------------------------------------------------------------------------
+
+ACTIVATIONS = {n.lower(): n for n in ("ReLU", "ReLU6", "LeakyReLU", "ELU", "GELU", "SiLU", "Mish",
+               "Hardswish", "Sigmoid", "Tanh", "Softmax", "LogSoftmax")}  # fmt: skip
+PLAIN_OPS = ACTIVATIONS | {
+    "dropout": "Dropout", "dropout2d": "Dropout", "alphadropout": "Dropout",
+    "batchnorm1d": "BatchNorm", "batchnorm2d": "BatchNorm", "batch_norm": "BatchNorm",
+    "layernorm": "LayerNorm", "layer_norm": "LayerNorm", "groupnorm": "GroupNorm",
+    "group_norm": "GroupNorm", "instancenorm2d": "InstanceNorm", "flatten": "Flatten",
+    "multiheadattention": "Attention", "scaled_dot_product_attention": "Attention",
+    "log_softmax": "LogSoftmax", "leaky_relu": "LeakyReLU", "identity": "", "add": "Add",
+    "mul": "Mul", "matmul": "MatMul", "bmm": "MatMul", "cat": "Cat",
+}  # fmt: skip
+"""Lower-cased module, functional and tensor-method names that need no parameters."""
+CONTAINERS = frozenset({"Sequential", "ModuleList", "ModuleDict"})
+# fmt: off
+SHAPE_METHODS = frozenset({"view", "reshape", "permute", "transpose", "expand", "repeat", "size",
+                           "unsqueeze", "squeeze", "flatten"})
+"""Tensor methods whose arguments are shapes (arithmetic on them is not a network op)."""
+QUIET_METHODS = frozenset({"size", "dim", "numel", "contiguous", "clone", "detach", "to",
+                           "float", "double", "half", "type", "cpu", "cuda", "item", "forward"})
+"""Tensor methods that do not change what the network computes."""
+# fmt: on
+
+
+class _Reader:
+    """Resolves names through the module's imports and reads classes into op lists."""
+
+    def __init__(self, tree: ast.Module) -> None:
+        self.alias: dict[str, str] = {}
+        self.consts: dict[str, object] = {}
+        self.classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    top = a.name.split(".")[0]
+                    self.alias[a.asname or top] = a.name if a.asname else top
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                for a in node.names:
+                    self.alias[a.asname or a.name] = f"{node.module}.{a.name}"
+        for node in tree.body:
+            _bind_literal(node, self.consts)
+        stars = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                 and any(a.name == "*" for a in n.names)}  # fmt: skip
+        self.star_nn = "torch.nn" in stars  # `from torch.nn import *`: Conv2d is nn.Conv2d
+        self.cache: dict[tuple, tuple[list[str], list[str]]] = {}
+        self.active: set[str] = set()
+
+    def qual(self, node: ast.AST) -> str:
+        dotted = _dotted(node)
+        head, _, rest = dotted.partition(".")
+        if self.star_nn and head[:1].isupper() and head not in self.alias | self.classes:
+            head = f"torch.nn.{head}"
+        head = self.alias.get(head, head)
+        return f"{head}.{rest}" if rest and head else head
+
+    def analyse(self, name: str, bound: dict[str, object]) -> tuple[list[str], list[str]]:
+        """(layers, forward ops) of local class `name` with `__init__` arguments `bound`."""
+        key = (name, tuple(sorted((k, repr(v)) for k, v in bound.items())))
+        if key in self.cache:
+            return self.cache[key]
+        if name in self.active:  # a class that contains itself: give up on it, do not recurse
+            return [], ["?"]
+        self.active.add(name)
+        try:
+            cls = self.classes[name]
+            init = _method(cls, "__init__")
+            scope = _Scope(self, self.consts, cls)
+            scope.consts |= scope.bind(cls, None) | bound
+            if init is not None:
+                for stmt in init.body:
+                    scope.read_init(stmt)
+            if (forward := _method(cls, "forward")) is not None:
+                ops = _Forward(scope).run(forward)
+            else:
+                ops = list(scope.layers) if _is_sequential(cls) else []
+            self.cache[key] = (scope.layers, ops)
+            return scope.layers, ops
+        finally:
+            self.active.discard(name)
+
+    def op(self, name: str, call: ast.Call, offset: int, consts: dict) -> str:
+        """The normalized op for module/function/method `name` called as `call`; the tensor
+        is the first argument when offset is 1 (functional form)."""
+        key = name.lower().rstrip("_")
+
+        def arg(i: int, kw: str, default: object = "?") -> object:
+            return _arg(call, i + offset, kw, default, consts)
+
+        if key in PLAIN_OPS:
+            return PLAIN_OPS[key]
+        if key == "conv2d" and offset == 0:
+            out, k, g = arg(1, "out_channels"), arg(2, "kernel_size"), arg(6, "groups", 1)
+            s, p = arg(3, "stride", 1), arg(4, "padding", 0)
+            cin, groups = _node(call, 0, "in_channels"), _node(call, 6, "groups")
+            same = cin is not None and groups is not None and ast.dump(cin) == ast.dump(groups)
+            dw = g != 1 and (same or (g != "?" and g == arg(0, "in_channels")))
+            extra = ",g=dw" if dw else ("" if g == 1 else f",g={g}")
+            return f"Conv2d(o={out},k={k},s={s},p={p}{extra})"
+        if key in ("maxpool2d", "max_pool2d", "avgpool2d", "avg_pool2d"):
+            k = arg(0, "kernel_size")
+            return f"{'Max' if 'max' in key else 'Avg'}Pool2d(k={k},s={arg(1, 'stride', k) or k})"
+        if key.startswith("adaptive"):
+            size = arg(0, "output_size")
+            kind = "Max" if "max" in key else "Avg"
+            return f"Global{kind}Pool" if size == 1 else f"Adaptive{kind}Pool2d(o={size})"
+        if key == "mean":
+            dims = arg(0, "dim")
+            spatial = isinstance(dims, tuple | list) and set(dims) in ({2, 3}, {-2, -1})
+            return "GlobalAvgPool" if spatial else "Mean"
+        if key in ("linear", "lazylinear") and offset == 0:
+            return f"Linear(o={arg(1 if key == 'linear' else 0, 'out_features')})"
+        if key in ("view", "reshape"):
+            flat = len(call.args) == 2 + offset and _literal(call.args[-1], consts) == -1
+            return "Flatten" if flat else "Reshape"
+        return name
+
+
+class _Scope:
+    """One class being read: its layers, and what each `self.<attr>` does in forward (as
+    items: one op list per module a container holds, so loops over it can be unrolled)."""
+
+    def __init__(self, reader: _Reader, consts: dict, cls: ast.ClassDef) -> None:
+        self.reader, self.consts, self.cls = reader, dict(consts), cls
+        self.layers: list[str] = []
+        self.attrs: dict[str, list[list[str]]] = {}
+        self.local: dict[str, list[list[str]]] = {}
+
+    def read_init(self, stmt: ast.stmt) -> None:
+        if isinstance(stmt, ast.For | ast.If | ast.With):
+            for value in self.unroll(stmt):
+                if value is not _UNKNOWN:
+                    self.consts[stmt.target.id] = value
+                for inner in stmt.body + getattr(stmt, "orelse", []):
+                    self.read_init(inner)
+            return
+        for node in _preorder(stmt):
+            if isinstance(node, ast.Call):
+                self.layers += self.ops(node, layers=True)
+        _bind_literal(stmt, self.consts)
+        if isinstance(stmt, ast.Assign | ast.AnnAssign) and stmt.value is not None:
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            for target in targets:
+                if _dotted(target).startswith("self.") and _dotted(target).count(".") == 1:
+                    self.attrs[target.attr] = self.items(stmt.value)
+                elif isinstance(target, ast.Name):
+                    self.local[target.id] = self.items(stmt.value)
+        elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+            func = stmt.value.func  # layers.append(...), self.blocks.extend(...)
+            adds = isinstance(func, ast.Attribute) and func.attr in ("append", "extend")
+            if adds and (held := self.holder(func.value)) is not None:
+                held.extend(item for a in stmt.value.args for item in self.items(a))
+        elif isinstance(stmt, ast.AugAssign) and (held := self.holder(stmt.target)) is not None:
+            held.extend(self.items(stmt.value))
+
+    def unroll(self, stmt: ast.stmt) -> list[object]:
+        """Loop-variable values of a short loop over constants; else one pass (ifs: one pass)."""
+        if not (isinstance(stmt, ast.For) and isinstance(stmt.target, ast.Name)):
+            return [_UNKNOWN]
+        values = _literal(stmt.iter, self.consts)
+        if isinstance(stmt.iter, ast.Call) and _dotted(stmt.iter.func) == "range":
+            bounds = [_literal(a, self.consts) for a in stmt.iter.args]
+            try:
+                span = range(*bounds)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                span = range(0)
+            values = list(span) if len(span) <= 32 else _UNKNOWN
+        ok = isinstance(values, list | tuple) and 0 < len(values) <= 32
+        return list(values) if ok else [_UNKNOWN]  # type: ignore[arg-type]
+
+    def holder(self, node: ast.AST) -> list[list[str]] | None:
+        """The op list a local name or a `self.<attr>` collects modules in."""
+        if isinstance(node, ast.Name):
+            return self.local.setdefault(node.id, [])
+        name = _dotted(node)
+        if name.startswith("self.") and name.count(".") == 1:
+            return self.attrs.setdefault(name[5:], [])
+        return None
+
+    def items(self, node: ast.AST) -> list[list[str]]:
+        """Forward ops of each module an `__init__` expression builds."""
+        if isinstance(node, ast.List | ast.Tuple):
+            return [item for elt in node.elts for item in self.items(elt)]
+        if isinstance(node, ast.ListComp | ast.GeneratorExp):
+            return self.items(node.elt)
+        if isinstance(node, ast.Starred):
+            return self.items(node.value)
+        if isinstance(node, ast.Name):
+            return list(self.local.get(node.id, []))
+        if not isinstance(node, ast.Call):
+            return []
+        if self.reader.qual(node.func).split(".")[-1] in CONTAINERS:
+            return [item for a in node.args for item in self.items(a)]
+        ops = self.ops(node, layers=False)
+        return [ops] if ops else []
+
+    def ops(self, call: ast.Call, *, layers: bool) -> list[str]:
+        """Ops for one constructor call in `__init__` (layers=True: its layers)."""
+        qual = self.reader.qual(call.func)
+        name = qual.rsplit(".", 1)[-1]
+        if qual.startswith("torch.nn.") and name[:1].isupper():  # a module, not nn.init.*
+            op = "" if name in CONTAINERS else self.reader.op(name, call, 0, self.consts)
+            return [op] if op else []
+        if qual in self.reader.classes:
+            return self.local_class(qual, call, layers)
+        fn = _method(self.cls, qual[5:]) if qual.startswith("self.") else None
+        key = f"{self.cls.name}.{qual}"
+        if fn is None or key in self.reader.active:
+            return []
+        self.reader.active.add(key)  # a builder method such as self._make_layer(...)
+        try:
+            sub = _Scope(self.reader, self.consts, self.cls)
+            for stmt in fn.body:
+                sub.read_init(stmt)
+            if layers:
+                return sub.layers
+            return [op for r in _returns(fn) for item in sub.items(r) for op in item]
+        finally:
+            self.reader.active.discard(key)
+
+    def local_class(self, name: str, call: ast.Call, layers: bool) -> list[str]:
+        cls = self.reader.classes[name]
+        if _method(cls, "__init__") is None:  # a thin subclass such as ChannelLayerNorm
+            base = next((self.reader.qual(b) for b in cls.bases), "")
+            if base.startswith("torch.nn.") and base.split(".")[-1] not in ("Module", *CONTAINERS):
+                return [self.reader.op(base.rsplit(".", 1)[-1], call, 0, self.consts)]
+        inner_layers, inner_ops = self.reader.analyse(name, self.bind(cls, call))
+        if "Attention" in inner_ops:
+            return ["Attention"]
+        if "Mul" in inner_ops and {"Sigmoid", "Hardsigmoid"} & set(inner_ops):
+            return ["SE"]
+        return inner_layers if layers else inner_ops
+
+    def bind(self, cls: ast.ClassDef, call: ast.Call | None) -> dict[str, object]:
+        """`__init__` parameters of `cls` as constants: defaults, else `call`'s arguments."""
+        init = _method(cls, "__init__")
+        if init is None:
+            return {}
+        params = [a.arg for a in init.args.posonlyargs + init.args.args][1:]
+        defaults = init.args.defaults
+        bound = dict(zip(params[len(params) - len(defaults) :], defaults, strict=True))
+        if call is not None:
+            bound |= dict(zip(params, call.args, strict=False))
+            bound |= {k.arg: k.value for k in call.keywords if k.arg}
+        values = {k: _literal(v, self.consts) for k, v in bound.items()}
+        return {k: v for k, v in values.items() if v is not _UNKNOWN}
+
+
+class _Forward(ast.NodeVisitor):
+    """Ops of a forward method in evaluation order (arguments before the call using them)."""
+
+    def __init__(self, scope: _Scope) -> None:
+        self.scope, self.ops, self.saved, self.loops = scope, [], set(), {}
+        self.depth = 0
+
+    def run(self, fn: ast.FunctionDef) -> list[str]:
+        for stmt in fn.body:
+            self.visit(stmt)
+        return [op for op in self.ops if op]
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        self.visit(node.value)
+        if isinstance(node.value, ast.Name) and all(isinstance(t, ast.Name) for t in node.targets):
+            self.saved.update(t.id for t in node.targets)  # e.g. `identity = x`: a skip starts
+            self.ops.append("Save")
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        self.visit(node.value)
+        self._binop(node.op, node.value)
+
+    def visit_BinOp(self, node: ast.BinOp) -> None:
+        self.generic_visit(node)
+        if not isinstance(node.left, ast.Constant):
+            self._binop(node.op, node.right)
+
+    def _binop(self, op: ast.operator, other: ast.AST) -> None:
+        if not isinstance(other, ast.Constant):
+            kinds = {ast.Add: "Add", ast.Mult: "Mul", ast.MatMult: "MatMul"}
+            self.ops.append(kinds.get(type(op), ""))
+
+    def visit_For(self, node: ast.For) -> None:
+        self.visit(node.iter)
+        items: list[list[str] | None] = [None]
+        if isinstance(node.target, ast.Name) and _dotted(node.iter).startswith("self."):
+            items = self.scope.attrs.get(node.iter.attr, [None])[:32]  # type: ignore[assignment]
+        for item in items:  # `for block in self.blocks:` runs the body once per block
+            if item is not None:
+                self.loops[node.target.id] = item
+            for stmt in node.body + node.orelse:
+                self.visit(stmt)
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:  # not evaluated where defined
+        return None
+
+    def visit_Call(self, node: ast.Call) -> None:
+        if isinstance(node.func, ast.Attribute) and node.func.attr in SHAPE_METHODS:
+            self.visit(node.func)  # arguments are shapes: their arithmetic is not an op
+        else:
+            self.generic_visit(node)
+        scope, func = self.scope, node.func
+        if isinstance(func, ast.Subscript):
+            func = func.value  # self.blocks[i](x): whatever the container holds
+        qual = scope.reader.qual(func)
+        head, _, rest = qual.partition(".")
+        if isinstance(func, ast.Name) and func.id in self.loops:
+            self.ops += self.loops[func.id]
+        elif head == "self" and rest and "." not in rest:
+            first = node.args[0] if node.args else None
+            if isinstance(first, ast.Name) and first.id in self.saved:
+                self.ops.append("Proj")  # a layer on the skip path (projection, downsample)
+            elif rest in scope.attrs:
+                self.ops += [op for item in scope.attrs[rest] for op in item]
+            elif (fn := _method(scope.cls, rest)) is not None and self.depth < 8:
+                inner = _Forward(scope)
+                inner.depth, inner.saved = self.depth + 1, set(self.saved)
+                self.ops += inner.run(fn)
+            else:
+                self.ops.append("?")
+        elif qual.startswith("torch.nn.functional.") or qual.startswith("torch."):
+            self.ops.append(scope.reader.op(qual.rsplit(".", 1)[-1], node, 1, scope.consts))
+        elif isinstance(func, ast.Attribute) and head not in scope.reader.alias:
+            quiet = func.attr in QUIET_METHODS  # else a tensor method: x.mean(...), x.view(...)
+            self.ops.append("" if quiet else scope.reader.op(func.attr, node, 0, scope.consts))

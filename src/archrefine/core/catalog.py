@@ -1,0 +1,129 @@
+"""The run catalog: what the directories under a root hold, read from their own files only.
+
+Every directory with a `run.json` is one entry (a sweep's points are part of their sweep, not
+entries of their own). Nothing here raises on a damaged directory: it is listed as
+`unreadable: <reason>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from archrefine.core.metrics import METRICS
+from archrefine.core.store import StoreError, read_metrics
+
+FIELDS = ("name", "kind", "date", "status", "config_hash", *METRICS, "path")
+
+
+def scan(root: Path) -> list[dict[str, Any]]:
+    """One record per run directory under `root` (itself included), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        raise StoreError(f"{root}: no such directory")
+    found = []
+    for here, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if "run.json" in files:
+            dirs[:] = []  # a run's subdirectories (a sweep's points) belong to it
+            found.append(describe(Path(here), root))
+    return sorted(found, key=lambda r: (r["date"] or "", r["name"]))
+
+
+def describe(path: Path, root: Path | None = None) -> dict[str, Any]:
+    """The catalog record of one run directory."""
+    name = path.relative_to(root).as_posix() if root is not None else path.name
+    record: dict[str, Any] = dict.fromkeys(FIELDS)
+    record.update(name=name if name != "." else path.resolve().name, path=str(path))
+    try:
+        info = json.loads((path / "run.json").read_text())
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        record["status"] = f"unreadable: run.json {_first_line(err)}"
+        return record
+    record.update(kind=info.get("kind"), date=info.get("started"), status=_status(path, info))
+    config = path / "config.toml"
+    if config.is_file():
+        try:
+            record["config_hash"] = hashlib.sha256(config.read_bytes()).hexdigest()[:10]
+        except OSError as err:
+            record["status"] = f"unreadable: config.toml {_first_line(err)}"
+    metrics = path / "metrics.parquet"
+    if metrics.exists() and info.get("kind") != "sweep":
+        try:
+            record.update(final_means(metrics))
+        except (pa.ArrowException, OSError, ValueError, KeyError) as err:
+            record["status"] = f"unreadable: metrics.parquet {_first_line(err)}"
+    elif metrics.exists():
+        try:
+            pq.read_schema(metrics)
+        except (pa.ArrowException, OSError) as err:
+            record["status"] = f"unreadable: metrics.parquet {_first_line(err)}"
+    return record
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0][:120]
+
+
+def _status(path: Path, info: dict[str, Any]) -> str:
+    status = info.get("status")
+    if status == "complete":
+        listed = info.get("files") or []
+        return "finished" if all((path / f).exists() for f in listed) else "incomplete"
+    if status == "running":
+        pid, host = info.get("pid"), info.get("host")
+        if isinstance(pid, int) and host == socket.gethostname() and not _alive(pid):
+            return "incomplete"  # its process is gone: interrupted
+        return "running"
+    return "incomplete"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _main_trajectory(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows that are "the run": a reproduce directory's trajectory baseline, else all."""
+    if "experiment" in frame.columns:
+        sel = frame[(frame.experiment == "trajectory") & (frame.condition == "baseline")]
+        return sel if not sel.empty else frame[frame.experiment == frame.experiment.iloc[0]]
+    return frame
+
+
+def final_means(metrics: Path) -> dict[str, float]:
+    """Means over trials of the last cycle's metrics (NaN where a metric is missing)."""
+    schema = pq.read_schema(metrics)
+    wanted = ["cycle", "experiment", "condition", *METRICS]
+    frame = pq.read_table(metrics, columns=[c for c in wanted if c in schema.names]).to_pandas()
+    sel = _main_trajectory(frame)
+    last = sel[sel.cycle == sel.cycle.max()]
+    return {k: float(last[k].mean()) if k in last.columns else float("nan") for k in METRICS}
+
+
+def trajectories(path: Path, *, prefix: bool = True) -> dict[str, pd.DataFrame]:
+    """What `compare` overlays for one run (a directory or its metrics.parquet): the run's
+    frame, a reproduce directory's trajectory baseline, or each point of a sweep (labelled
+    `run/point`, or the point alone without `prefix`)."""
+    path = Path(path)
+    frame = read_metrics(path)
+    label = path.parent.name if path.suffix == ".parquet" else path.resolve().name
+    if "point" in frame.columns:
+        groups = frame.groupby("point", sort=False)
+        return {f"{label}/{name}" if prefix else str(name): sel for name, sel in groups}
+    return {label: _main_trajectory(frame)}

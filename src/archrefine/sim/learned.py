@@ -1,0 +1,376 @@
+"""A generator that really learns: a tiny decoder-only transformer per trial (docs/learned.md).
+
+* **One model per trial, one batched call.** Every weight carries a leading trials axis and every
+  matmul is a `bmm` over it, so all trials sample and fine-tune together; Python loops run over
+  sampling positions and optimizer steps only, never over trials or candidates.
+* **Pre-training** stands in for an LLM that has read the literature: one model learns
+  `space.KNOWN_ARRAY` and noisy copies of it (tokens replaced at `pretrain_noise`), stopping
+  early once sampled validity reaches `target_validity` (Khalid et al. measured 44% at cycle 1),
+  and is copied to every trial; trials then differ by sampling and fine-tuning randomness.
+* **Proposals.** A template is a prompt: each of its positions is rewritten with probability
+  `rate` (the schedule) by sampling the model's next-token distribution given the tokens before
+  it, at temperature `temperature + temperature_span · rate` and nucleus `top_p`; the rest is
+  copied. Fresh candidates (and every candidate in cycle 1, where `rate` is NaN and the
+  temperature is `temperature`) are written entirely from BOS.
+* **Fine-tuning** is supervised next-token cross-entropy on a cumulative set that grows by each
+  cycle's selection, with Adam state kept across cycles; `lora_rank > 0` trains only low-rank
+  adapters on every projection (written directly into the batched layers: peft cannot batch).
+* **Validity is never injected**: `validity` returns None and the grounded space's exact checker
+  decides; the model only ever sees which sequences were selected.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from archrefine.core.config import LearnedConfig
+from archrefine.sim.base import Candidates
+
+Params = dict[str, torch.Tensor]
+PROJECTIONS = ("qkv", "out", "up", "down")
+PRETRAIN_BATCH = 32
+PRETRAIN_FIELDS = {"d_model", "layers", "heads", "temperature", "top_p", "pretrain_steps"}
+PRETRAIN_FIELDS |= {"pretrain_noise", "pretrain_lr", "target_validity"}
+
+
+def one_thread(fn):
+    """Run `fn` on one torch thread: these tensors are tiny, and on 2 shared cores two threads
+    measured 4x slower than one. The caller's thread count is restored afterwards."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------- batched model
+
+
+def _lin(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """`x (T, ..., in) @ w (T, in, out)` as one bmm over the trials axis."""
+    t = x.shape[0]
+    return torch.bmm(x.reshape(t, -1, x.shape[-1]), w).view(*x.shape[:-1], w.shape[-1])
+
+
+def _ln(x: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    """Layer norm with per-trial affine `wb (T, 2, D)`."""
+    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+    y = F.layer_norm(x, x.shape[-1:])
+    return y * wb[:, 0].view(shape) + wb[:, 1].view(shape)
+
+
+def init_params(cfg: LearnedConfig, vocab: int, length: int, g: torch.Generator) -> Params:
+    """One model (trials axis of size 1): GPT-2-style init, residual outputs scaled down."""
+    d, layers = cfg.d_model, cfg.layers
+
+    def w(*shape: int, std: float) -> torch.Tensor:
+        return torch.randn(1, *shape, generator=g) * std
+
+    ln = torch.stack([torch.ones(d), torch.zeros(d)])[None]
+    resid = (2 * layers) ** -0.5
+    p = {"emb": w(vocab + 1, d, std=0.02), "pos": w(length, d, std=0.02)}
+    for i in range(layers):
+        p |= {
+            f"{i}.ln1": ln.clone(),
+            f"{i}.qkv": w(d, 3 * d, std=d**-0.5),
+            f"{i}.out": w(d, d, std=d**-0.5 * resid),
+            f"{i}.ln2": ln.clone(),
+            f"{i}.up": w(d, 4 * d, std=d**-0.5),
+            f"{i}.down": w(4 * d, d, std=(4 * d) ** -0.5 * resid),
+        }
+    return p | {"lnf": ln.clone(), "head": w(d, vocab, std=d**-0.5)}
+
+
+def init_lora(cfg: LearnedConfig, base: Params, g: torch.Generator) -> Params:
+    """Adapters `a (T, in, r)` random and `b (T, r, out)` zero, so training starts at `base`."""
+    out: Params = {}
+    for name, w in base.items():
+        if name.split(".")[-1] in PROJECTIONS:
+            t, n_in, n_out = w.shape
+            out[name + ".a"] = torch.randn(t, n_in, cfg.lora_rank, generator=g) * n_in**-0.5
+            out[name + ".b"] = torch.zeros(t, cfg.lora_rank, n_out)
+    return out
+
+
+def forward(
+    p: Params,
+    lora: Params,
+    tokens: torch.Tensor,
+    heads: int,
+    cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> torch.Tensor:
+    """Next-token logits `(T, B, L, V)` for inputs `tokens (T, B, L)` that start with BOS.
+
+    With `cache` (a list, empty at first), keys and values of earlier calls are kept per layer
+    and `tokens` continue the cached prefix, so sampling costs one position per step.
+    """
+    t, b, n = tokens.shape
+    d = p["emb"].shape[-1]
+    start = cache[0][0].shape[-2] if cache else 0
+
+    def weight(name: str) -> torch.Tensor:
+        if name + ".a" in lora:
+            return p[name] + torch.bmm(lora[name + ".a"], lora[name + ".b"])
+        return p[name]
+
+    x = p["emb"][torch.arange(t)[:, None, None], tokens] + p["pos"][:, None, start : start + n]
+    for i in range(sum(k.endswith(".qkv") for k in p)):
+        q, k, v = _lin(_ln(x, p[f"{i}.ln1"]), weight(f"{i}.qkv")).chunk(3, dim=-1)
+        q, k, v = (z.reshape(t * b, n, heads, d // heads).transpose(1, 2) for z in (q, k, v))
+        if cache is not None:
+            if len(cache) > i:
+                k, v = torch.cat([cache[i][0], k], dim=-2), torch.cat([cache[i][1], v], dim=-2)
+                cache[i] = (k, v)
+            else:
+                cache.append((k, v))
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=start == 0 and n > 1)
+        x = x + _lin(att.transpose(1, 2).reshape(t, b, n, d), weight(f"{i}.out"))
+        hidden = F.gelu(_lin(_ln(x, p[f"{i}.ln2"]), weight(f"{i}.up")))
+        x = x + _lin(hidden, weight(f"{i}.down"))
+    return _lin(_ln(x, p["lnf"]), p["head"])
+
+
+def token_loss(p: Params, lora: Params, seqs: torch.Tensor, heads: int) -> torch.Tensor:
+    """Mean next-token cross-entropy per trial, `(T,)`, of `seqs (T, B, L)`."""
+    bos = torch.full_like(seqs[..., :1], p["emb"].shape[1] - 1)
+    logits = forward(p, lora, torch.cat([bos, seqs[..., :-1]], dim=-1), heads)
+    ce = F.cross_entropy(logits.flatten(0, 2), seqs.flatten(), reduction="none")
+    return ce.view(seqs.shape[0], -1).mean(dim=1)
+
+
+class Adam:
+    """Adam over trial-stacked tensors, stepping only the trials marked active (a trial with an
+    empty fine-tuning set must not drift on stale momentum)."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps=1e-8):
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.m = [torch.zeros_like(q) for q in params]
+        self.v = [torch.zeros_like(q) for q in params]
+        self.t = torch.zeros(params[0].shape[0])
+
+    @torch.no_grad()
+    def step(self, params: list[torch.Tensor], grads, active: torch.Tensor) -> None:
+        b1, b2 = self.betas
+        self.t += active
+        c1, c2 = 1 - b1 ** self.t.clamp(min=1), 1 - b2 ** self.t.clamp(min=1)
+        for q, g, m, v in zip(params, grads, self.m, self.v):
+            view = (-1,) + (1,) * (q.dim() - 1)
+            on = active.view(view)
+            m.copy_(torch.where(on, b1 * m + (1 - b1) * g, m))
+            v.copy_(torch.where(on, b2 * v + (1 - b2) * g * g, v))
+            upd = self.lr * (m / c1.view(view)) / ((v / c2.view(view)).sqrt() + self.eps)
+            q.sub_(torch.where(on, upd, torch.zeros_like(upd)))
+
+
+@torch.no_grad()
+def sample(
+    p: Params,
+    lora: Params,
+    base: torch.Tensor,
+    write: torch.Tensor,
+    cfg: LearnedConfig,
+    g: torch.Generator,
+    temperature: float | None = None,
+) -> torch.Tensor:
+    """Left to right, replace `base (T, n, L)` where `write` with draws from the model given
+    the (already rewritten) prefix, at `temperature` (default `cfg.temperature`) and nucleus
+    `cfg.top_p`."""
+    temperature = cfg.temperature if temperature is None else temperature
+    seqs = base.clone()
+    cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+    step = torch.full_like(seqs[..., :1], p["emb"].shape[1] - 1)  # BOS
+    for i in range(seqs.shape[-1]):
+        logits = forward(p, lora, step, cfg.heads, cache)[..., -1, :]
+        if write[..., i].any():
+            probs = torch.softmax(logits / temperature, dim=-1)
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < cfg.top_p  # smallest set reaching top_p
+            cdf = (sorted_p * keep).cumsum(-1)
+            u = torch.rand(cdf.shape[:-1] + (1,), generator=g) * cdf[..., -1:]
+            rank = (cdf < u).sum(-1, keepdim=True).clamp(max=cdf.shape[-1] - 1)
+            draw = order.gather(-1, rank).squeeze(-1)
+            seqs[..., i] = torch.where(write[..., i], draw, seqs[..., i])
+        step = seqs[..., i : i + 1]
+    return seqs
+
+
+# ----------------------------------------------------------------------------- pre-training
+
+
+@functools.lru_cache(maxsize=8)
+@one_thread
+def _pretrained(cfg_json: str, vocab: int, length: int, seed: int) -> tuple[Params, int, float]:
+    """Pre-train one model; cached on the fields it reads, so generators that share a seed
+    share the work (the result is identical either way)."""
+    from archrefine.space import KNOWN_ARRAY, is_valid
+
+    cfg = LearnedConfig.model_validate_json(cfg_json)
+    g = torch.Generator().manual_seed(seed)
+    p = {k: v.requires_grad_() for k, v in init_params(cfg, vocab, length, g).items()}
+    known = torch.tensor(KNOWN_ARRAY, dtype=torch.long)
+    opt, names = Adam(list(p.values()), cfg.pretrain_lr), list(p)
+    probe = torch.zeros(1, 256, length, dtype=torch.long)
+    on, everywhere = torch.ones(1, dtype=torch.bool), torch.ones_like(probe, dtype=torch.bool)
+    validity, step = 0.0, 0
+    for step in range(1, cfg.pretrain_steps + 1):
+        rows = known[torch.randint(len(known), (1, PRETRAIN_BATCH), generator=g)]
+        noisy = torch.rand(rows.shape, generator=g) < cfg.pretrain_noise
+        rows = torch.where(noisy, torch.randint(vocab, rows.shape, generator=g), rows)
+        loss = token_loss(p, {}, rows, cfg.heads)
+        opt.step([p[k] for k in names], torch.autograd.grad(loss.sum(), [p[k] for k in names]), on)
+        if step % 2 == 0:  # stop as soon as the model writes valid networks often enough
+            seqs = sample(p, {}, probe, everywhere, cfg, g)
+            validity = float(is_valid(seqs[0].numpy()).mean())
+            if validity >= cfg.target_validity:
+                break
+    return {k: v.detach() for k, v in p.items()}, step, validity
+
+
+# ----------------------------------------------------------------------------- generator
+
+
+class LearnedGenerator:
+    """Batched learned generator: one transformer per trial, stacked on a leading axis.
+
+    Attributes other code may read: `last_loss (trials,)` (the last fine-tuning step's loss,
+    NaN where a trial has nothing to learn from yet), `pretrain_stopped_at` and
+    `pretrain_validity` (where pre-training stopped, and the validity of its probe sample).
+    Pre-training reads `space.KNOWN_ARRAY`, so only the grounded space (15 × 30) is supported.
+    """
+
+    @one_thread
+    def __init__(
+        self,
+        config: LearnedConfig,
+        *,
+        trials: int,
+        length: int,
+        vocab: int,
+        rng: np.random.Generator,
+    ):
+        if (length, vocab) != (15, 30):
+            raise ValueError(
+                f"the learned generator writes the grounded space (length 15, vocab 30); "
+                f"got length {length}, vocab {vocab}"
+            )
+        self.cfg, self.rng, self.trials = config, rng, trials
+        self.length, self.vocab = length, vocab
+        self.g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        pre_seed = int(rng.integers(2**62))
+        one, self.pretrain_stopped_at, self.pretrain_validity = _pretrained(
+            config.model_dump_json(include=PRETRAIN_FIELDS), vocab, length, pre_seed
+        )
+        self.params = {k: v.expand(trials, *v.shape[1:]).clone() for k, v in one.items()}
+        self.lora = init_lora(config, self.params, self.g) if config.lora_rank else {}
+        self.trainable = self.lora if config.lora_rank else self.params
+        for q in self.trainable.values():
+            q.requires_grad_()
+        self.opt = Adam(list(self.trainable.values()), config.lr)
+        self.data = torch.zeros(trials, 0, length, dtype=torch.long)  # cumulative fine-tune set
+        self.count = torch.zeros(trials, dtype=torch.long)
+        self.last_loss = np.full(trials, np.nan)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything fine-tuning and sampling change, as numpy arrays (for a checkpoint): the
+        trained weights (the adapters under LoRA: the base stays as pre-trained), Adam's m, v and
+        step counts, the torch generator, the cumulative fine-tuning set and the last loss."""
+        out = {f"weights/{k}": v.detach().numpy().copy() for k, v in self.trainable.items()}
+        for i, (m, v) in enumerate(zip(self.opt.m, self.opt.v, strict=True)):
+            out[f"adam/m/{i}"], out[f"adam/v/{i}"] = m.numpy().copy(), v.numpy().copy()
+        return out | {
+            "adam/t": self.opt.t.numpy().copy(),
+            "torch_rng": self.g.get_state().numpy().copy(),
+            "data": self.data.numpy().copy(),
+            "count": self.count.numpy().copy(),
+            "last_loss": self.last_loss.copy(),
+        }
+
+    @torch.no_grad()
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what `state` returned (the same config and trials)."""
+
+        def tensor(key: str) -> torch.Tensor:
+            return torch.from_numpy(np.array(state[key]))
+
+        for k, q in self.trainable.items():
+            q.copy_(tensor(f"weights/{k}"))
+        for i, (m, v) in enumerate(zip(self.opt.m, self.opt.v, strict=True)):
+            m.copy_(tensor(f"adam/m/{i}"))
+            v.copy_(tensor(f"adam/v/{i}"))
+        self.opt.t.copy_(tensor("adam/t"))
+        self.g.set_state(tensor("torch_rng"))
+        self.data, self.count = tensor("data"), tensor("count")
+        self.last_loss = np.array(state["last_loss"])
+
+    @one_thread
+    def propose(
+        self, pool: np.ndarray, pool_size: np.ndarray, n: int, rate: float, fresh: float
+    ) -> Candidates:
+        trials, d = self.trials, self.length
+        if not np.isfinite(rate) or pool_size.max() == 0:
+            base, write = np.zeros((trials, n, d), dtype=np.int64), np.ones((trials, n, d), bool)
+        else:
+            pick = (self.rng.random((trials, n)) * np.maximum(pool_size, 1)[:, None]).astype(int)
+            templates = pool[np.arange(trials)[:, None], pick]
+            rewrite = self.rng.random((trials, n, d)) < rate
+            # as in the paper model: reference slots the pool cannot fill are written freely
+            share = np.maximum(fresh, 1.0 - pool_size / pool.shape[1])
+            keep_fresh = (np.arange(n)[None, :] < np.round(share * n)[:, None])[..., None]
+            base, write = np.where(keep_fresh, 0, templates), keep_fresh | rewrite
+        seqs = sample(
+            self.params, self.lora, torch.as_tensor(base, dtype=torch.long),
+            torch.as_tensor(write), self.cfg, self.g, self.temperature(rate),
+        )  # fmt: skip
+        return Candidates(seqs.numpy().astype(np.int16), write)
+
+    def temperature(self, rate: float) -> float:
+        """Sampling temperature at mutation rate `rate`: `temperature + temperature_span · rate`
+        (just `temperature` in cycle 1, where `rate` is NaN)."""
+        if not np.isfinite(rate):
+            return self.cfg.temperature
+        return self.cfg.temperature + self.cfg.temperature_span * float(rate)
+
+    def validity(self, cands: Candidates) -> None:
+        """None: validity is never injected; the grounded space's checker decides."""
+        return None
+
+    def _append(self, pool: np.ndarray, pool_size: np.ndarray) -> None:
+        size = torch.as_tensor(np.asarray(pool_size), dtype=torch.long)
+        need = int((self.count + size).max())
+        if need > self.data.shape[1]:
+            grow = max(need - self.data.shape[1], self.data.shape[1])
+            pad = torch.zeros(self.trials, grow, self.length, dtype=torch.long)
+            self.data = torch.cat([self.data, pad], dim=1)
+        t, j = np.nonzero(np.arange(pool.shape[1])[None, :] < np.asarray(pool_size)[:, None])
+        t, j = torch.as_tensor(t), torch.as_tensor(j)
+        self.data[t, self.count[t] + j] = torch.as_tensor(pool[t.numpy(), j.numpy()]).long()
+        self.count += size
+
+    @one_thread
+    def refine(self, pool: np.ndarray, pool_size: np.ndarray) -> None:
+        """Add the selection to the fine-tuning set, then `steps` Adam steps on minibatches."""
+        self._append(pool, pool_size)
+        active = self.count > 0
+        if not active.any() or self.cfg.steps == 0:
+            return
+        names = list(self.trainable)
+        for _ in range(self.cfg.steps):
+            u = torch.rand(self.trials, self.cfg.batch, generator=self.g)
+            idx = torch.minimum(
+                (u * self.count[:, None]).long(), (self.count - 1).clamp(min=0)[:, None]
+            )
+            batch = self.data[torch.arange(self.trials)[:, None], idx]
+            loss = token_loss(self.params, self.lora, batch, self.cfg.heads)
+            params = [self.trainable[k] for k in names]
+            self.opt.step(params, torch.autograd.grad(loss.sum(), params), active)
+        self.last_loss = np.where(active.numpy(), loss.detach().numpy(), np.nan)

@@ -1,0 +1,194 @@
+"""The refinement cycle, batched across trials: propose → evaluate → record → select → refine.
+
+Python loops run over cycles only; every step inside a cycle is one numpy operation over
+`(trials, population, length)` arrays. This module does no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from archrefine.core.config import Config
+from archrefine.core.metrics import METRICS  # noqa: F401  (public here too)
+from archrefine.core.schedules import rates
+from archrefine.sim.checkpoint import Checkpoint, LoopState
+from archrefine.sim.landscapes import NKLandscape
+from archrefine.sim.paper import PaperGenerator
+from archrefine.sim.selection import top_k
+from archrefine.sim.spaces import make_space
+
+EXTRA = ("best_fitness", "mutation_rate", "pool_size", "bonus", "loss")
+
+
+@dataclass
+class Result:
+    """A finished simulation: its config and one row per (trial, cycle)."""
+
+    config: Config
+    metrics: pd.DataFrame
+
+    def mean(self) -> pd.DataFrame:
+        """Per-cycle means over trials."""
+        return self.metrics.groupby("cycle")[list(METRICS)].mean()
+
+
+class Archive:
+    """Known architectures plus what earlier cycles added, per trial, in a preallocated array."""
+
+    def __init__(self, known: np.ndarray, capacity: int):
+        trials, n_known, d = known.shape
+        self.rows = np.zeros((trials, n_known + capacity, d), dtype=known.dtype)
+        self.rows[:, :n_known] = known
+        self.filled = np.full(trials, n_known)
+
+    def add(self, seqs: np.ndarray, mask: np.ndarray) -> None:
+        """Append each trial's `seqs[t][mask[t]]` (order kept)."""
+        order = np.argsort(~mask, axis=1, kind="stable")
+        count = mask.sum(axis=1)
+        t, j = np.nonzero(np.arange(seqs.shape[1])[None, :] < count[:, None])
+        self.rows[t, self.filled[t] + j] = seqs[t, order[t, j]]
+        self.filled += count
+
+
+def simulate(
+    config: Config,
+    *,
+    on_cycle: Callable[[int], None] | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    on_candidates: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+) -> Result:
+    """Run `config.trials` independent refinement loops and return per-cycle metrics.
+
+    All randomness comes from one `numpy.random.Generator` seeded with `config.seed`, so the same
+    config gives the same result on every machine. With `checkpoint`, the loop's whole state is
+    written there (atomically) after every cycle, before `on_cycle` hears of it; with `resume`
+    too, a run continues from that file where it exists (`archrefine.sim.checkpoint`), and its
+    result is identical, bit for bit, to an uninterrupted run's. `on_candidates(cycle, valid,
+    fitness, novelty)` sees each cycle's per-candidate `(trials, population)` arrays, which the
+    metrics average away (calibration needs them); it must not change them.
+    """
+    rng = np.random.default_rng(config.seed)
+    world = make_space(config)
+    trials = config.trials
+    score = make_fitness(config, world, rng)
+    generator = make_generator(config, world, rng)
+    known = world.known(trials, rng)
+    try:
+        records = _cycles(
+            config, world, generator, score, known, rng, on_cycle, checkpoint, resume, on_candidates
+        )
+    finally:
+        if hasattr(score, "close"):  # a worker pool (first-epoch training)
+            score.close()
+    return Result(config=config, metrics=_frame(records, trials))
+
+
+def _cycles(
+    config,
+    world,
+    generator,
+    score,
+    known,
+    rng,
+    on_cycle,
+    checkpoint=None,
+    resume=False,
+    on_candidates=None,
+) -> list[dict]:
+    """The cycle loop proper: propose → evaluate → record → select → refine."""
+    loop, trials, n = config.loop, config.trials, config.loop.population
+    d = known.shape[2]
+    per_cycle = {"all": n, "valid": n, "selected": loop.top_k}[loop.archive]
+    archive = Archive(known, per_cycle * loop.cycles)
+    schedule = rates(config.schedule, loop.cycles)
+    pool = np.zeros((trials, loop.top_k, d), dtype=np.int16)
+    pool_size = np.zeros(trials, dtype=int)
+    # the state shares the archive's arrays, which `Archive.add` fills in place
+    state = LoopState(0, pool, pool_size, archive.rows, archive.filled, known=known.shape[1])
+    saver = None if checkpoint is None else Checkpoint(checkpoint, config)
+    if resume and saver is not None and saver.path.exists():
+        saver.restore(state, rng, generator, score)
+    pool, pool_size, records = state.pool, state.pool_size, state.records
+    for c in range(state.cycle, loop.cycles):
+        cands = generator.propose(pool, pool_size, n, schedule[c], loop.fresh_fraction)
+        seqs = cands.seqs
+        valid = world.validity(cands, generator, rng)
+        fit = score(seqs)
+        nov = world.novelty(seqs, archive.rows, archive.filled, loop.novelty_k)
+        if on_candidates is not None:
+            on_candidates(c + 1, valid, fit, nov)
+        n_valid = valid.sum(axis=1)
+        with np.errstate(invalid="ignore"):
+            mean_fit = np.where(valid, fit, 0.0).sum(axis=1) / n_valid
+        records.append(
+            {
+                "validity": n_valid / n,
+                "novelty": nov.mean(axis=1),
+                "diversity": world.diversity(seqs),
+                "fitness": np.where(n_valid > 0, mean_fit, np.nan),
+                "best_fitness": np.where(valid, fit, -np.inf).max(axis=1),
+                "mutation_rate": np.full(trials, schedule[c]),
+                "bonus": getattr(generator, "bonus", np.full(trials, np.nan)).copy(),
+            }
+        )
+        new_pool, new_size = top_k(seqs, fit, valid, loop.top_k, rng)
+        keep_old = new_size == 0  # nothing valid: the templates stay as they were
+        pool = np.where(keep_old[:, None, None], pool, new_pool)
+        pool_size = np.where(keep_old, pool_size, new_size)
+        records[-1]["pool_size"] = pool_size.copy()
+        if loop.archive == "selected":
+            archive.add(new_pool, np.arange(loop.top_k)[None, :] < new_size[:, None])
+        else:
+            archive.add(seqs, valid if loop.archive == "valid" else np.ones_like(valid))
+        generator.refine(new_pool, new_size)
+        records[-1]["loss"] = getattr(generator, "last_loss", np.full(trials, np.nan)).copy()
+        if saver is not None:
+            state.cycle, state.pool, state.pool_size = c + 1, pool, pool_size
+            saver.save(state, rng, generator, score)
+        if on_cycle is not None:
+            on_cycle(c + 1)
+    return records
+
+
+def make_generator(config: Config, world, rng: np.random.Generator):
+    """The generator `config.generator.kind` names, sized for the space."""
+    size = {"trials": config.trials, "length": world.length, "vocab": world.vocab, "rng": rng}
+    if config.generator.kind == "learned":
+        from archrefine.sim.learned import LearnedGenerator  # torch only when asked
+
+        return LearnedGenerator(config.generator.learned, **size)
+    return PaperGenerator(config.generator, initial=world.format(), **size)
+
+
+def make_fitness(config: Config, world, rng: np.random.Generator) -> Callable:
+    """The fitness function `(trials, n, d) → (trials, n)` that `config.fitness` names."""
+    kind = config.fitness.kind
+    if kind == "benchmark" or (kind == "auto" and world.measured):
+        return world.fitness
+    if kind == "first-epoch":
+        from archrefine.sandbox.training import FirstEpochFitness
+
+        f = config.fitness
+        return FirstEpochFitness(
+            seed=config.seed, epochs=f.epochs, workers=f.workers, max_train=f.max_train or None
+        )
+    return NKLandscape(config.trials, world.length, world.vocab, config.fitness.k, rng)
+
+
+def _frame(records: list[dict[str, np.ndarray]], trials: int) -> pd.DataFrame:
+    cycles = len(records)
+    data = {
+        "trial": np.tile(np.arange(trials), cycles),
+        "cycle": np.repeat(np.arange(1, cycles + 1), trials),
+    }
+    for key in (*METRICS, *EXTRA):
+        data[key] = np.concatenate([r[key] for r in records])
+    frame = pd.DataFrame(data)
+    frame["best_fitness"] = frame["best_fitness"].replace(-np.inf, np.nan)
+    return frame.sort_values(["trial", "cycle"], ignore_index=True)

@@ -1,0 +1,144 @@
+"""The paper's generator (§2): template mutation plus a prior that learns, and a validity bonus.
+
+Mechanisms (docs/model.md gives the equations and the reasons for each parameter value):
+
+* **Prior.** Each trial's generator is a per-position categorical distribution P (d × V), uniform
+  at first. Fresh candidates are drawn from P; a mutation replaces a template token with a draw
+  from P at that position, as a model rewrites a token with what it finds likely.
+* **Reference slots.** The prompt holds up to k templates (the pool). A candidate is a mutated
+  template; when the pool has fewer than k members (few valid outputs so far), the unfilled share
+  of the population is sampled fresh, as a model writes freely when given fewer references.
+* **Validity.** A candidate compiles only if every token is right. Tokens copied from a
+  template (which was valid) stay right; a token the generator writes (a mutation, or every
+  token of a fresh sample) is right with probability
+  sigmoid(base + bonus_max·b + familiarity·log(V·P_i(x_i))): the learned *validity bonus*
+  b ∈ [0, 1] raises every token's odds, and tokens the prior finds familiar (likely) are right
+  more often than unfamiliar ones. Validity is the product over the written tokens, times a
+  ceiling for faults no learning removes.
+* **Decoding temperature.** Every token the generator writes is drawn from the prior at
+  temperature tau = temperature + temperature_span·m (m the cycle's mutation rate): below 1 the
+  generator favours what it already finds likely, as code models are sampled (Chen et al. 2021),
+  and a request to rewrite more of a template samples more freely (the learned generator's
+  rate-to-temperature mapping). Fine-tuning on tempered samples sharpens the prior every round:
+  the self-consuming loop with "sampling bias" of Alemohammad et al. (2024) and the vanishing
+  tails of Shumailov et al. (2024), so diversity keeps falling after validity has saturated.
+* **Fine-tuning.** The selection is the training set, and what a cycle teaches is proportional
+  to how full it is, s = |selection| / k: with fewer than k valid outputs there is less to
+  learn from. Every full selection teaches the same amount until nothing is left to learn, so
+  the bonus grows linearly and stops, b ← min(1, b + bonus_rate·s), and the prior steps toward
+  the selection's label-smoothed token frequencies by prior_rate·s (smoothing toward the
+  starting distribution stands for what anchors a fine-tuned model to its base: the "fresh
+  data" that keeps a self-consuming loop from collapsing entirely). Like SFT run to
+  convergence, a small selection is learned as sharply as a large one, so a small k
+  concentrates the prior more. Learning speed rises with validity, which learning raises, so
+  validity takes off late and fast (autocatalysis), and the same step narrows the prior, so
+  novelty and diversity fall while validity rises: the trade-off is one mechanism.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from archrefine.core.config import GeneratorConfig
+from archrefine.core.metrics import token_counts
+from archrefine.sim.base import Candidates
+
+
+def sample_categorical(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draws: `cdf (trials, d, V)`, `u (trials, n, d)` → tokens `(trials, n, d)`.
+
+    The token is the number of CDF steps below u, counted one vocabulary entry at a time so
+    memory stays at trials·n·d (measured faster than one broadcast or a flat searchsorted).
+    """
+    out = np.zeros(u.shape, dtype=np.int16)
+    for v in range(cdf.shape[2] - 1):
+        out += u > cdf[:, None, :, v]
+    return out
+
+
+class PaperGenerator:
+    """Batched paper generator; all state is `(trials, ...)` numpy arrays."""
+
+    def __init__(
+        self,
+        config: GeneratorConfig,
+        *,
+        trials: int,
+        length: int,
+        vocab: int,
+        rng: np.random.Generator,
+        initial: np.ndarray | None = None,
+    ):
+        self.cfg, self.rng, self.vocab = config, rng, vocab
+        # the space's format (which tokens may stand where); uniform unless the space says more
+        start = np.full((length, vocab), 1.0 / vocab) if initial is None else initial
+        self.initial = np.broadcast_to(start, (trials, length, vocab))
+        self.prior = self.initial.copy()
+        self.bonus = np.zeros(trials)
+
+    def sampling(self, rate: float) -> np.ndarray:
+        """The distribution the generator decodes from at mutation rate `rate`: the prior at
+        temperature tau = temperature + temperature_span * rate (cycle 1, no rate: temperature)."""
+        cfg = self.cfg
+        tau = cfg.temperature + (cfg.temperature_span * rate if np.isfinite(rate) else 0.0)
+        if tau == 1.0:
+            return self.prior
+        logp = np.log(np.maximum(self.prior, 1e-300)) / tau
+        p = np.exp(logp - logp.max(axis=2, keepdims=True))
+        return p / p.sum(axis=2, keepdims=True)
+
+    def sample(self, n: int, rate: float = float("nan")) -> np.ndarray:
+        trials, d, _ = self.prior.shape
+        cdf = np.cumsum(self.sampling(rate), axis=2)
+        return sample_categorical(cdf, self.rng.random((trials, n, d)))
+
+    def propose(
+        self, pool: np.ndarray, pool_size: np.ndarray, n: int, rate: float, fresh: float
+    ) -> Candidates:
+        trials, d, _ = self.prior.shape
+        draws = self.sample(n, rate)  # fresh samples double as mutation replacements
+        if not np.isfinite(rate) or pool_size.max() == 0:
+            return Candidates(draws, np.ones(draws.shape, dtype=bool))
+        pick = (self.rng.random((trials, n)) * np.maximum(pool_size, 1)[:, None]).astype(int)
+        templates = pool[np.arange(trials)[:, None], pick]
+        mutate = self.rng.random((trials, n, d)) < rate
+        children = np.where(mutate, draws, templates)
+        # one reference slot per template: slots the pool cannot fill are written freely
+        share = np.maximum(fresh, 1.0 - pool_size / pool.shape[1])
+        keep_fresh = (np.arange(n)[None, :] < np.round(share * n)[:, None])[..., None]
+        return Candidates(np.where(keep_fresh, draws, children), keep_fresh | mutate)
+
+    def validity(self, cands: Candidates) -> np.ndarray:
+        cfg = self.cfg
+        seqs = cands.seqs
+        trials, n, d = seqs.shape
+        p_tok = self.prior[np.arange(trials)[:, None, None], np.arange(d)[None, None, :], seqs]
+        logit = (
+            cfg.base_logit
+            + cfg.bonus_max * self.bonus[:, None, None]
+            + cfg.familiarity * np.log(self.vocab * p_tok)
+        )
+        # log sigmoid summed over the written tokens, computed stably
+        return cfg.ceiling * np.exp(-(np.logaddexp(0.0, -logit) * cands.written).sum(axis=2))
+
+    def state(self) -> dict[str, np.ndarray]:
+        """What refinement changes (the prior and the bonus), for a checkpoint."""
+        return {"prior": self.prior, "bonus": self.bonus}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what `state` returned (the same config and trials)."""
+        prior, bonus = np.array(state["prior"]), np.array(state["bonus"])
+        if prior.shape != self.prior.shape or bonus.shape != self.bonus.shape:
+            raise ValueError(f"generator state {prior.shape} does not fit {self.prior.shape}")
+        self.prior, self.bonus = prior, bonus
+
+    def refine(self, pool: np.ndarray, pool_size: np.ndarray) -> None:
+        cfg = self.cfg
+        trials, k, d = pool.shape
+        signal = pool_size / k  # how full the fine-tuning set is
+        self.bonus = np.minimum(self.bonus + cfg.bonus_rate * signal, 1.0)
+        counts = token_counts(pool, self.vocab, np.arange(k)[None, :] < pool_size[:, None])
+        empirical = counts / np.maximum(pool_size, 1)[:, None, None]
+        target = (1 - cfg.smoothing) * empirical + cfg.smoothing * self.initial  # label smoothing
+        step = (cfg.prior_rate * signal)[:, None, None]
+        self.prior = (1 - step) * self.prior + step * target
