@@ -163,6 +163,7 @@ def test_openai_loop_killed_mid_run_resumes_exactly(tmp_path: Path) -> None:
 
 HF_DRIVER = textwrap.dedent(
     """
+    import os
     import sys
     from pathlib import Path
     from archrefine.real.hf import HFGenerator, LoraSettings
@@ -189,6 +190,11 @@ HF_DRIVER = textwrap.dedent(
         def generate(self, prompts, sampling, seed):
             out = super().generate(prompts, sampling, seed)
             return [NET.format(c=2 + seed % 50), *out[1:]] if out else out
+
+        def refine(self, pairs, cycle):
+            if sys.argv[3] == "stop":  # gone between a cycle's evaluation and its refinement
+                os._exit(9)
+            return super().refine(pairs, cycle)
 
 
     model, out, resume = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "resume"
@@ -219,3 +225,10 @@ def test_hf_loop_killed_mid_run_resumes_exactly(tmp_path: Path) -> None:
     _kill_and_resume(cmd(out, False), cmd(out, True), out, [moment], signal.SIGKILL)
     _same(base, out)
     assert _snapshot(out)[1].loss.notna().any()  # the LoRA step really ran
+    # The window a random kill rarely hits: cycle 1 stored, the process gone before the first
+    # refinement; the fresh process that resumes has sampled nothing (its RNG is untouched).
+    out = tmp_path / "stopped"
+    stop = subprocess.run(cmd(out, False)[:-1] + ["stop"], env=_env(), capture_output=True)
+    assert stop.returncode == 9, stop.stderr
+    _run(cmd(out, True), out, None)
+    _same(base, out)

@@ -188,10 +188,12 @@ class HFGenerator:
         """Train the adapter on the cumulative pairs; the mean minibatch loss, None if empty."""
         if not pairs:
             return None
+        # Seeded before the adapter exists: its initial weights (LoRA A) come from this RNG, which
+        # must not depend on whether this process sampled earlier (a resumed run did not).
+        torch.manual_seed(_mix(self.seed, cycle))  # dropout too: resume trains identically
         if self.optimizer is None:
             self._wrap()
         assert self.optimizer is not None
-        torch.manual_seed(_mix(self.seed, cycle))  # dropout too: resume trains identically
         order = torch.Generator().manual_seed(_mix(self.seed, cycle))
         examples = [self._example(p, c) for p, c in pairs]
         pad, size = self.tokenizer.pad_token_id, self.lora.batch_size
