@@ -24,7 +24,7 @@ LOOP_CONFIGS = sorted((CONFIGS[0].parent / "loop").glob("*.toml"))
 
 
 def test_there_are_ready_loop_configs():
-    assert {p.stem for p in LOOP_CONFIGS} == {"learned", "hf", "openai"}
+    assert {p.stem for p in LOOP_CONFIGS} == {"learned", "hf", "openai", "tiny"}
 
 
 @pytest.mark.parametrize("path", LOOP_CONFIGS, ids=lambda p: p.name)

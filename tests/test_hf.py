@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -17,8 +18,23 @@ pytest.importorskip("tokenizers", reason="the hf generator needs tokenizers")
 
 from peft import get_peft_model_state_dict  # noqa: E402
 
+from archrefine.real.config import PromptConfig  # noqa: E402
 from archrefine.real.hf import HFGenerator, LoraSettings, build_tiny_model  # noqa: E402
-from archrefine.real.text import GeneratorUnavailable, Sampling, TextGenerator  # noqa: E402
+from archrefine.real.prompts import (  # noqa: E402
+    Reference,
+    load_template,
+    prompt_check,
+    render,
+    render_fitted,
+)
+from archrefine.real.text import (  # noqa: E402
+    GeneratorUnavailable,
+    LearnedTextGenerator,
+    Sampling,
+    TextGenerator,
+)
+from archrefine.real.tiny import answer, completion_loss, examples  # noqa: E402
+from archrefine.space import KNOWN, to_source  # noqa: E402
 
 SAMPLING = Sampling(temperature=1.0, max_new_tokens=12)
 PROMPTS = ["Write a PyTorch module `Net`.", "Propose a new architecture.", "hi"]
@@ -28,6 +44,8 @@ PAIRS = [
     ("A third:", "self.fc1 = nn.Linear(400, 128)\n"),
 ] * 2
 FAST = LoraSettings(lr=1e-2, batch_size=2)
+SMALL = dict(n_layer=1, n_embd=32, n_head=2, n_positions=512, vocab_size=1024)  # seconds to train
+SHAPE = dict(input_shape=(3, 32, 32), classes=10)
 TEMPLATE = (
     "{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -169,6 +187,101 @@ def test_missing_or_bad_model_is_unavailable(tmp_path):
     with pytest.raises(GeneratorUnavailable, match="not-a-model") as info:
         HFGenerator(empty)
     assert "\n" not in str(info.value)
+
+
+def _held_out(model: Path, n: int) -> list[tuple[str, str]]:
+    """KNOWN-like (prompt, answer) pairs from a stream training never reads (seed 99), KNOWN's
+    own sources left out: the variants only."""
+    gen = HFGenerator(model, device="cpu")
+    known = {answer(seq) for seq in KNOWN.values()}
+    stream = examples(99, lambda p: len(gen._prompt_ids(p)), gen._context())
+    return [pair for pair, _ in zip((p for p in stream if p[1] not in known), range(n))]
+
+
+def test_training_lowers_the_loss_on_held_out_known_like_answers(tmp_path):
+    untrained = build_tiny_model(tmp_path / "random", seed=0, **SMALL)
+    trained = build_tiny_model(
+        tmp_path / "trained", seed=0, steps=30, batch_size=4, lr=1e-2, **SMALL
+    )
+    assert (untrained / "tokenizer.json").read_bytes() == (trained / "tokenizer.json").read_bytes()
+    pairs = _held_out(trained, 8)
+    before, after = completion_loss(untrained, pairs), completion_loss(trained, pairs)
+    assert after < before - 0.75, (before, after)  # nats per answer token; ln(1024) at first
+    record = json.loads((trained / "tiny.json").read_text())
+    assert record["steps"] == 30 and record["last_loss"] < record["first_loss"]
+    assert not (untrained / "tiny.json").exists()
+
+
+def test_training_is_deterministic_per_seed(tmp_path):
+    a = build_tiny_model(tmp_path / "a", seed=1, steps=3, batch_size=2, **SMALL)
+    b = build_tiny_model(tmp_path / "b", seed=1, steps=3, batch_size=2, **SMALL)
+    c = build_tiny_model(tmp_path / "c", seed=2, steps=3, batch_size=2, **SMALL)
+    weights = [(m / "model.safetensors").read_bytes() for m in (a, b, c)]
+    assert weights[0] == weights[1] != weights[2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]  # no partial left
+
+
+def test_prompts_too_long_for_the_context_drop_references_first(tiny):
+    gen = HFGenerator(tiny, device="cpu")
+    refs = [Reference(to_source(seq), name=name) for name, seq in list(KNOWN.items())[:3]]
+    template, cfg = load_template(""), PromptConfig()
+
+    def tokens(references: list[Reference]) -> int:
+        return len(gen._prompt_ids(render(template, cfg, references, **SHAPE)))
+
+    context = gen._context()
+    room_for_one = context - tokens(refs[:1])  # max_new_tokens that leaves room for one only
+    prompt, kept = render_fitted(template, cfg, refs, fits=prompt_check(gen, room_for_one), **SHAPE)
+    assert kept == refs[:1] and prompt == render(template, cfg, refs[:1], **SHAPE)
+    assert len(gen._prompt_ids(prompt)) <= context - room_for_one < tokens(refs[:2])
+    prompt, kept = render_fitted(template, cfg, refs, fits=prompt_check(gen, context - 5), **SHAPE)
+    assert kept == [] and "no reference architectures yet" in prompt  # generate cuts its start
+    # generators that do not know their context (learned, openai) keep every reference
+    assert prompt_check(LearnedTextGenerator(), 10) is None
+    assert render_fitted(template, cfg, refs, fits=None, **SHAPE)[1] == refs
+
+
+def test_tiny_model_command_trains_for_the_steps_asked(tmp_path):
+    from typer.testing import CliRunner
+
+    from archrefine.cli import app
+
+    bad = CliRunner().invoke(app, ["tiny-model", str(tmp_path / "bad"), "--steps", "-1"])
+    assert bad.exit_code == 2 and not (tmp_path / "bad").exists()
+    done = CliRunner().invoke(app, ["tiny-model", str(tmp_path / "m"), "--steps", "2"])
+    assert done.exit_code == 0, done.output
+    assert "trained 2 steps" in " ".join(done.output.split())
+    assert json.loads((tmp_path / "m" / "tiny.json").read_text())["steps"] == 2
+    assert HFGenerator(tmp_path / "m", device="cpu")._context() == 1024
+
+
+@pytest.mark.slow
+def test_the_tiny_tryout_config_runs_a_cycle_whose_prompts_fit(tmp_path):
+    """configs/loop/tiny.toml with a small trained model whose 512 positions cannot hold three
+    references beside 64 new tokens: every stored prompt fits, references dropped first."""
+    from archrefine.core.config import load_config
+    from archrefine.real import RealConfig, run
+    from archrefine.real.candidates import CandidateStore
+
+    model = build_tiny_model(tmp_path / "tiny", seed=0, steps=10, batch_size=4, lr=1e-2, **SMALL)
+    path = Path(__file__).parent.parent / "configs" / "loop" / "tiny.toml"
+    cfg = load_config(path, model=RealConfig).with_overrides(
+        {"generator.model": str(model), "generator.max_new_tokens": 64, "loop.cycles": 1,
+         "loop.population": 8,
+         "loop.top_k": 2, "generator.retries": 0, "evaluate.max_train": 100}
+    )  # fmt: skip
+    frame = run(cfg, tmp_path / "run")
+    assert list(frame.cycle) == [1]
+    gen = HFGenerator(model, device="cpu")
+    room = gen._context() - cfg.generator.max_new_tokens
+    with CandidateStore(tmp_path / "run" / "candidates.sqlite") as store:
+        prompts = list(store.to_frame().prompt)
+    assert len(prompts) == 8
+    assert all(len(gen._prompt_ids(p)) <= room for p in prompts)
+    shown = [p.count("### Reference") for p in prompts]
+    assert max(shown) >= 1 and min(shown) < cfg.prompt.references, shown
+    state = json.loads((tmp_path / "run" / "generator" / "cycle-001" / "hf.json").read_text())
+    assert state["lora"]["max_length"] == 1024
 
 
 @pytest.mark.gpu

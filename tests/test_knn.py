@@ -1,17 +1,32 @@
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from archrefine.core import knn, metrics
+from archrefine import Config, simulate
+from archrefine.core import fast, knn, metrics
+from archrefine.sim import paper
 
 FAISS = ("faiss", "faiss-bytes")
 needs_faiss = pytest.mark.skipif(
     not knn.has_faiss(), reason="faiss-cpu is not installed (pip install 'archrefine[scale]')"
 )
-ALL = [pytest.param(m, marks=needs_faiss) if m in FAISS else m for m in (*knn.METHODS, "auto")]
+needs_numba = pytest.mark.skipif(
+    not fast.available(), reason="numba is not installed (pip install 'archrefine[fast]')"
+)
+MARKS = {"faiss": needs_faiss, "faiss-bytes": needs_faiss, "numba": needs_numba}
+ALL = [pytest.param(m, marks=MARKS[m]) if m in MARKS else m for m in (*knn.METHODS, "auto")]
+
+
+@pytest.fixture
+def no_numba(monkeypatch):
+    """As if numba were not installed (whether or not it is loaded in this process)."""
+    monkeypatch.setattr(fast, "available", lambda: False)
+    monkeypatch.setattr(fast, "loaded", lambda: False)
+    monkeypatch.setattr(fast, "_LOADED", [])
 
 
 def brute(seqs, archive, filled, k):
@@ -48,7 +63,7 @@ def problems(draw, d=None, vocab=None):
 def check(method, seqs, archive, filled, k):
     width = int(filled.max())
     vocab = max(int(seqs.max()), int(archive[:, :width].max(initial=0))) + 1
-    if method == "faiss-bytes" and width > 0 and vocab > 256:
+    if method in ("faiss-bytes", "numba") and width > 0 and vocab > 256:
         with pytest.raises(ValueError, match="tokens < 256"):
             knn.novelty(seqs, archive, filled, k, method)
         return
@@ -76,6 +91,7 @@ def test_blocks_merge_exactly(method, monkeypatch):
     monkeypatch.setattr(knn, "BLOCK", dict.fromkeys(knn.BLOCK, 40))
     monkeypatch.setattr(knn, "ROWS", 7)
     monkeypatch.setattr(knn, "FAISS_ROWS", 9)
+    monkeypatch.setattr(knn, "NUMBA_ROWS", 8)
     rng = np.random.default_rng(0)
     seqs = rng.integers(0, 4, (3, 11, 6)).astype(np.int16)
     archive = rng.integers(0, 4, (3, 60, 6)).astype(np.int16)
@@ -109,7 +125,7 @@ def test_bad_arguments():
         knn.novelty(seqs, archive, filled, 0)
 
 
-def test_auto_rule():
+def test_auto_rule(no_numba):
     small = np.zeros((1, 50, 15), np.int16)
     assert knn.choose(small, np.zeros((1, 40, 15), np.int16)) == "numpy"  # 2,000 pairs
     want = "faiss-bytes" if knn.has_faiss() else "numpy"
@@ -118,7 +134,76 @@ def test_auto_rule():
     assert knn.choose(wide, np.zeros((1, 270, 15), np.int16)) == "numpy"
 
 
-def test_without_faiss(monkeypatch):
+@needs_numba
+def test_auto_loads_numba_for_large_calls_only(monkeypatch):
+    """numba's start-up (~0.5 s of CPU) is paid only for a call with NUMBA_PAIRS query × row
+    pairs; once loaded, every call uses it."""
+    monkeypatch.setattr(fast, "loaded", lambda: False)
+    small = np.zeros((1, 50, 15), np.int16)
+    assert knn.choose(small, np.zeros((1, 270, 15), np.int16)) != "numba"
+    assert knn.choose(np.zeros((1000, 50, 15), np.int16), np.zeros((1000, 100, 15), np.int16)) == (
+        "numba"
+    )  # 5,000,000 pairs
+    monkeypatch.setattr(fast, "loaded", lambda: True)
+    assert knn.choose(small, np.zeros((1, 40, 15), np.int16)) == "numba"
+    huge = np.zeros((1, 5000, 15), np.int16), np.zeros((1, 30000, 15), np.int16)  # ≥ PARALLEL
+    assert knn.choose(*huge) == ("faiss-bytes" if knn.has_faiss() else "numba")
+    wide = np.full((1, 50, 15), 300, np.int16)  # tokens past a byte
+    assert knn.choose(wide, np.zeros((1, 270, 15), np.int16)) == "numpy"
+
+
+@st.composite
+def cdfs(draw):
+    """Cumulative distributions with zero-probability tokens (flat steps) and draws that hit
+    the steps exactly, 0, and values just below 1."""
+    trials, d, vocab, n = (draw(st.integers(1, 4)) for _ in range(4))
+    vocab += 1
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    p = rng.random((trials, d, vocab)) ** 3
+    p[rng.random(p.shape) < 0.3] = 0.0
+    p[..., 0] += 1e-3
+    cdf = np.cumsum(p / p.sum(axis=2, keepdims=True), axis=2)
+    u = rng.random((trials, n * 3, d))
+    u[:, :n] = cdf[:, None, :, rng.integers(0, vocab)]  # exactly on a step
+    u[:, n : n + 1] = 0.0
+    u[:, n + 1 : n + 2] = np.nextafter(1.0, 0.0)
+    return cdf, u
+
+
+@needs_numba
+@settings(max_examples=40, deadline=None)
+@given(problem=cdfs())
+def test_compiled_sampling_equals_the_numpy_count(problem):
+    cdf, u = problem
+    fast.kernels()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fast, "loaded", lambda: False)
+        want = paper.sample_categorical(cdf, u)
+    got = fast.kernels().sample_categorical(cdf, u)
+    assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+@needs_numba
+def test_simulation_is_identical_with_and_without_numba(monkeypatch):
+    """The compiled kernels change the speed, never a number: a run that uses them from its
+    first cycle equals the numpy-only run bit for bit."""
+    cfg = Config(trials=30, seed=3).with_overrides(
+        {"schedule.kind": "cosine", "loop.archive": "valid", "loop.cycles": 8}
+    )
+    calls = []
+    numba_sums = knn._numba_sums
+    monkeypatch.setattr(knn, "_numba_sums", lambda *a: calls.append(1) or numba_sums(*a))
+    monkeypatch.setattr(knn, "NUMBA_PAIRS", 0)  # numba from the first cycle
+    compiled = simulate(cfg).metrics
+    assert len(calls) == 8
+    monkeypatch.setattr(fast, "available", lambda: False)
+    monkeypatch.setattr(fast, "loaded", lambda: False)
+    plain = simulate(cfg).metrics
+    assert len(calls) == 8
+    pd.testing.assert_frame_equal(compiled, plain, check_exact=True)
+
+
+def test_without_faiss(monkeypatch, no_numba):
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss raises ImportError
     knn.has_faiss.cache_clear()
     try:
@@ -141,3 +226,14 @@ def test_faiss_code_sizes():
         [1, 0, 0, 0, 0, 1],
         [0, 1, 0, 0, 0, 1],
     ]
+
+
+def test_method_numba_without_numba_is_one_clear_error(no_numba):
+    seqs, archive = np.zeros((1, 2, 3), np.int16), np.zeros((1, 4, 3), np.int16)
+    with pytest.raises(ImportError, match=r"needs numba: pip install") as err:
+        knn.novelty(seqs, archive, np.array([4]), 2, "numba")
+    assert "\n" not in str(err.value)
+    # the failed request loads nothing: sampling and `auto` stay on numpy
+    assert not fast.loaded() and knn.choose(seqs, archive) != "numba"
+    cdf = np.cumsum(np.full((1, 3, 4), 0.25), axis=2)
+    assert paper.sample_categorical(cdf, np.full((1, 2, 3), 0.6)).tolist() == [[[2] * 3] * 2]

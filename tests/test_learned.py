@@ -101,12 +101,28 @@ def test_same_seed_same_candidates_other_seed_others():
 
 
 def test_pretraining_is_deterministic_without_the_cache():
-    from archrefine.sim.learned import PRETRAIN_FIELDS, _pretrained
+    from archrefine.sim.learned import _Pretraining
 
-    key = (LearnedConfig().model_dump_json(include=PRETRAIN_FIELDS), len(VOCAB), LENGTH, 123)
-    (p, steps, validity), (q, steps2, validity2) = (_pretrained.__wrapped__(*key) for _ in "ab")
+    cfg = LearnedConfig()
+    (p, steps, validity), (q, steps2, validity2) = (
+        _Pretraining(cfg, len(VOCAB), LENGTH, 123).until(cfg.target_validity) for _ in "ab"
+    )
     assert (steps, validity) == (steps2, validity2)
     assert all(torch.equal(p[k], q[k]) for k in p)
+
+
+def test_a_kept_pretraining_run_continued_to_a_higher_target_is_a_fresh_run():
+    from archrefine.sim.learned import _Pretraining
+
+    cfg = LearnedConfig(pretrain_steps=40)
+    kept = _Pretraining(cfg, len(VOCAB), LENGTH, 7)
+    low = kept.until(0.05)
+    for target in (0.3, 0.05, 1.0):  # continue, answer from the kept bests, run to the end
+        p, step, validity = kept.until(target)
+        q, step2, validity2 = _Pretraining(cfg, len(VOCAB), LENGTH, 7).until(target)
+        assert (step, validity) == (step2, validity2)
+        assert all(torch.equal(p[k], q[k]) for k in p)
+    assert low[1] <= step and step == 40  # no probe of 40 steps reaches validity 1.0
 
 
 def test_lora_trains_only_the_adapters():

@@ -233,3 +233,60 @@ def test_seed_with_known_archives_every_known_architecture() -> None:
     renamed = re.sub(r"\bconv(\d)", r"layer\1", vgg).replace("x = ", "h = ")
     assert nov.is_near_duplicate(renamed)
     assert nov.score(RESIDUAL) > 0.3  # hand-written, unlike any of them
+
+
+def numbers(values) -> str:
+    """A source whose code tokens are exactly `values` (numbers stay; with shingle=1 each token
+    is a shingle), so token sets of a known exact Jaccard are easy to write."""
+    return " ".join(str(v) for v in values) + "\n"
+
+
+def pairs_near_threshold(rng, count: int, size: int = 400) -> list[tuple[set, set, float]]:
+    """(a, b, exact Jaccard) with the exact Jaccard spread over [0.85, 0.95]: b is a with `m`
+    members swapped for new ones, J = (size - m) / (size + m). Each pair draws from its own
+    range of numbers, so it shares nothing with the others."""
+    out = []
+    for i in range(count):
+        j = rng.uniform(0.85, 0.95)
+        m = round(size * (1 - j) / (1 + j))
+        a = set(range(i * 2 * size, i * 2 * size + size))
+        gone = set(rng.sample(sorted(a), m))
+        b = (a - gone) | set(range(i * 2 * size + size, i * 2 * size + size + m))
+        out.append((a, b, len(a & b) / len(a | b)))
+    return out
+
+
+def test_flag_is_the_estimate_reaching_the_threshold_near_it() -> None:
+    import random
+
+    from datasketch import MinHashLSH
+
+    pairs = pairs_near_threshold(random.Random(3), 200)
+    nov = CodeNovelty(shingle=1)
+    old = MinHashLSH(threshold=0.90, num_perm=256)  # datasketch's own banding (9 x 28)
+    for i, (a, _, _) in enumerate(pairs):
+        nov.add(str(i), numbers(a))
+        old.insert(str(i), nov.sketch(numbers(a)))
+    old_index_missed = 0
+    for i, (_, b, exact) in enumerate(pairs):
+        sims = nov.similarities(numbers(b))
+        estimate = max(sims.values())
+        assert max(sims, key=sims.get) == str(i)  # the other pairs share no token
+        flagged = nov.near_duplicates(numbers(b))
+        assert bool(flagged) == (estimate >= 0.90), (exact, estimate)  # the estimate decides
+        assert flagged in ([], [str(i)])
+        assert bool(flagged) == (1.0 - nov.score(numbers(b)) >= 0.90)  # as the novelty says
+        if abs(exact - 0.90) > 4 * math.sqrt(0.9 * 0.1 / 256):  # beyond the estimator's error
+            assert bool(flagged) == (exact >= 0.90), (exact, estimate)
+        old_index_missed += estimate >= 0.90 and not old.query(nov.sketch(numbers(b)))
+    assert old_index_missed > 5  # the cases the LSH-only flag missed are among these
+
+
+def test_banding_cannot_miss_a_member_at_the_threshold() -> None:
+    """`d` differing MinHash values at the threshold, `d + 1` bands: one band stays whole."""
+    for threshold, num_perm in ((0.90, 256), (0.99, 256), (1.0, 256), (0.5, 64), (0.3, 2)):
+        nov = CodeNovelty(num_perm=num_perm, threshold=threshold)
+        agree = math.ceil(threshold * num_perm - 1e-9)
+        assert nov.bands >= num_perm - agree + 1 and nov.bands * nov.rows <= num_perm
+    nov = CodeNovelty()
+    assert (nov.bands, nov.rows) == (26, 9)  # 25 values may differ at J >= 0.90 of 256

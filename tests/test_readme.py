@@ -33,3 +33,27 @@ def test_readme_python_examples_run(capsys):
     assert len(blocks) >= 2
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def test_readme_command_table_names_every_command_and_option():
+    """Each registered command has a row in "Command line", and its rows name every option it
+    takes (by any of its names): a new command or flag cannot stay undocumented."""
+    import typer
+
+    from archrefine.cli import app
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
+    usages = [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| `")]
+    missing = []
+    for name, command in typer.main.get_command(app).commands.items():
+        rows = " ".join(u for u in usages if re.match(rf"\| `archrefine {re.escape(name)}[ `]", u))
+        if not rows:
+            missing.append(f"archrefine {name}")
+        for p in command.params:
+            names = [*p.opts, *p.secondary_opts]
+            if not rows or p.param_type_name != "option" or "--help" in names:
+                continue
+            if not any(re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", rows) for n in names):
+                missing.append(f"archrefine {name} {p.opts[0]}")
+    assert not missing, f"README's command table lacks {', '.join(missing)}"

@@ -210,7 +210,8 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "complete" and len(info["resumed"]) == 1
 
-    files = {"run.json", "config.toml", "metrics.parquet", "trajectory.png", "checkpoint.bin"}
+    files = {"run.json", "config.toml", "metrics.parquet", "trajectory.png", "checkpoint.bin",
+             "report.html"}  # fmt: skip
     assert {f.name for f in out.iterdir()} == files  # no temp file the kill left behind
     # what an uninterrupted `archrefine run` writes to metrics.parquet, without its start-up
     assert_same(read_metrics(out), simulate(Config().with_overrides(KILLABLE)).metrics)

@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pandas as pd
 import pytest
@@ -7,8 +9,14 @@ from archrefine.core.store import (
     StoreError,
     atomic_write_text,
     close_run,
+    create_file,
+    expect_kind,
+    file_mode,
     open_run,
     read_metrics,
+    read_run,
+    resume_run,
+    umask,
     write_parquet,
 )
 
@@ -49,7 +57,7 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
 def test_run_directory_is_not_overwritten_without_force(tmp_path):
     out = tmp_path / "run"
     open_run(out, force=False, kind="run")
-    with pytest.raises(StoreError, match="already holds a run; choose another --out or pass"):
+    with pytest.raises(StoreError, match=r"already holds a run \(run, this process's own\)"):
         open_run(out, force=False, kind="run")
     open_run(out, force=True, kind="run")
     assert json.loads((out / "run.json").read_text())["status"] == "running"
@@ -73,3 +81,37 @@ def test_corrupt_and_foreign_files_fail_with_one_line(tmp_path):
         read_metrics(bad)
     with pytest.raises(StoreError, match="no such file"):
         read_metrics(tmp_path / "nope.parquet")
+
+
+def test_a_finished_or_foreign_directory_says_what_it_holds(tmp_path):
+    out = tmp_path / "run"
+    open_run(out, force=False, kind="sweep")
+    close_run(out, files=[], started=0.0)
+    with pytest.raises(StoreError, match=r"already holds a run \(sweep, finished\); choose"):
+        open_run(out, force=False, kind="run")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not empty \\(and holds no run\\)"):
+        open_run(other, force=False, kind="run")
+
+
+def test_resume_run_records_this_process_and_keeps_the_rest(tmp_path):
+    out = tmp_path / "run"
+    open_run(out, force=False, kind="loop", meta={"seed": 7})
+    info = read_run(out)
+    info.update(pid=1, pid_start=0)  # as if written by a process long gone
+    (out / "run.json").write_text(json.dumps(info))
+    resume_run(out, read_run(out))
+    again = read_run(out)
+    assert again["seed"] == 7 and again["pid"] == os.getpid() and len(again["resumed"]) == 1
+    assert expect_kind(out, "loop")["kind"] == "loop"
+    with pytest.raises(StoreError, match="holds a real loop .*`archrefine loop --resume"):
+        expect_kind(out, "run")
+
+
+def test_files_get_the_umask_mode(tmp_path):
+    atomic_write_text(tmp_path / "a.txt", "x")
+    create_file(tmp_path / "b.db")
+    for name in ("a.txt", "b.db"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == file_mode() == 0o666 & ~umask()

@@ -224,7 +224,7 @@ def test_compare_reads_a_reproduce_style_long_frame(tmp_path, runner):
     assert label == "rep" and len(sel) == len(frame) and (sel.validity <= 1).all()
 
 
-def test_a_running_record_whose_process_is_gone_is_incomplete(tmp_path):
+def test_a_running_record_whose_process_is_gone_is_interrupted(tmp_path):
     import os
     import socket
     import subprocess
@@ -234,7 +234,7 @@ def test_a_running_record_whose_process_is_gone_is_incomplete(tmp_path):
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
-    for name, pid, status in (("live", os.getpid(), "running"), ("dead", int(gone), "incomplete")):
+    for name, pid, status in (("live", os.getpid(), "running"), ("dead", int(gone), "interrupted")):
         info = {"kind": "sweep", "status": "running", "pid": pid, "host": socket.gethostname()}
         (tmp_path / name).mkdir()
         (tmp_path / name / "run.json").write_text(json.dumps(info))

@@ -7,7 +7,16 @@
 """
 
 from archrefine.core.config import Config, ConfigError, load_config
-from archrefine.sim.loop import Result, simulate
 
 __all__ = ["Config", "ConfigError", "Result", "load_config", "simulate"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`simulate` and `Result` load the simulator (numpy, pandas) on first use, so commands that
+    never simulate (`archrefine --help`) start without it."""
+    if name in ("Result", "simulate"):
+        from archrefine.sim import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module 'archrefine' has no attribute {name!r}")

@@ -3,7 +3,7 @@
 May import every layer; nothing imports it. `main` is the console-script entry point.
 """
 
-from archrefine.cli import real, sweep  # noqa: F401  (registers their commands on the app)
+from archrefine.cli import forecast, intervene, real, report, sweep, track  # noqa: F401  (register their commands)
 from archrefine.cli.commands import app, main
 
 __all__ = ["app", "main"]

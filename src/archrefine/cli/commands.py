@@ -17,12 +17,22 @@ from rich.table import Table
 
 from archrefine.core.config import Config, ConfigError, load_config
 from archrefine.core.store import StoreError
-from archrefine.real.candidates import CandidateStoreError
-from archrefine.real.text import GeneratorUnavailable
-from archrefine.sandbox.sandbox import SandboxError
 
-USER_ERRORS = (ConfigError, StoreError, CandidateStoreError, GeneratorUnavailable, SandboxError)
-"""Problems of input or environment: reported in one line, never as a traceback."""
+USER_ERRORS = (ConfigError, StoreError)
+"""Problems of input or environment: reported in one line, never as a traceback; with the
+classes of `LAZY_ERRORS`, looked up only once their (heavy) module has loaded: an exception of a
+module that never loaded was never raised."""
+LAZY_ERRORS = {
+    "archrefine.real.candidates": "CandidateStoreError",
+    "archrefine.real.text": "GeneratorUnavailable",
+    "archrefine.sandbox.jobs": "SandboxError",
+}
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """USER_ERRORS plus the lazily loaded modules' error classes."""
+    loaded = [getattr(sys.modules[m], name) for m, name in LAZY_ERRORS.items() if m in sys.modules]
+    return (*USER_ERRORS, *loaded)
 
 
 def _one_line_errors(fn):
@@ -32,11 +42,18 @@ def _one_line_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except USER_ERRORS as err:
+        except MemoryError:
+            print("error: out of memory; lower trials or loop.cycles", file=sys.stderr)
+            raise typer.Exit(2) from None
+        except Exception as err:
+            if not isinstance(err, user_errors()):
+                raise
             print(f"error: {err}", file=sys.stderr)  # one line, never wrapped
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            print("interrupted; files already written are complete", file=sys.stderr)
+            from archrefine.core.store import interrupted_message
+
+            print(interrupted_message(), file=sys.stderr)  # names the command that continues
             raise typer.Exit(130) from None
 
     return wrapper
@@ -56,6 +73,30 @@ SetOpt = Annotated[
 ]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Reuse a non-empty output directory.")]
+TrackOpt = Annotated[
+    str | None,
+    typer.Option(help="Log the finished run: mlflow or none (default: tracking.backend)."),
+]
+
+
+def tracker(cfg, track: str | None):
+    """The command's experiment tracker (docs/tracking.md), made before anything is written:
+    a missing MLflow stops the command here; later tracking failures are only warnings."""
+    from archrefine.report.tracking import start
+
+    return start(cfg.tracking, track)
+
+
+def need_real_extra() -> None:
+    """The real loop's dependencies are an extra: say so in one line instead of a traceback."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "datasketch", "sklearn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f'the real loop needs {", ".join(missing)}: pip install "torch==2.13.0" '
+            f"-e \".[real]\" (or pip install 'archrefine[real]')"
+        )
 
 
 def _progress() -> Progress:
@@ -69,22 +110,37 @@ def _progress() -> Progress:
     )
 
 
+def write_report(out: Path) -> None:
+    """report.html beside a finished run's files (docs/report.md); a failure is one warning
+    line, never a failed run: the results are already written."""
+    from archrefine.report.html import write_safely
+
+    if (problem := write_safely(out)) is not None:
+        print(f"warning: report.html not written: {problem}", file=sys.stderr)
+
+
 @app.command()
 @_one_line_errors
 def reproduce(
-    trials: Annotated[int | None, typer.Option(help="Trials per condition [100].")] = None,
-    seed: Annotated[int | None, typer.Option(help="Root random seed [0].")] = None,
+    trials: Annotated[int | None, typer.Option(help="Trials per condition (default 100).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Root random seed (default 0).")] = None,
     out: OutOpt = None,
     config: Annotated[Path | None, typer.Option(help="Base config TOML.")] = None,
-    space: Annotated[str | None, typer.Option(help="space.kind")] = None,
-    generator: Annotated[str | None, typer.Option(help="generator.kind")] = None,
+    space: Annotated[
+        str | None, typer.Option(help="Sets space.kind: abstract, grounded or nasbench-graph.")
+    ] = None,
+    generator: Annotated[
+        str | None, typer.Option(help="Sets generator.kind: paper or learned.")
+    ] = None,
     set_: SetOpt = None,
-    workers: Annotated[int | None, typer.Option(help="Processes [one per core].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes (default: one per core).")] = None,
     force: ForceOpt = False,
+    track: TrackOpt = None,
 ) -> None:
     """Run the paper's four experiments; write figures, metrics and the claims table."""
     from archrefine.core.store import default_dir
     from archrefine.experiments import reproduce as rep
+    from archrefine.sim.budget import check_memory
 
     overrides = list(set_ or [])
     for key, value in (
@@ -96,38 +152,45 @@ def reproduce(
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(config, overrides)
+    check_memory(cfg)
+    tracking = tracker(cfg, track)
     out = out or default_dir("reproduce")
     started = rep.start(out, cfg, force=force)
     with _progress() as progress:
         task = progress.add_task("simulating conditions", total=rep.conditions(cfg))
         result = rep.reproduce(cfg, workers=workers, on_done=lambda: progress.advance(task))
     rep.write(out, cfg, result, started=started)
+    write_report(out)
     _print_claims(result.claims)
     console.print(
         f"wrote {out}/ in {time.time() - started:.1f} s "
         f"({sum(c.holds for c in result.claims)}/{len(result.claims)} claims hold)"
     )
+    tracking.log(out)
 
 
 @app.command()
 @_one_line_errors
 def robustness(
     config: Annotated[Path | None, typer.Argument(help="Base config TOML.")] = None,
-    seeds: Annotated[int | None, typer.Option(help="Seeds derived from --seed [10].")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Seeds from --seed (default 10).")] = None,
     trials: Annotated[
         int | None, typer.Option(help="Trials per run (default: the config's, 100).")
     ] = None,
     perturb: Annotated[
-        float | None, typer.Option(help="Move each free parameter by ±FRAC; 0: seeds only [0.15].")
+        float | None,
+        typer.Option(help="Move each free parameter by ±FRAC; 0: seeds only (default 0.15)."),
     ] = None,
     param: Annotated[
         list[str] | None, typer.Option("--param", help="Only this free parameter (repeatable).")
     ] = None,
-    trajectories: Annotated[int | None, typer.Option(help="Morris trajectories [4].")] = None,
+    trajectories: Annotated[
+        int | None, typer.Option(help="Morris trajectories (default 4).")
+    ] = None,
     morris_trials: Annotated[
         int | None, typer.Option(help="Trials per Morris point (default: min(trials, 30)).")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Root seed the seeds derive from [0].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Root seed of the seeds (default 0).")] = None,
     set_: SetOpt = None,
     workers: Annotated[int | None, typer.Option(help="Processes (default: one per core).")] = None,
     out: OutOpt = None,
@@ -147,6 +210,9 @@ def robustness(
         extra = [k for k, v in given.items() if v is not None]
         if extra:
             raise ConfigError(f"--resume uses the study's own settings: drop {', '.join(extra)}")
+        from archrefine.core.store import expect_kind
+
+        expect_kind(resume, "robustness")  # a run or sweep directory says what it holds
         base, settings = rb.load_study(resume)
         out = resume
     else:
@@ -159,7 +225,10 @@ def robustness(
             params=tuple(param) if param else None,
             trajectories=4 if trajectories is None else trajectories,
             morris_trials=morris_trials,
-        ).validate()
+        ).validate()  # the options' own one-line errors first, then the memory they need
+        from archrefine.sim.budget import check_memory
+
+        check_memory(base.with_overrides({"trials": settings.trials}))
         out = out or default_dir("robustness")
     counts = {"ran": 0, "skipped": 0}
     began = time.time()
@@ -219,26 +288,37 @@ def run(
         Path | None, typer.Argument(help="Config TOML (defaults if omitted).")
     ] = None,  # noqa: E501
     set_: SetOpt = None,
+    trials: Annotated[int | None, typer.Option(help="Sets trials (default 100).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sets seed, the root seed (default 0).")] = None,
     out: OutOpt = None,
     force: ForceOpt = False,
     resume: Annotated[
         Path | None,
         typer.Option(help="Continue the interrupted run in this directory (its own config)."),
     ] = None,
+    track: TrackOpt = None,
 ) -> None:
     """Run one configuration; write config.toml, metrics.parquet and a trajectory figure.
 
     The loop's state is checkpointed after every cycle, so `--resume DIR` finishes a killed
     run with exactly the results an uninterrupted one would have."""
+    given = [f"{k}={v}" for k, v in (("trials", trials), ("seed", seed)) if v is not None]
     if resume is not None:
+        if given:
+            raise ConfigError("--resume uses the run's own config.toml: drop --trials and --seed")
         cfg, out, done = _reopen(resume, config=config, set_=set_, out=out, force=force)
         if done is None:
             return
+        tracking = tracker(cfg, track)
         started = time.time()
     else:
         from archrefine.core.store import atomic_write_text, default_dir, open_run
 
-        cfg = load_config(config, list(set_ or []))
+        cfg = load_config(config, [*(set_ or []), *given])
+        from archrefine.sim.budget import check_memory
+
+        check_memory(cfg)  # before the directory is made
+        tracking = tracker(cfg, track)
         out = out or default_dir("run")
         open_run(out, force=force, kind="run", meta={"seed": cfg.seed, "trials": cfg.trials})
         (out / CHECKPOINT).unlink(missing_ok=True)  # --force starts afresh
@@ -260,9 +340,11 @@ def run(
     plots.trajectory(result.metrics, out / "trajectory.png")
     files = ["config.toml", "metrics.parquet", "trajectory.png", CHECKPOINT]
     close_run(out, files=files, started=started)
+    write_report(out)
     last = result.mean().iloc[-1]
     out_console.print("final cycle: " + ", ".join(f"{k} {v:.3f}" for k, v in last.items()))
     console.print(f"wrote {out}/")
+    tracking.log(out)
 
 
 CHECKPOINT = "checkpoint.bin"
@@ -271,25 +353,18 @@ CHECKPOINT = "checkpoint.bin"
 def _reopen(directory: Path, *, config, set_, out, force) -> tuple[Config, Path, int | None]:
     """Check that `directory` holds an interrupted `archrefine run`; return its config, the
     directory and the cycles its checkpoint completed (None, said aloud, if it had finished)."""
-    from archrefine.core.store import StoreError, utc_now, write_json
+    from archrefine.core.store import StoreError, expect_kind, resume_run
     from archrefine.sim.checkpoint import Checkpoint
 
     if config is not None or set_:
         raise ConfigError("--resume uses the run's own config.toml: drop CONFIG and --set")
     if out is not None or force:
         raise ConfigError("--resume writes into the run's own directory: drop --out and --force")
+    info = expect_kind(directory, "run")  # a loop or sweep directory says what it holds
     if not (directory / "config.toml").is_file():
         raise StoreError(f"{directory}: no run to resume (no config.toml)")
     cfg = load_config(directory / "config.toml")
-    try:
-        info = json.loads((directory / "run.json").read_text())
-    except (OSError, ValueError):
-        info = {}
-    if not isinstance(info, dict):
-        info = {}
-    if info.get("kind") not in (None, "run"):
-        raise StoreError(f"{directory}: holds a {info['kind']} run, not an `archrefine run`")
-    if info.get("status") == "complete":
+    if info is not None and info.get("status") == "complete":
         done = f"{directory}/ is already complete ({cfg.loop.cycles} cycles): nothing to do"
         console.print(done, soft_wrap=True)
         return cfg, directory, None
@@ -297,9 +372,8 @@ def _reopen(directory: Path, *, config, set_, out, force) -> tuple[Config, Path,
         tmp.unlink()
     path = directory / CHECKPOINT
     done = Checkpoint(path).completed() if path.exists() else 0
-    if info:
-        resumed = [*info.get("resumed", []), utc_now()]
-        write_json(directory / "run.json", {**info, "resumed": resumed})
+    if info is not None:
+        resume_run(directory, info)  # refused while its process lives; records this one
     console.print(f"resuming {directory}/ after cycle {done} of {cfg.loop.cycles}", soft_wrap=True)
     return cfg, directory, done
 
@@ -308,12 +382,20 @@ def _reopen(directory: Path, *, config, set_, out, force) -> tuple[Config, Path,
 @_one_line_errors
 def calibrate(
     trajectory: Annotated[Path, typer.Argument(help="Observed per-cycle trajectory CSV.")],
-    generator: Annotated[str, typer.Option(help="Generator to fit: paper or learned.")] = "paper",
+    generator: Annotated[
+        str, typer.Option(help="Generator to fit: paper, learned, or drift (paper + drift).")
+    ] = "paper",
     out: OutOpt = None,
     trials: Annotated[
-        int | None, typer.Option(help="Trials per evaluation [paper 30, learned 2].")
+        int | None, typer.Option(help="Trials per evaluation (default: paper 30, learned 2).")
     ] = None,
     seed: Annotated[int, typer.Option(help="The one seed every evaluation uses.")] = 0,
+    columns: Annotated[
+        str | None, typer.Option(help="Comma-separated observed columns to fit (default: all).")
+    ] = None,
+    loo: Annotated[
+        bool, typer.Option("--loo", help="Also refit leaving each observed cycle out.")
+    ] = False,
     force: ForceOpt = False,
 ) -> None:
     """Fit a generator's parameters to an observed trajectory; write params, residuals, overlay."""
@@ -323,12 +405,24 @@ def calibrate(
 
     observed = cal.load_trajectory(trajectory)
     cal.free_params(generator)  # an unsupported generator fails before the directory is made
+    cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    if cols and (missing := [c for c in cols if c not in observed.columns]):
+        raise cal.CalibrationError(f"--columns: {', '.join(missing)} not in {trajectory}")
     out = out or default_dir("calibrate")
     meta = {"trajectory": str(trajectory), "generator": generator, "trials": trials, "seed": seed}
+    meta |= {"columns": cols, "loo": loo}
     open_run(out, force=force, kind="calibrate", meta=meta)
     started = time.time()
-    with console.status("fitting (each evaluation is one simulation)"):
-        result = cal.calibrate(observed, generator=generator, trials=trials, seed=seed)
+    with _progress() as progress:  # the fit's length is not known ahead: a count, no total
+        task = progress.add_task("fitting: simulations run", total=None)
+        result = cal.calibrate(
+            observed, generator=generator, trials=trials, seed=seed, columns=cols,
+            on_evaluation=lambda n: progress.update(task, completed=n),
+        )  # fmt: skip
+        if loo:  # docs/rise-and-fall.md: one refit per observed cycle
+            from archrefine.experiments.loo import with_loo
+
+            with_loo(result, observed, generator=generator, trials=trials, seed=seed, columns=cols)
     files = cal_report.write_calibration(out, result)
     close_run(out, files=files, started=started)
     out_console.print(cal_report.summary(result))
@@ -394,6 +488,7 @@ def show_config(
 
     model = None
     if loop:
+        need_real_extra()
         from archrefine.real.config import RealConfig
 
         model = RealConfig

@@ -15,10 +15,14 @@ from archrefine.cli.commands import (
     ForceOpt,
     OutOpt,
     SetOpt,
+    TrackOpt,
     _one_line_errors,
     app,
     console,
+    need_real_extra,
     out_console,
+    tracker,
+    write_report,
 )
 from archrefine.core.config import ConfigError, load_config
 
@@ -44,11 +48,12 @@ def loop(
         bool,
         typer.Option(help="--resume with weaker sandbox isolation than the run started with."),
     ] = False,
+    track: TrackOpt = None,
 ) -> None:
     """Run the real loop: generate code, evaluate it in the sandbox, select, refine, repeat."""
-    _need_real_extra()
+    need_real_extra()
     from archrefine import real
-    from archrefine.core.store import default_dir
+    from archrefine.core.store import default_dir, expect_kind
     from archrefine.real.config import RealConfig
     from archrefine.real.report import summary
 
@@ -60,12 +65,17 @@ def loop(
         from archrefine.real.trust import check_files
 
         check_files(resume)  # before reading any of it: no FIFO, device or link to elsewhere
+        info = expect_kind(resume, "loop")  # a simulator run or sweep says what it holds
         cfg = load_config(resume / "config.toml", model=RealConfig)
         out, done = resume, real.completed_cycles(resume)
+        if info is not None and real.finished(resume, cfg):
+            console.print(f"{out}/ is already complete ({done} cycles): nothing to do")
+            return  # nothing written: its outputs stay as they are
         console.print(f"resuming {out}/ after cycle {done} of {cfg.loop.cycles}")
     else:
         cfg = load_config(config, list(set_ or []), model=RealConfig)
         out = out or default_dir("loop")
+    tracking = tracker(cfg, track)
     display = _Display(cfg)
     live = Live(display.render(), console=console, refresh_per_second=4) if display.tty else None
 
@@ -79,9 +89,11 @@ def loop(
             cfg, out, force=force, resume=resume is not None, on_event=on_event,
             trust_config=trust_config, weaker_isolation=weaker_isolation,
         )  # fmt: skip
+    write_report(out)
     out_console.print(summary(frame), soft_wrap=True)
     console.print(f"wrote {out}/ (candidates.sqlite, metrics.parquet, trajectory.png, claims.md)",
                   soft_wrap=True)  # fmt: skip
+    tracking.log(out)
 
 
 class _Display:
@@ -128,18 +140,6 @@ class _Display:
         return t
 
 
-def _need_real_extra() -> None:
-    """The real loop's dependencies are an extra: say so in one line instead of a traceback."""
-    import importlib.util
-
-    missing = [m for m in ("torch", "datasketch", "sklearn") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ConfigError(
-            f'the real loop needs {", ".join(missing)}: pip install "torch==2.13.0" '
-            f"-e \".[real]\" (or pip install 'archrefine[real]')"
-        )
-
-
 def _f(value: float | None) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
@@ -162,8 +162,16 @@ def export(
         raise StoreError(f"{directory}: no candidates.sqlite (not a loop directory)")
     with CandidateStore(db) as store:
         path = store.export(out or directory, fmt=format)
-        count = len(store)
-    console.print(f"wrote {path} ({count} candidates in the store)")
+        total = len(store)
+    if format == "jsonl":  # count what the file holds, not what the store holds
+        with path.open(encoding="utf-8") as lines:
+            pairs = sum(1 for line in lines if line.strip())
+        written = f"{pairs} prompt–completion pairs from the {total} candidates in the store"
+    else:
+        import pyarrow.parquet as pq
+
+        written = f"{pq.read_metadata(path).num_rows} candidates"
+    console.print(f"wrote {path} ({written})", soft_wrap=True)
 
 
 @app.command()
@@ -172,17 +180,18 @@ def serve(
     generator: Annotated[str, typer.Option(help="learned or hf.")] = "learned",
     model: Annotated[str, typer.Option(help="hf: local model directory.")] = "",
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (0: any free one).")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 8000,
     seed: Annotated[int, typer.Option(help="Seed of the served generator.")] = 0,
 ) -> None:
     """Serve a local generator over the OpenAI API (chat and completions) on loopback."""
-    _need_real_extra()
+    need_real_extra()
     from archrefine.real import make_generator
     from archrefine.real.config import RealConfig
-    from archrefine.real.serve import GeneratorServer
+    from archrefine.real.serve import GeneratorServer, check_address
 
     if generator not in ("learned", "hf"):
         raise ConfigError(f"--generator: {generator!r} is not one of learned, hf")
+    check_address(host, port)  # a busy port fails before the model is built
     cfg = RealConfig(seed=seed).with_overrides(
         {"generator.kind": generator, "generator.model": model}
     )
@@ -196,11 +205,29 @@ def serve(
 @_one_line_errors
 def tiny_model(
     directory: Annotated[Path, typer.Argument(help="Where to write the model.")],
-    seed: Annotated[int, typer.Option(help="Initialisation and tokenizer seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Initialisation, tokenizer and data seed.")] = 0,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Training steps (default 300, minutes on 2 CPU cores; "
+            "0: random weights, which write gibberish).",
+        ),
+    ] = None,
 ) -> None:
-    """Write a tiny random GPT-2 with a locally trained tokenizer, to try the hf generator."""
-    _need_real_extra()
-    from archrefine.real.hf import build_tiny_model
+    """Write a tiny GPT-2 trained here on KNOWN-like code, to try the hf generator (tiny.toml)."""
+    need_real_extra()
+    from rich.progress import Progress
 
-    path = build_tiny_model(directory, seed=seed)
-    console.print(f'wrote {path}/ (use generator.model = "{path}")')
+    from archrefine.real.tiny import TINY_STEPS, build_tiny_model
+
+    steps = TINY_STEPS if steps is None else steps
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("training the tiny model", total=steps or 1)
+        path = build_tiny_model(
+            directory, seed=seed, steps=steps,
+            on_step=lambda s, n, loss: progress.update(
+                bar, completed=s, description=f"training the tiny model (loss {loss:.2f})"),
+        )  # fmt: skip
+    trained = f"trained {steps} steps" if steps else "random weights"
+    console.print(f'wrote {path}/ ({trained}; use generator.model = "{path}")', soft_wrap=True)

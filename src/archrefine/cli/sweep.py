@@ -15,14 +15,16 @@ from rich.table import Table
 from archrefine.cli.commands import (
     ForceOpt,
     OutOpt,
+    TrackOpt,
     _one_line_errors,
     _progress,
     app,
     console,
     out_console,
+    tracker,
+    write_report,
 )
 from archrefine.core.config import ConfigError, load_config
-from archrefine.sim.loop import METRICS
 
 
 @app.command()
@@ -37,10 +39,10 @@ def sweep(
     ] = None,
     backend: Annotated[str, typer.Option(help="Where points run: local or ray.")] = "local",
     address: Annotated[
-        str | None, typer.Option(help="Ray cluster address [start a local Ray instance].")
+        str | None, typer.Option(help="Ray cluster address (default: start a local Ray instance).")
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Processes (local) or Ray CPUs [one per core].")
+        int | None, typer.Option(help="Processes (local) or Ray CPUs (default: one per core).")
     ] = None,
     out: OutOpt = None,
     force: ForceOpt = False,
@@ -48,14 +50,16 @@ def sweep(
         Path | None,
         typer.Option(help="Continue the sweep in this directory: finished points are kept."),
     ] = None,
+    track: TrackOpt = None,
 ) -> None:
     """Run a grid of configurations; write one sub-run per point, combined metrics, a figure."""
-    from archrefine.core.store import StoreError, default_dir
+    from archrefine.core.store import StoreError, default_dir, expect_kind
     from archrefine.experiments import sweep as sw
 
     if resume is not None:
         if config is not None:
             raise ConfigError("--resume uses the sweep's own config.toml: drop CONFIG")
+        expect_kind(resume, "sweep")  # a run or loop directory says what it holds
         try:
             saved = json.loads((resume / "sweep.json").read_text())
         except (OSError, ValueError):
@@ -68,6 +72,7 @@ def sweep(
         sets = list(set_ or [])
         out = out or default_dir("sweep")
     points = sw.expand(base, sets)
+    tracking = tracker(base, track)
     with _progress() as progress:
         task = progress.add_task(f"{len(points)} points ({backend})", total=len(points))
         counts = {"ran": 0, "skipped": 0}
@@ -81,12 +86,14 @@ def sweep(
             base, points, out, backend=backend, address=address, workers=workers,
             on_point=advance, force=force, resume=resume is not None,
         )  # fmt: skip
+    write_report(out)
     _print_means(sw.final_means(frame), "Final cycle, mean over trials")
     console.print(
         f"wrote {out}/ in {time.time() - began:.1f} s "
         f"({counts['ran']} points ran, {counts['skipped']} already finished)",
         soft_wrap=True,
     )
+    tracking.log(out)
 
 
 def _cell(value) -> str:
@@ -95,6 +102,8 @@ def _cell(value) -> str:
 
 
 def _print_means(means, title: str) -> None:
+    from archrefine.core.metrics import METRICS  # numpy: not at start-up
+
     table = Table(title=title)
     table.add_column("point", overflow="fold")
     for key in METRICS:
@@ -114,6 +123,7 @@ def runs(
 ) -> None:
     """List the runs and sweeps under a directory: kind, date, status, config, final metrics."""
     from archrefine.core.catalog import scan
+    from archrefine.core.metrics import METRICS
 
     records = scan(directory)
     if as_json:
@@ -130,13 +140,14 @@ def runs(
     table.add_column("status", overflow="fold", min_width=8)
     table.add_column("config", no_wrap=True)
     for key in METRICS:
-        table.add_column(key[:5], justify="right", no_wrap=True)
+        table.add_column(key, justify="right", no_wrap=True)
     for r in records:
         date = (r["date"] or "")[:16].replace("T", " ")
         status = r["status"] or ""
-        style = {"finished": "green", "running": "yellow"}.get(status, "red")
+        style = "green" if status == "finished" else "red"
+        style = "yellow" if status.startswith(("running", "unknown")) else style
         table.add_row(
-            r["name"], r["kind"] or "", date, f"[{style}]{status}[/]", r["config_hash"] or "",
+            r["name"], r["kind"] or "", date, f"[{style}]{status}[/]", (r["config_hash"] or "")[:7],
             *(_cell(r[k]) for k in METRICS),
         )  # fmt: skip
     out_console.print(table)

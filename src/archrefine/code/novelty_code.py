@@ -6,8 +6,9 @@ differ in one layer "the same" as two nets with the same comments. So the source
 `ID` — except keywords, builtins, `torch`/`nn`/`F` and the API names reached through them
 (`nn.Conv2d`, `F.relu`, `x.view`), which carry the structure — and the novelty of a candidate is
 one minus its largest estimated Jaccard similarity to an archive, over sets of `shingle`
-consecutive tokens. MinHash sketches keep this cheap; an LSH index answers "is there a near
-duplicate?" without comparing against every archive member.
+consecutive tokens. MinHash sketches keep this cheap. A candidate is a near duplicate exactly when
+its largest estimated Jaccard reaches the threshold, so the flag and the novelty never disagree;
+an LSH index only narrows down whom to compare with, banded so that it cannot miss (see `_lsh`).
 
 The defaults (10-token shingles, 256 permutations, near-duplicate at Jaccard >= 0.90) are those
 of Khalid et al. (2026), arXiv:2601.02997.
@@ -111,6 +112,7 @@ class CodeNovelty:
         self.shingle, self.num_perm, self.threshold, self.seed = shingle, num_perm, threshold, seed
         self._blank = MinHash(num_perm=num_perm, seed=seed)
         self._lsh = _lsh(threshold, num_perm)
+        self.bands, self.rows = self._lsh.b, self._lsh.r
         self._keys: list[str] = []
         self._keyset: set[str] = set()
         self._rows: list[np.ndarray] = []
@@ -162,10 +164,9 @@ class CodeNovelty:
     def near_duplicates(self, source: str) -> list[str]:
         """Keys of archive members whose estimated Jaccard with `source` reaches `threshold`.
 
-        The LSH index proposes candidates (its banding may, rarely, miss a member just above
-        the threshold); each is then confirmed on its estimated Jaccard. For thresholds too
-        high for LSH banding with `num_perm` (e.g. above 0.98 for 256), the index proposes at
-        the highest threshold it supports, and the confirmation applies `threshold`.
+        The LSH index proposes candidates with a banding that proposes every member at or above
+        the threshold (`_lsh`); each is then confirmed on the same estimate `score` uses, so
+        `source` has a near duplicate exactly when `1 - score(source)` reaches `threshold`.
         """
         if not self._keys:
             return []
@@ -195,10 +196,17 @@ class CodeNovelty:
 
 
 def _lsh(threshold: float, num_perm: int) -> MinHashLSH:
-    """An LSH index at `threshold`, or at the highest lower one datasketch can band for."""
-    for lowered in (threshold, *np.arange(round(threshold, 2), 0.0, -0.01)):
-        try:
-            return MinHashLSH(threshold=float(lowered), num_perm=num_perm)
-        except ValueError:
-            continue
-    raise ValueError(f"num_perm: {num_perm} is too small for an LSH index")
+    """An LSH index that proposes every member whose estimated Jaccard reaches `threshold`.
+
+    The estimate is the share of the `num_perm` MinHash values two sketches agree on, so at the
+    threshold at most `d` of them differ (`d = num_perm - agree`, `agree` the fewest agreements
+    the estimate counts as reaching it, in the estimate's own float arithmetic). With `d + 1`
+    bands (rows = num_perm // bands), `d` differing values leave at least one band whole, and a
+    whole band is an LSH match: no miss, whatever the sets. datasketch's own choice for 0.90
+    and 256 (9 bands x 28 rows, tuned for a balance of false hits and misses over all J) proposes
+    a pair at J = 0.90 with probability 1 - (1 - 0.9**28)**9 = 0.38; 26 x 9 proposes from
+    about J = (1/26)**(1/9) = 0.70 on, the extra candidates being rejected on their estimate.
+    """
+    agree = next(k for k in range(num_perm + 1) if k / num_perm >= threshold)
+    bands = max(2, num_perm - agree + 1)  # datasketch refuses a single band
+    return MinHashLSH(num_perm=num_perm, params=(bands, num_perm // bands))

@@ -18,8 +18,6 @@ import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
-import ruptures
-from scipy.signal import savgol_filter
 
 MIN_GAIN = 0.02  # share of variance a further kink must explain to count (docs/claims.md, C1)
 MAX_BREAKS = 4
@@ -31,6 +29,8 @@ def derivative(curves: np.ndarray, window: int = 5, polyorder: int = 2) -> np.nd
     window = min(window, curves.shape[-1] - (1 - curves.shape[-1] % 2))
     if window <= polyorder:
         return np.gradient(curves, axis=-1)
+    from scipy.signal import savgol_filter  # scipy and ruptures load when used (--help stays fast)
+
     return savgol_filter(curves, window, polyorder, deriv=1, axis=-1, mode="interp")
 
 
@@ -99,6 +99,8 @@ def _fits(mean: np.ndarray, max_breaks: int, min_size: int) -> dict[int, tuple[l
     n = len(mean)
     if n < 2:
         return {0: ([], 0.0)}
+    import ruptures
+
     algo = ruptures.Dynp(model="clinear", min_size=min_size, jump=1).fit(mean)
     out = {0: ([], _hinge_rss(mean, []))}
     for m in range(1, max_breaks + 1):

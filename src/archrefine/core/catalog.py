@@ -2,15 +2,13 @@
 
 Every directory with a `run.json` is one entry (a sweep's points are part of their sweep, not
 entries of their own). Nothing here raises on a damaged directory: it is listed as
-`unreadable: <reason>`.
+`unreadable: <reason>`. A run still marked running whose process is gone is `interrupted`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +16,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from archrefine.core import liveness
 from archrefine.core.metrics import METRICS
-from archrefine.core.store import StoreError, read_metrics
+from archrefine.core.store import StoreError, read_metrics, read_run
 
 FIELDS = ("name", "kind", "date", "status", "config_hash", *METRICS, "path")
 
@@ -44,11 +43,11 @@ def describe(path: Path, root: Path | None = None) -> dict[str, Any]:
     record: dict[str, Any] = dict.fromkeys(FIELDS)
     record.update(name=name if name != "." else path.resolve().name, path=str(path))
     try:
-        info = json.loads((path / "run.json").read_text())
-        if not isinstance(info, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as err:
-        record["status"] = f"unreadable: run.json {_first_line(err)}"
+        info = read_run(path)
+    except StoreError as err:
+        record["status"] = (
+            f"unreadable: {_first_line(err).replace(str(path / 'run.json'), 'run.json')}"
+        )
         return record
     record.update(kind=info.get("kind"), date=info.get("started"), status=_status(path, info))
     config = path / "config.toml"
@@ -76,26 +75,20 @@ def _first_line(err: BaseException) -> str:
 
 
 def _status(path: Path, info: dict[str, Any]) -> str:
+    """finished / incomplete (files missing) / running / interrupted (its process on this host
+    is gone) / `running (on HOST)` (another host: cannot tell) / unknown (no pid recorded)."""
     status = info.get("status")
     if status == "complete":
         listed = info.get("files") or []
         return "finished" if all((path / f).exists() for f in listed) else "incomplete"
     if status == "running":
-        pid, host = info.get("pid"), info.get("host")
-        if isinstance(pid, int) and host == socket.gethostname() and not _alive(pid):
-            return "incomplete"  # its process is gone: interrupted
-        return "running"
+        alive = liveness.state(info)
+        if alive == "gone":
+            return "interrupted"
+        if alive == "elsewhere":
+            return f"running (on {info['host']})"
+        return "unknown (no pid recorded)" if alive == "unknown" else "running"
     return "incomplete"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _main_trajectory(frame: pd.DataFrame) -> pd.DataFrame:

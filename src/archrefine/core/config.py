@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,8 +31,27 @@ class ConfigError(ValueError):
     """A configuration problem, with a one-line message naming the key and what is allowed."""
 
 
+SEED_MAX = 2**63 - 1
+"""Largest seed: TOML integers are signed 64-bit, so a larger one could not be written to (and
+read back from) a run's config.toml; numpy's SeedSequence takes any non-negative integer."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_lax_types(cls, value: Any, info: ValidationInfo) -> Any:
+        """No silent conversions: `true` is not the integer 1, nor "3" a number, nor 1 a bool."""
+        kind = cls.model_fields[info.field_name].annotation
+        if kind in (int, float) and isinstance(value, bool | str):
+            what = "integer" if kind is int else "number"
+            got = "a boolean" if isinstance(value, bool) else "a string"
+            raise ValueError(f"Input should be a valid {what}, not {got}")
+        numpy_bool = getattr(getattr(value, "dtype", None), "kind", None) == "b"
+        if kind is bool and not (isinstance(value, bool) or numpy_bool):
+            raise ValueError("Input should be a valid boolean (true or false)")
+        return value
 
 
 class SpaceConfig(_Strict):
@@ -107,6 +134,13 @@ class GeneratorConfig(_Strict):
     temperature_span: float = Field(
         0.25, ge=0, le=10, description="decoding temperature added per unit of mutation rate"
     )
+    drift: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="per-token log-odds lost per full fine-tuning round on its own outputs "
+        "(self-consumption drift, docs/rise-and-fall.md; 0 = off)",
+    )
     learned: LearnedConfig = LearnedConfig()
 
 
@@ -125,6 +159,48 @@ class LoopConfig(_Strict):
         if self.top_k > self.population:
             raise ValueError(f"top_k ({self.top_k}) must not exceed population ({self.population})")
         return self
+
+
+class InterventionConfig(_Strict):
+    """Ways to keep a loop diverse beyond the mutation schedule (docs/interventions.md); every
+    default is off, and a config with all of them off runs exactly as without this section."""
+
+    selection: Literal["top-k", "novelty"] = Field(
+        "top-k", description="novelty: select by fitness + novelty_weight · novelty"
+    )
+    novelty_weight: float = Field(0.0, ge=0, le=1e6, description="λ of novelty selection")
+    qd: Literal["off", "map-elites"] = Field(
+        "off", description="map-elites: select uniformly among a pyribs grid archive's elites"
+    )
+    qd_cells: int = Field(8, ge=1, le=64, description="map-elites: cells per descriptor axis")
+    islands: int = Field(1, ge=1, le=64, description="sub-populations with their own templates")
+    migration_interval: int = Field(4, ge=1, description="islands: cycles between migrations")
+    migrants: int = Field(1, ge=0, description="islands: best templates sent to the next island")
+    mutation: Literal["schedule", "temperature"] = Field(
+        "schedule",
+        description="temperature: mutate at schedule.rate; the schedule sets the temperature",
+    )
+    temperature_span: float = Field(
+        0.0, ge=0, le=10, description="temperature: temperature added per unit of schedule change"
+    )
+    replay: float = Field(
+        0.0, ge=0, le=1, description="share of the fine-tuning set replayed from earlier selections"
+    )
+    replay_window: int = Field(
+        0, ge=0, description="replay: earlier cycles drawn from (0: every earlier cycle)"
+    )
+
+    def stateful(self) -> list[str]:
+        """The interventions that carry state across cycles (checkpoints do not hold it)."""
+        return [
+            name
+            for name, on in (
+                ("qd", self.qd != "off"),
+                ("islands", self.islands > 1),
+                ("replay", self.replay > 0),
+            )
+            if on
+        ]
 
 
 class ScheduleConfig(_Strict):
@@ -150,12 +226,33 @@ class FitnessConfig(_Strict):
     )
     k: int = Field(1, ge=0, le=4, description="NK epistasis: neighbours each position reads")
     epochs: int = Field(1, ge=1, le=100, description="first-epoch: training epochs")
-    workers: int = Field(2, ge=1, le=256, description="first-epoch: training processes")
+    workers: int = Field(
+        0, ge=0, le=256, description="first-epoch: training processes (0: one per core)"
+    )
     max_train: int = Field(0, ge=0, description="first-epoch: cap on training images (0 = all)")
 
 
+class TrackingConfig(_Strict):
+    """Where a finished run is logged (docs/tracking.md); it never changes a result."""
+
+    backend: Literal["none", "mlflow"] = Field(
+        "none", description="log each finished run to MLflow (`--track` overrides)"
+    )
+    uri: str = Field(
+        "", description="mlflow: tracking URI (empty: $MLFLOW_TRACKING_URI, else MLflow's default)"
+    )
+    experiment: str = Field("archrefine", description="mlflow: experiment name")
+
+
 class _Overridable(_Strict):
-    """A top-level config: TOML dump and dotted overrides, validated as its own class."""
+    """A top-level config: TOML dump and dotted overrides, validated as its own class.
+
+    `others` names the other kinds of config file by keys only they have (as data: core
+    imports no layer above it), so a file of one kind given where another is expected says
+    which kind it is and where it goes, instead of naming its first unknown key."""
+
+    label: ClassVar[str] = "config"
+    others: ClassVar[tuple[tuple[str, tuple[str, ...], str], ...]] = ()
 
     def with_overrides(self, overrides: dict[str, Any] | list[str]) -> Any:
         """Return a copy with dotted keys replaced (`{"loop.top_k": 5}` or `["loop.top_k=5"]`)."""
@@ -172,16 +269,34 @@ class _Overridable(_Strict):
 class Config(_Overridable):
     """A whole run. `trials` independent replicates share nothing but the seed's root."""
 
+    label: ClassVar[str] = "simulator config"
+    others: ClassVar[tuple[tuple[str, tuple[str, ...], str], ...]] = (
+        ("real-loop config",
+         ("evaluate", "prompt", "novelty", "generator.model", "generator.base_url",
+          "generator.api", "generator.lora", "generator.max_new_tokens"),
+         "archrefine loop, or archrefine config --loop"),
+    )  # fmt: skip
+
     trials: int = Field(100, ge=1, le=100_000, description="independent replicates, batched")
-    seed: int = Field(0, ge=0, description="root of every random draw")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="root of every random draw (< 2**63)")
     space: SpaceConfig = SpaceConfig()
     generator: GeneratorConfig = GeneratorConfig()
     loop: LoopConfig = LoopConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     fitness: FitnessConfig = FitnessConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    intervention: InterventionConfig = InterventionConfig()
 
     @model_validator(mode="after")
     def _fitness_fits_space(self) -> Config:
+        steer = self.intervention
+        if steer.islands > 1 and steer.qd != "off":
+            raise ValueError("intervention: islands and qd are not combined; choose one")
+        if steer.islands > min(self.loop.top_k, self.loop.population):
+            raise ValueError(
+                f"intervention.islands ({steer.islands}) must not exceed loop.top_k "
+                f"({self.loop.top_k}): every island keeps at least one template"
+            )
         if self.generator.kind == "learned" and self.space.kind != "grounded":
             raise ValueError("generator.kind 'learned' needs space.kind = 'grounded'")
         kind, space = self.fitness.kind, self.space.kind
@@ -263,8 +378,34 @@ def load_config(
             raise ConfigError(f"{path}: no such config file") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML ({err})") from None
-    config = validate_config(data, model)
+    try:
+        config = validate_config(data, model)
+    except ConfigError as err:
+        raise (_other_kind(path, data, model or Config) or err) from None
     return config.with_overrides(overrides) if overrides else config
+
+
+def _other_kind(path: Path | None, data: dict[str, Any], model: type) -> ConfigError | None:
+    """A config file that failed as `model` but has keys only another kind has: say so."""
+    if path is None:
+        return None
+    for label, keys, usage in getattr(model, "others", ()):
+        found = [k for k in keys if _has_dotted(data, k)]
+        if found:
+            return ConfigError(
+                f"{path}: a {label} (it has {', '.join(found[:3])}), not a {model.label}: "
+                f"use it with {usage}"
+            )
+    return None
+
+
+def _has_dotted(data: dict[str, Any], key: str) -> bool:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def reference_table(model: type[BaseModel] | None = None) -> str:

@@ -16,14 +16,21 @@ Methods (`benchmarks/scale.py` measures them; `benchmarks/RESULTS.md`, section `
   a multiple of 64; one-hot Hamming is twice the token Hamming.
 * `faiss-bytes`: faiss's generalized Hamming (number of differing bytes) on tokens stored one per
   byte, padded to a multiple of 8 bytes, with a running heap over archive blocks. Tokens < 256.
+* `numba` (the `fast` extra): every trial in one compiled call; tokens one per byte in uint64
+  words, differing bytes counted with a SWAR trick, and the k smallest summed from a histogram
+  of the d + 1 possible distances (`archrefine.core.fast`). Tokens < 256.
 
 The first three run archive blocks of at most `BLOCK` (T · queries · rows) distances and keep a
 running k smallest with `np.partition`, so memory does not grow with the archive. Both faiss
 methods loop over trials and keep only k distances per query.
 
-`auto` (`choose`), from `benchmarks/scale.py` on a shared 2-core Xeon (d = 15, V = 30, k = 15):
-`faiss-bytes` where faiss imports, tokens fit a byte and a trial has at least `FAISS_PAIRS`
-query × row pairs, else `numpy`. Over three runs `faiss-bytes` ran 1.5–2.6× `numpy` at paper
+`auto` (`choose`): `numba` where numba is loaded already, or installed and the call has at least
+`NUMBA_PAIRS` query × row pairs (its start-up, ~0.5 s of CPU, pays off from there; it replaces
+one faiss call per trial with one call per cycle; docs/performance.md), unless a trial has
+`PARALLEL` pairs or more and faiss is installed (faiss then runs on every core). Otherwise, from
+`benchmarks/scale.py` on a shared 2-core Xeon (d = 15, V = 30, k = 15): `faiss-bytes` where
+faiss imports, tokens fit a byte and a trial has at least `FAISS_PAIRS` query × row pairs, else
+`numpy`. Over three runs `faiss-bytes` ran 1.5–2.6× `numpy` at paper
 scale (100 trials × 50 candidates × 270 rows), 4.7–8.6× at 500 × 2,700, 5.8–10.3× at 5,000 ×
 27,000 and 6–10× at 5,000 × 10^6 (700–950 candidates/s); below ~5,000 pairs per trial (cycle 1
 of the paper loop: 50 × 50) its per-trial calls cost more and `numpy` is 10–25% faster. `faiss`
@@ -37,11 +44,15 @@ import functools
 
 import numpy as np
 
-METHODS = ("numpy", "gemm", "bitpack", "faiss", "faiss-bytes")
+from archrefine.core import fast
+
+METHODS = ("numpy", "gemm", "bitpack", "faiss", "faiss-bytes", "numba")
 BLOCK = {"numpy": 1 << 20, "gemm": 1 << 22, "bitpack": 1 << 20}  # distances per block
 ROWS = 4096  # archive rows per block (fewer when there are many trials)
 FAISS_PAIRS = 5000  # query × row pairs per trial from which `auto` picks `faiss-bytes`
 FAISS_ROWS = 1 << 16  # archive rows per faiss call (keeps the block in cache)
+NUMBA_PAIRS = 5_000_000  # query × row pairs in one call from which `auto` loads numba
+NUMBA_ROWS = 4096  # archive rows per numba block: 32 KB per 8 tokens of length, stays in L2
 PARALLEL = 1 << 27  # query × row pairs per trial below which faiss runs on one thread
 
 
@@ -79,11 +90,19 @@ def knn_sums(
         return _faiss_sums(seqs, archive, filled, k, bytes_=False)
     if method == "faiss-bytes":
         return _faiss_sums(seqs, archive, filled, k, bytes_=True)
+    if method == "numba":
+        return _numba_sums(seqs, archive, filled, k)
     return _blocked(method, seqs, archive, filled, k)
 
 
 def choose(seqs: np.ndarray, archive: np.ndarray) -> str:
     """The `auto` pick (module docstring): measured, not modelled."""
+    trials, n = seqs.shape[:2]
+    big = trials * n * archive.shape[1] >= NUMBA_PAIRS
+    threads = n * archive.shape[1] >= PARALLEL and has_faiss()  # faiss's OpenMP wins there
+    wanted = (fast.loaded() or (big and fast.available())) and not threads
+    if wanted and _vocab(seqs, archive) <= 256:
+        return "numba" if fast.kernels() is not None else "numpy"
     pairs = seqs.shape[1] * archive.shape[1]  # per trial
     if pairs >= FAISS_PAIRS and has_faiss() and _vocab(seqs, archive) <= 256:
         return "faiss-bytes"
@@ -212,6 +231,23 @@ _KERNELS = {
     "gemm": (_onehot, _gemm_distance),
     "bitpack": (_packed, _bitpack_distance),
 }
+
+
+# --- numba: every trial in one call, a histogram of distances per query ----------------------
+
+
+def _numba_sums(seqs, archive, filled, k) -> np.ndarray:
+    compiled = fast.kernels()
+    if compiled is None:
+        raise ImportError("kNN method 'numba' needs numba: pip install 'archrefine[fast]'")
+    d = seqs.shape[2]
+    if _vocab(seqs, archive) > 256:
+        raise ValueError(f"kNN method 'numba' needs tokens < 256, got {_vocab(seqs, archive) - 1}")
+    words = -(-d // 8)
+    queries = fast.pack_bytes(seqs, words)
+    packed = fast.pack_bytes(archive[:, : int(filled.max())], words)
+    rows = np.ascontiguousarray(packed.swapaxes(1, 2))  # word-major: the row loop vectorizes
+    return compiled.knn_sums(queries, rows, filled.astype(np.int64), k, d, NUMBA_ROWS)
 
 
 # --- faiss: per trial, k distances per query ---------------------------------------------------

@@ -11,7 +11,9 @@ docs/calibration.md gives the mapping of each observed column and the reasons.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,11 +23,17 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from archrefine.core.config import Config, ConfigError
+from archrefine.experiments.evaluations import Evaluations, default_workers
 from archrefine.sim.loop import simulate
 
 KHALID = resources.files("archrefine") / "data" / "khalid2026.csv"
 
 COLUMNS = ("validity", "mean_accuracy", "share_above_40", "novel_admitted")
+#: simulator metrics in simulator units (an `archrefine run`'s means), compared as they are
+DIRECT = ("novelty", "diversity", "fitness")
+#: a real loop's code novelty and diversity: compared up to a scale c ≥ 0 (fitted in closed form)
+SCALED = {"code_novelty": "novelty", "code_diversity": "diversity"}
+KNOWN_COLUMNS = (*COLUMNS, *DIRECT, *SCALED)
 
 #: the paper model's free parameters and their bounds (docs/calibration.md says why)
 PAPER_PARAMS: dict[str, tuple[float, float]] = {
@@ -44,6 +52,16 @@ LEARNED_PARAMS: dict[str, tuple[float, float]] = {
     "generator.learned.pretrain_noise": (0.0, 0.5),
 }
 
+#: `generator="drift"`: the paper generator with self-consumption drift (sim/drift.py), four
+#: free parameters, fewer than the five observed valid rates (docs/rise-and-fall.md)
+DRIFT_PARAMS: dict[str, tuple[float, float]] = {
+    "generator.base_logit": (-1.0, 6.0),
+    "generator.bonus_max": (0.0, 6.0),
+    "generator.bonus_rate": (0.01, 0.5),
+    "generator.drift": (0.0, 1.0),
+}
+DRIFT_START = 0.1  # the peak start's drift when the observed rate does not fall after its peak
+
 #: parameters searched on a log scale (the optimizer moves their logarithm)
 LOG_SCALE = {"generator.learned.lr", "generator.learned.pretrain_lr"}
 
@@ -53,7 +71,7 @@ SLOW_LR = 2e-5
 
 #: defaults for `trials` and `max_nfev` where the caller gives none: each learned evaluation
 #: pre-trains and fine-tunes transformers for every cycle (about 10 s per run of 2 trials)
-DEFAULT_BUDGET = {"paper": (30, 30), "learned": (2, 3)}
+DEFAULT_BUDGET = {"paper": (30, 30), "learned": (2, 3), "drift": (30, 30)}
 
 ACCURACY_CUT = 0.40  # share_above_40: accuracy above 40%, mapped to fitness by the affine map
 FITNESS_CUT = 0.60  # ... or this NK fitness when mean_accuracy is not observed
@@ -78,6 +96,8 @@ class Calibration:
     config: Config
     maps: dict[str, float] = field(default_factory=dict)  # the profiled observation maps
     info: dict[str, float] = field(default_factory=dict)  # loss at start and end, evaluations
+    loo: pd.DataFrame | None = None  # leave-one-cycle-out predictions (experiments/loo.py)
+    loo_rmse: dict[str, float] | None = None  # their RMSE per column
 
 
 def load_trajectory(path: str | Path) -> pd.DataFrame:
@@ -96,15 +116,16 @@ def load_trajectory(path: str | Path) -> pd.DataFrame:
 
 def check_trajectory(frame: pd.DataFrame, *, name: str = "trajectory") -> pd.DataFrame:
     """Validate columns and cycles; return a copy with numeric columns and integer cycles."""
-    unknown = [c for c in frame.columns if c != "cycle" and c not in COLUMNS]
+    unknown = [c for c in frame.columns if c != "cycle" and c not in KNOWN_COLUMNS]
     if "cycle" not in frame.columns:
         raise CalibrationError(f"{name}: needs a 'cycle' column (got {', '.join(frame.columns)})")
     if unknown:
         raise CalibrationError(
-            f"{name}: unknown columns {', '.join(unknown)}; known: cycle, {', '.join(COLUMNS)}"
+            f"{name}: unknown columns {', '.join(unknown)}; "
+            f"known: cycle, {', '.join(KNOWN_COLUMNS)}"
         )
-    if not [c for c in COLUMNS if c in frame.columns]:
-        raise CalibrationError(f"{name}: needs at least one of {', '.join(COLUMNS)}")
+    if not [c for c in KNOWN_COLUMNS if c in frame.columns]:
+        raise CalibrationError(f"{name}: needs at least one of {', '.join(KNOWN_COLUMNS)}")
     out = frame.apply(pd.to_numeric, errors="coerce")
     bad = out["cycle"].isna() | (out["cycle"] < 1) | (out["cycle"] % 1 != 0)
     if bad.any():
@@ -124,6 +145,11 @@ class _Sim:
     novelty: np.ndarray  # (cycles,)
     novel: np.ndarray  # (cycles,) mean count of valid candidates with novelty ≥ NOVEL_CUT
     valid_fit: list[np.ndarray]  # per cycle: fitness of every valid candidate, all trials
+    metrics: pd.DataFrame  # `simulate`'s per-(trial, cycle) metrics
+
+    @property
+    def diversity(self) -> np.ndarray:
+        return self.metrics.groupby("cycle")["diversity"].mean().to_numpy()
 
     def share_above(self, cut: float) -> np.ndarray:
         return np.array([(f > cut).mean() if f.size else np.nan for f in self.valid_fit])
@@ -132,7 +158,7 @@ class _Sim:
 def _simulate(config: Config) -> _Sim:
     """`loop.simulate`, keeping per-candidate values the per-trial metrics average away."""
     cycles: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    simulate(config, on_candidates=lambda c, valid, fit, nov: cycles.append((valid, fit, nov)))
+    result = simulate(config, on_candidates=lambda c, v, f, n: cycles.append((v, f, n)))
     valid = np.stack([v for v, _, _ in cycles])  # (cycles, trials, n)
     fit = np.stack([f for _, f, _ in cycles])
     nov = np.stack([x for _, _, x in cycles])
@@ -144,6 +170,7 @@ def _simulate(config: Config) -> _Sim:
         novelty=nov.mean(axis=(1, 2)),
         novel=(valid & (nov >= NOVEL_CUT)).sum(axis=2).mean(axis=1),
         valid_fit=[f[v] for f, v in zip(fit, valid)],
+        metrics=result.metrics,
     )
 
 
@@ -183,6 +210,16 @@ def _observe(sim: _Sim, obs: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[
         c = max(float((x[m] * y[m]).sum()) / denom, 0.0) if denom > 0 else 1.0
         maps["novel_scale"] = c
         out["novel_admitted"] = c * sim.novel
+    for col in DIRECT:
+        if col in obs:
+            out[col] = getattr(sim, col)
+    for col, metric in SCALED.items():  # observed ≈ c · simulated, c ≥ 0 by least squares
+        if col in obs:
+            y, m = obs[col].to_numpy(), obs[col].notna().to_numpy()
+            x = getattr(sim, metric)[idx]
+            denom = float((x[m] ** 2).sum())
+            maps[f"{col}_scale"] = c = max(float((x[m] * y[m]).sum()) / denom, 0) if denom else 1.0
+            out[col] = c * getattr(sim, metric)
     return out, maps
 
 
@@ -198,9 +235,9 @@ def _residual_table(obs: pd.DataFrame, mapped: dict[str, np.ndarray]) -> pd.Data
 
 def free_params(generator: str, params=None) -> dict[str, tuple[float, float]]:
     """The parameters `calibrate` fits, `{key: (lo, hi)}`; raises for an unsupported generator."""
-    if generator not in ("paper", "learned"):
-        raise CalibrationError(f"generator: {generator!r} is not one of paper, learned")
-    defaults = PAPER_PARAMS if generator == "paper" else LEARNED_PARAMS
+    if generator not in DEFAULT_BUDGET:
+        raise CalibrationError(f"generator: {generator!r} is not one of paper, learned, drift")
+    defaults = {"paper": PAPER_PARAMS, "learned": LEARNED_PARAMS, "drift": DRIFT_PARAMS}[generator]
     if params is None:
         return dict(defaults)
     if isinstance(params, Mapping):
@@ -230,6 +267,10 @@ def calibrate(
     n_boot: int = 50,
     columns: Sequence[str] | None = None,
     max_nfev: int | None = None,
+    cycles: int | None = None,
+    on_evaluation: Callable[[int], None] | None = None,
+    scales: Mapping[str, float] | None = None,
+    workers: int | None = None,
 ) -> Calibration:
     """Fit a generator's parameters so its per-cycle means match an observed trajectory.
 
@@ -238,7 +279,8 @@ def calibrate(
     trajectory : a frame with `cycle` and any of `validity, mean_accuracy, share_above_40,
         novel_admitted` (NaN = not observed). The run length is the largest cycle.
     generator : "paper", or "learned" (the small transformer; the space is set to grounded,
-        the only one it writes).
+        the only one it writes), or "drift" (the paper generator with self-consumption drift,
+        sim/drift.py; a third start puts the bonus's end at the observed validity peak).
     params : keys to fit (default bounds) or `{key: (lo, hi)}`; default `PAPER_PARAMS` or
         `LEARNED_PARAMS`. Keys in `LOG_SCALE` are searched on a log scale.
     base : the config whose other values are kept, and whose values are the starting point.
@@ -250,6 +292,15 @@ def calibrate(
         parameter for its finite-difference Jacobian); default 30 paper, 3 learned. Two
         starts: `base`, and `base` with base_logit solved from the observed cycle-1 validity
         when there is one (learned: `base` with the slow fine-tuning rate `SLOW_LR`).
+    cycles : how many cycles every evaluation simulates (default: the largest observed cycle);
+        more than observed when a forecast fits the first cycles of a longer run, whose
+        schedule depends on its length.
+    on_evaluation : called with the running count after each simulation (a progress bar).
+    scales : what each column's residuals are divided by (default: its observed spread), e.g.
+        standard errors where the observation noise is known.
+    workers : processes that run simulations at once (a Jacobian's columns; the starts run in
+        threads); default: every core for the learned generator, 1 otherwise (a paper run is
+        too short to pay for a process). The fit is the same for any number.
 
     Returns
     -------
@@ -263,17 +314,17 @@ def calibrate(
     trials = DEFAULT_BUDGET[generator][0] if trials is None else trials
     max_nfev = DEFAULT_BUDGET[generator][1] if max_nfev is None else max_nfev
     obs = check_trajectory(trajectory)
-    use = [c for c in (columns or COLUMNS) if c in obs.columns]
+    use = [c for c in (columns or KNOWN_COLUMNS) if c in obs.columns]
     if columns is not None and (missing := [c for c in columns if c not in obs.columns]):
         raise CalibrationError(f"columns: {', '.join(missing)} not in the trajectory")
     obs = obs[["cycle", *use]]
     obs = obs[obs[use].notna().any(axis=1)].reset_index(drop=True)
     base = (base or Config()).with_overrides(
         {
-            "generator.kind": generator,
+            "generator.kind": "paper" if generator == "drift" else generator,
             "trials": trials,
             "seed": seed,
-            "loop.cycles": int(obs["cycle"].max()),
+            "loop.cycles": max(int(obs["cycle"].max()), cycles or 0),
         }
         | ({"space.kind": "grounded"} if generator == "learned" else {})
     )
@@ -282,28 +333,19 @@ def calibrate(
     hi = np.array([bounds[k][1] for k in keys])
     log = np.array([k in LOG_SCALE for k in keys])
     start = np.array([float(_get(base, k)) for k in keys])
-    scale = {c: _spread(obs[c]) for c in use}
-    evaluations = 0
-    seen: dict[bytes, np.ndarray] = {}  # the same point twice (the first start): one run
-
-    def config_at(u: np.ndarray) -> Config:
-        values = _from_unit(u, lo, hi, log)
-        return base.with_overrides({k: float(v) for k, v in zip(keys, values)})
+    scale = {c: (scales or {}).get(c) or _spread(obs[c]) for c in use}
+    objective = _Objective(base, tuple(keys), lo, hi, log, obs, scale)
+    config_at = objective.config_at
+    if workers is None:
+        workers = default_workers() if generator == "learned" else 1
+    evals = Evaluations(objective, workers, on_evaluation)  # each point once (memoized)
 
     def residuals(u: np.ndarray) -> np.ndarray:
-        nonlocal evaluations
-        key = np.asarray(u, dtype=float).tobytes()
-        if key in seen:
-            return seen[key].copy()
-        evaluations += 1
-        mapped, _ = _observe(_simulate(config_at(u)), obs)
-        table = _residual_table(obs, mapped)
-        r = table["residual"].to_numpy() / table["column"].map(scale).to_numpy()
-        seen[key] = np.nan_to_num(r, nan=1.0)  # a cycle with nothing valid anywhere: a unit miss
-        return seen[key].copy()
+        return evals(u)[0].copy()
 
     starts = [_to_unit(start, lo, hi, log)]
-    if (x := _first_cycle_logit(obs, base)) is not None and "generator.base_logit" in keys:
+    x = _first_cycle_logit(obs, base, earliest=generator == "drift")
+    if x is not None and "generator.base_logit" in keys:
         i = keys.index("generator.base_logit")  # cycle 1 is all fresh from a uniform prior:
         u1 = starts[0].copy()  # its validity is ceiling · σ(base_logit)^d, solved for base_logit
         u1[i] = np.clip((x - lo[i]) / (hi[i] - lo[i]), 0, 1)
@@ -313,17 +355,32 @@ def calibrate(
         u1 = starts[0].copy()
         u1[i] = _to_unit(np.array([SLOW_LR]), lo[i : i + 1], hi[i : i + 1], log[i : i + 1])[0]
         starts.append(u1)
-    r0 = residuals(starts[0])
-    fit = None
-    for u0 in starts:
-        trial = least_squares(
-            residuals, u0, bounds=(0, 1), diff_step=DIFF_STEP, max_nfev=max_nfev, x_scale=1.0
-        )
-        if fit is None or trial.cost < fit.cost:
-            fit = trial
-    u = fit.x if (fit.fun**2).sum() <= (r0**2).sum() else starts[0]
+    if (
+        generator == "drift"
+        and (peak := _peak_start(obs, base, keys, lo, hi, starts[-1])) is not None
+    ):
+        starts.append(peak)
+    parallel = {"workers": evals.map} if _HAS_WORKERS else {}
+
+    def run(u0: np.ndarray):
+        return least_squares(
+            residuals, u0, bounds=(0, 1), diff_step=DIFF_STEP, max_nfev=max_nfev,
+            x_scale=1.0, **parallel,
+        )  # fmt: skip
+
+    try:
+        r0 = residuals(starts[0])
+        if workers > 1 and len(starts) > 1:  # independent starts share the pool
+            with ThreadPoolExecutor(len(starts)) as threads:
+                fits = list(threads.map(run, starts))
+        else:
+            fits = [run(u0) for u0 in starts]
+        u = (fit := min(fits, key=lambda f: f.cost)).x  # the first of equals, as before
+        u = u if (fit.fun**2).sum() <= (r0**2).sum() else starts[0]
+        sim = evals(u)[1]  # simulated already during the fit: not run again
+    finally:
+        evals.close()
     config = config_at(u)
-    sim = _simulate(config)
     mapped, maps = _observe(sim, obs)
     table = _residual_table(obs, mapped)
     stderr, interval = _bootstrap(fit.jac, fit.fun, u, lo, hi, log, keys, n_boot, seed)
@@ -341,7 +398,7 @@ def calibrate(
         info={
             "loss_start": float((r0**2).sum()),
             "loss": float((fit.fun**2).sum()),
-            "evaluations": evaluations,
+            "evaluations": evals.count,
             "trials": trials,
             "seed": seed,
             "n_boot": n_boot,
@@ -350,11 +407,76 @@ def calibrate(
     )
 
 
-def _first_cycle_logit(obs: pd.DataFrame, base: Config) -> float | None:
-    """The base_logit that gives the observed cycle-1 validity, or None if not observed."""
+#: scipy ≥ 1.16 takes a map for the finite-difference columns; older ones evaluate them in turn
+_HAS_WORKERS = "workers" in inspect.signature(least_squares).parameters
+
+
+@dataclass(frozen=True)
+class _Objective:
+    """Scaled residuals (and the simulation behind them) at optimizer coordinates `u`; a
+    module-level class so that worker processes can receive it."""
+
+    base: Config
+    keys: tuple[str, ...]
+    lo: np.ndarray
+    hi: np.ndarray
+    log: np.ndarray
+    obs: pd.DataFrame
+    scale: dict[str, float]
+
+    def config_at(self, u: np.ndarray) -> Config:
+        values = _from_unit(u, self.lo, self.hi, self.log)
+        return self.base.with_overrides({k: float(v) for k, v in zip(self.keys, values)})
+
+    def __call__(self, u: np.ndarray) -> tuple[np.ndarray, _Sim]:
+        sim = _simulate(self.config_at(u))
+        table = _residual_table(self.obs, _observe(sim, self.obs)[0])
+        r = table["residual"].to_numpy() / table["column"].map(self.scale).to_numpy()
+        return np.nan_to_num(r, nan=1.0), sim  # a cycle with nothing valid anywhere: a unit miss
+
+
+def _peak_start(
+    obs: pd.DataFrame, base: Config, keys: list[str], lo, hi, u: np.ndarray
+) -> np.ndarray | None:
+    """Drift's third start, by matching the model's per-token log-odds to the observed rise and
+    fall: the bonus completes at the observed validity peak p (one full round per cycle), the
+    drift is the log-odds lost per cycle from p to the last cycle, bonus_max and base_logit
+    give the rise from the first observed cycle to p. A start only (each valid rate read as
+    ceiling · σ(L)^d, as if every token were written); None without an interior peak."""
+    if "validity" not in obs or base.space.kind != "abstract":
+        return None
+    v = obs.dropna(subset=["validity"])
+    v = v[(v["validity"] > 0) & (v["validity"] < base.generator.ceiling)]
+    peak = int(v.loc[v["validity"].idxmax(), "cycle"]) if len(v) else 0
+    first, last = (int(v["cycle"].min()), int(v["cycle"].max())) if len(v) else (0, 0)
+    if peak <= first + 1 or peak >= last:
+        return None
+    q = (v.set_index("cycle")["validity"] / base.generator.ceiling) ** (1 / base.space.length)
+    logit = np.log(q / (1 - q))
+    drift = (logit[peak] - logit[last]) / (last - peak)
+    rise = (logit[peak] - logit[first]) / (peak - first)  # net log-odds gained per cycle
+    values = {
+        "generator.bonus_rate": 1 / (peak - 1),
+        "generator.drift": drift if drift > 0 else DRIFT_START,
+        "generator.bonus_max": (rise + max(drift, 0)) * (peak - 1),
+        "generator.base_logit": logit[first] - rise * (first - 1),
+    }
+    out = u.copy()
+    for key, value in values.items():
+        if key in keys:
+            i = keys.index(key)
+            out[i] = np.clip((value - lo[i]) / (hi[i] - lo[i]), 0, 1)
+    return out
+
+
+def _first_cycle_logit(obs: pd.DataFrame, base: Config, earliest: bool = False) -> float | None:
+    """The base_logit that gives the observed cycle-1 validity, or None if not observed.
+    `earliest`: without cycle 1, the earliest observed valid rate stands in (a start only)."""
     if "validity" not in obs or base.space.kind != "abstract":
         return None
     v = obs.loc[obs["cycle"] == 1, "validity"]
+    if v.empty and earliest:
+        v = obs["validity"].dropna().iloc[:1]
     if v.empty or not (0 < float(v.iloc[0]) < base.generator.ceiling):
         return None
     p = (float(v.iloc[0]) / base.generator.ceiling) ** (1 / base.space.length)

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
 
 def write_calibration(out: Path, cal: Calibration) -> list[str]:
-    """Write params.json, residuals.csv, fitted.csv, fitted.toml and overlay.png; return names."""
+    """Write params.json, residuals.csv, fitted.csv, fitted.toml and overlay.png (and loo.csv
+    when the leave-one-cycle-out check ran; `loo_rmse` is null when it did not); return names."""
     out = Path(out)
     write_json(
         out / "params.json",
@@ -24,13 +25,17 @@ def write_calibration(out: Path, cal: Calibration) -> list[str]:
             "rmse": cal.rmse,
             "maps": cal.maps,
             "info": cal.info,
+            "loo_rmse": cal.loo_rmse,
         },
     )
+    loo = [] if cal.loo is None else ["loo.csv"]
+    if cal.loo is not None:
+        atomic_write_text(out / "loo.csv", cal.loo.to_csv(index=False))
     atomic_write_text(out / "residuals.csv", cal.residuals.to_csv(index=False))
     atomic_write_text(out / "fitted.csv", cal.fitted.to_csv(index=False))
     atomic_write_text(out / "fitted.toml", cal.config.to_toml())
     overlay(cal, out / "overlay.png")
-    return ["params.json", "residuals.csv", "fitted.csv", "fitted.toml", "overlay.png"]
+    return ["params.json", "residuals.csv", "fitted.csv", "fitted.toml", "overlay.png", *loo]
 
 
 def overlay(cal: Calibration, path: Path) -> None:
@@ -40,6 +45,8 @@ def overlay(cal: Calibration, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from archrefine.experiments.plots import cycle_axis
+
     cols = list(dict.fromkeys(cal.residuals["column"]))
     fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols), 3.2), squeeze=False)
     for ax, col in zip(axes[0], cols):
@@ -47,7 +54,7 @@ def overlay(cal: Calibration, path: Path) -> None:
         ax.plot(cal.fitted["cycle"], cal.fitted[col], color="tab:blue", label="fitted")
         ax.plot(obs["cycle"], obs["observed"], "o", color="black", label="observed")
         ax.set_title(f"{col} (RMSE {cal.rmse[col]:.3g})", fontsize=9)
-        ax.set_xlabel("cycle")
+        cycle_axis(ax)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -64,5 +71,6 @@ def summary(cal: Calibration) -> str:
         for k, v in cal.params.items()
     ]
     lines += [f"RMSE {c}: {v:.4g}" for c, v in cal.rmse.items()]
+    lines += [f"leave-one-out RMSE {c}: {v:.4g}" for c, v in (cal.loo_rmse or {}).items()]
     lines.append(f"loss {cal.info['loss_start']:.4g} → {cal.info['loss']:.4g}")
     return "\n".join(lines)

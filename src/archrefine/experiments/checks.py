@@ -7,7 +7,6 @@ it holds. Definitions, tolerances and their reasons: docs/claims.md.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 from archrefine.core.analysis import RowFits, count_breaks, peak_time
 
@@ -122,6 +121,8 @@ def inverse_check(vm: np.ndarray, nm: np.ndarray, v_rows: np.ndarray | None, n_r
     holds = (levels <= C2_LEVELS) & (changes <= C2_CHANGES)
     fixed = None
     if v_rows is not None:
+        from scipy.stats import rankdata  # scipy loads when a claim is checked, not to plot
+
         rho = pearson(
             np.moveaxis(rankdata(v_rows, axis=1), 1, -1),
             np.moveaxis(rankdata(n_rows, axis=1), 1, -1),
@@ -182,6 +183,8 @@ def balance(validity: np.ndarray, kept: np.ndarray) -> np.ndarray:
 
 def selection_check(ks: np.ndarray, v: np.ndarray, f: np.ndarray, d: np.ndarray) -> Check:
     """C6 on final validity, fitness `(rows, k)` and diversity `(rows, k, cycles)`."""
+    from scipy.stats import rankdata
+
     rk = rankdata(ks)
     rho = {key: pearson(np.broadcast_to(rk, x.shape), rankdata(x, axis=-1)) for key, x in
            (("validity", v), ("fitness", f), ("diversity", d[..., -1]))}  # fmt: skip

@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from archrefine.core.analysis import Phases, derivative, peak_time  # noqa: E402
 from archrefine.core.metrics import METRICS  # noqa: E402
@@ -42,6 +43,13 @@ def _save(fig: plt.Figure, path: Path) -> None:
     fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def cycle_axis(ax: plt.Axes) -> None:
+    """Label a cycle axis, with ticks at whole cycles only (matplotlib would put a 5-cycle
+    loop's ticks at 1.5, 2.5, …, cycles that do not exist)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("cycle")
 
 
 def _named(bounds: list[float] | None, named: bool | None) -> bool:
@@ -115,7 +123,7 @@ def trajectory(
         top = float(np.nanmax(upper)) if np.isfinite(upper).any() else 1.0
         ax.set_ylim(0, max(top, 1e-9) * 1.12)
         ax.set_title(f"{key}  {_change_note(mean[key])}", pad=16, fontsize=10)
-        ax.set_xlabel("cycle")
+        cycle_axis(ax)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower right")
     trials = sel.trial.nunique()
@@ -200,7 +208,7 @@ def phases(sel: pd.DataFrame, found: Phases, path: Path, *, named: bool | None =
         handles.append(Line2D([], [], color="black", ls="--", lw=1, label="detected boundary"))
         handles.append(Patch(color="black", alpha=0.08, label="its 90% bootstrap interval"))
     ax.axhline(0, color="0.5", lw=0.8)
-    ax.set_xlabel("cycle")
+    cycle_axis(ax)
     ax.set_ylabel("rate of change per cycle")
     bounds = ", ".join(
         f"{b:g} [{lo:g}, {hi:g}]" for b, lo, hi in zip(found.boundaries, found.low, found.high)
@@ -237,7 +245,7 @@ def schedules(frame: pd.DataFrame, path: Path, *, period: int = 4) -> None:
                        zorder=0, label=f"last {min(period, len(last))} cycles (C4)")  # fmt: skip
         ax.set_ylim(bottom=0)
         ax.set_title(title)
-        ax.set_xlabel("cycle")
+        cycle_axis(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("Mutation schedules", y=1.02)
@@ -263,7 +271,7 @@ def compare(runs: dict[str, pd.DataFrame], path: Path) -> None:
             )
     for ax, key in zip(axes, METRICS):
         ax.set_title(key)
-        ax.set_xlabel("cycle")
+        cycle_axis(ax)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Generators compared (mean ± std over trials)", y=1.04)
@@ -283,7 +291,7 @@ def overlay(runs: dict[str, pd.DataFrame], path: Path, *, title: str = "Runs com
             ax.plot(mean.index, mean[key], color=color, lw=1.8, label=label)
     for ax, key in zip(axes, METRICS):
         ax.set_title(key)
-        ax.set_xlabel("cycle")
+        cycle_axis(ax)
         ax.grid(alpha=0.3)
     if runs:
         axes[-1].legend(

@@ -13,7 +13,7 @@ import pandas as pd
 from archrefine.core.analysis import Phases
 from archrefine.core.config import Config
 from archrefine.core.store import atomic_write_text, close_run, open_run, write_json, write_parquet
-from archrefine.experiments import plots
+from archrefine.experiments import intervene
 from archrefine.experiments.claims import (
     Claim,
     as_records,
@@ -35,9 +35,17 @@ class Reproduction:
     claims: list[Claim]
 
 
+def plan(config: Config) -> dict[str, dict[str, dict]]:
+    """The paper's four experiments, the schedules experiment with one condition per
+    intervention besides (docs/interventions.md; the claims read only the paper's conditions)."""
+    experiments = paper_plan(config.loop.population, config.generator.kind)
+    experiments["schedules"] = {**experiments["schedules"], **intervene.conditions()}
+    return experiments
+
+
 def conditions(config: Config) -> int:
     """How many distinct simulations `reproduce` will run (for progress bars)."""
-    return count_unique(config, paper_plan(config.loop.population, config.generator.kind))
+    return count_unique(config, plan(config))
 
 
 def reproduce(
@@ -50,7 +58,7 @@ def reproduce(
     """Run the four experiments and check the claims; no I/O."""
     frame = run_plan(
         config,
-        paper_plan(config.loop.population, config.generator.kind),
+        plan(config),
         workers=workers,
         on_done=on_done,
     )
@@ -71,7 +79,8 @@ def write(out: Path, config: Config, rep: Reproduction, *, started: float) -> No
     write_parquet(out / "metrics.parquet", rep.frame)
     write_json(out / "claims.json", as_records(rep.claims))
     atomic_write_text(out / "claims.md", claims_markdown(rep.claims, config))
-    write_json(out / "phases.json", rep.phases.__dict__)
+    write_json(out / "phases.json", phases_record(rep.phases))
+    write_json(out / "interventions.json", intervene.conditions_table(rep.frame))
     draw(
         out,
         rep.frame,
@@ -89,11 +98,28 @@ def write(out: Path, config: Config, rep: Reproduction, *, started: float) -> No
             "claims.json",
             "claims.md",
             "phases.json",
+            "interventions.json",
             *FIGURES,
             *([COMPARE] if "comparison" in set(rep.frame.experiment) else []),
         ],
         started=started,
     )
+
+
+def phases_record(found: Phases) -> dict:
+    """phases.json's content: cycle positions to 4 significant digits and R² to 6, so the file
+    says 16.55, not the float sum 16.549999999999983 (a kink is not placed to 0.01 cycle; the R²
+    gains C1 weighs against 0.02 are exact to 1e-5)."""
+
+    def rounded(values, digits: int) -> list[float]:
+        return [float(f"{v:.{digits}g}") for v in values]
+
+    record = dict(found.__dict__)
+    for key in ("boundaries", "low", "high", "three_phase_fit", "three_phase_low",
+                "three_phase_high"):  # fmt: skip
+        record[key] = rounded(record[key], 4)
+    record["r2"] = rounded(record["r2"], 6)
+    return record
 
 
 def phases_found(claims: list[Claim] | list[dict]) -> bool | None:
@@ -122,11 +148,11 @@ def draw(
     exp, cond = phase_source(frame, schedule_kind)
     phase_run = frame[(frame.experiment == exp) & (frame.condition == cond)]
     jobs = [
-        (plots.trajectory, (traj, out / FIGURES[0]), {"found": found, "named": named}),
-        (plots.topk, (frame[frame.experiment == "topk"], out / FIGURES[1]), {}),
-        (plots.phases, (phase_run, found, out / FIGURES[2]), {"named": named}),
+        ("trajectory", (traj, out / FIGURES[0]), {"found": found, "named": named}),
+        ("topk", (frame[frame.experiment == "topk"], out / FIGURES[1]), {}),
+        ("phases", (phase_run, found, out / FIGURES[2]), {"named": named}),
         (
-            plots.schedules,
+            "schedules",
             (frame[frame.experiment == "schedules"], out / FIGURES[3]),
             {"period": period},
         ),
@@ -134,7 +160,7 @@ def draw(
     if "comparison" in set(frame.experiment):
         jobs.append(
             (
-                plots.compare,
+                "compare",
                 (
                     {"paper": frame[frame.experiment == "comparison"], generator: traj},
                     out / COMPARE,
@@ -143,12 +169,20 @@ def draw(
             )
         )
     if workers <= 1:
-        for fn, args, kw in jobs:
-            fn(*args, **kw)
+        for name, args, kw in jobs:
+            _plot(name, *args, **kw)
         return
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for future in [pool.submit(fn, *args, **kw) for fn, args, kw in jobs]:
+        for future in [pool.submit(_plot, name, *args, **kw) for name, args, kw in jobs]:
             future.result()
+
+
+def _plot(name: str, *args, **kw) -> None:
+    """Draw one figure with `plots.<name>`, importing matplotlib where it draws: the worker
+    processes, not the main one (~30 MB of its peak memory)."""
+    from archrefine.experiments import plots
+
+    getattr(plots, name)(*args, **kw)
 
 
 def start(out: Path, config: Config, *, force: bool) -> float:

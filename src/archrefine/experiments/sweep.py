@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from archrefine.core.store import (
     write_parquet,
 )
 from archrefine.experiments.runner import each_in_processes
+from archrefine.sim.budget import check_memory
 from archrefine.sim.loop import METRICS, simulate
 
 BACKENDS = ("local", "ray")
@@ -238,8 +238,9 @@ def run_sweep(
             raise StoreError(f"{out_dir}: no sweep to resume (no sweep.json or config.toml)")
         if load_config(saved) != base:
             raise StoreError(f"{out_dir}: --resume needs the sweep's own base config.toml")
-    meta = {"seed": base.seed, "trials": base.trials, "backend": backend,
-            "points": len(points), "pid": os.getpid(), "host": socket.gethostname()}  # fmt: skip
+    for p in points:  # a point far too large for memory fails before anything is written
+        check_memory(p.config)
+    meta = {"seed": base.seed, "trials": base.trials, "backend": backend, "points": len(points)}
     open_run(out_dir, force=force or resume, kind="sweep", meta=meta)
     if force and not resume:
         shutil.rmtree(out_dir / "points", ignore_errors=True)

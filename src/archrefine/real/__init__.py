@@ -20,7 +20,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from archrefine.core.store import StoreError, atomic_write_text, close_run, open_run
+from archrefine.core.store import (
+    StoreError,
+    atomic_write_text,
+    close_run,
+    open_run,
+    read_metrics,
+    read_run,
+    refuse_live,
+    resume_run,
+)
 from archrefine.real.config import RealConfig
 from archrefine.real.loop import Event, completed_cycles, run_loop
 from archrefine.real.text import GeneratorUnavailable, TextGenerator
@@ -33,6 +42,7 @@ __all__ = [
     "GeneratorUnavailable",
     "RealConfig",
     "completed_cycles",
+    "finished",
     "make_generator",
     "run",
     "start",
@@ -87,7 +97,9 @@ def start(
             raise StoreError(f"{out}: no loop to resume (no config.toml)")
         if trust_config and not (out / TEMPLATE_FILE).exists():  # a run from before the copy
             atomic_write_text(out / TEMPLATE_FILE, template_text(config.prompt.template))
+        refuse_live(out, read_run(out))  # a checked record, whose process is gone, first
         trust.verify(out, level, trust_config=trust_config, weaker_isolation=weaker_isolation)
+        resume_run(out, read_run(out))  # records this process and the time
         return out
     text = template_text(config.prompt.template)  # read (and checked) before anything is written
     open_run(out, force=force, kind="loop", meta={"seed": config.seed, "isolation": level})
@@ -98,6 +110,17 @@ def start(
     atomic_write_text(out / TEMPLATE_FILE, text)
     trust.sign(out, level)
     return out
+
+
+def finished(out: Path, config: RealConfig) -> bool:
+    """Whether `out` holds this loop complete: run.json says so and every cycle is recorded."""
+    from archrefine.real.trust import check_files
+
+    if not (Path(out) / "run.json").exists():
+        return False
+    check_files(Path(out))  # a state file linked elsewhere, a FIFO or a device: refused
+    info = read_run(out)
+    return info.get("status") == "complete" and completed_cycles(out) >= config.loop.cycles
 
 
 def run(
@@ -115,6 +138,8 @@ def run(
     `trust_config` and `weaker_isolation` are the `--resume` overrides of `trust.verify`."""
     from archrefine.real.report import write_report
 
+    if resume and finished(Path(out), config):
+        return read_metrics(out)  # nothing to do: every output stays as it is
     started = time.time()
     start(out, config, force=force, resume=resume, trust_config=trust_config,
           weaker_isolation=weaker_isolation)  # fmt: skip

@@ -33,7 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from archrefine.core.store import atomic_write_bytes
+from archrefine.core.store import atomic_write_bytes, create_file
 from archrefine.sandbox.sandbox import STATUSES as SANDBOX_STATUSES
 
 __all__ = ["COLUMNS", "STATUSES", "CandidateStore", "CandidateStoreError"]
@@ -93,8 +93,9 @@ class CandidateStore:
             raise CandidateStoreError(f"{self.path}: is a directory, not a candidate store")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            create_file(self.path)  # with the umask's mode: SQLite alone would make it 0644
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-        except sqlite3.Error as err:
+        except (sqlite3.Error, OSError) as err:
             raise CandidateStoreError(f"{self.path}: cannot open ({_line(err)})") from None
         try:
             self._open()

@@ -8,11 +8,18 @@ to `hf` (a local model directory) or `openai` (a server), as in configs/real-*.t
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from archrefine.core.config import LearnedConfig, ScheduleConfig, _Overridable, _Strict
+from archrefine.core.config import (
+    SEED_MAX,
+    LearnedConfig,
+    ScheduleConfig,
+    TrackingConfig,
+    _Overridable,
+    _Strict,
+)
 
 
 class LoraConfig(_Strict):
@@ -35,7 +42,9 @@ class RealGeneratorConfig(_Strict):
         "learned", description="learned (built in), hf (local HF model), openai (a server)"
     )
     model: str = Field(
-        "", description="hf: local model directory; openai: model name (empty: the server's)"
+        "",
+        description="hf: local model directory; openai: model name (empty: $OPENAI_MODEL, else "
+        "the first model the server lists)",
     )
     base_url: str = Field(
         "", description="openai: server URL (empty: $OPENAI_BASE_URL, which must then be set)"
@@ -91,7 +100,9 @@ class EvaluateConfig(_Strict):
     )
     ray_address: str = Field("", description="ray: cluster address (empty: start a local Ray)")
     cpus_per_task: float = Field(1.0, gt=0, description="ray: CPUs each evaluation declares")
-    gpus_per_task: float = Field(0.0, ge=0, description="ray: GPUs each evaluation declares")
+    gpus_per_task: float = Field(
+        0.0, ge=0, description="GPUs each evaluation declares (ray); > 0: the sandbox sees the GPUs"
+    )
     workers: int = Field(
         2, ge=1, le=256, description="local: sandbox workers; ray: CPUs of a local Ray"
     )
@@ -119,7 +130,15 @@ class NoveltyConfig(_Strict):
 class RealConfig(_Overridable):
     """A real refinement loop: one model, one run; seeds make sampling and training repeatable."""
 
-    seed: int = Field(0, ge=0, description="root of every random draw")
+    label: ClassVar[str] = "real-loop config"
+    others: ClassVar[tuple[tuple[str, tuple[str, ...], str], ...]] = (
+        ("simulator config",
+         ("trials", "space", "fitness", "generator.base_logit", "generator.bonus_max",
+          "loop.fresh_fraction", "loop.novelty_k"),
+         "archrefine run, reproduce, sweep, robustness or config"),
+    )  # fmt: skip
+
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="root of every random draw (< 2**63)")
     generator: RealGeneratorConfig = RealGeneratorConfig()
     prompt: PromptConfig = PromptConfig()
     loop: RealLoopConfig = RealLoopConfig()
@@ -127,6 +146,7 @@ class RealConfig(_Overridable):
     schedule: ScheduleConfig = ScheduleConfig(rate=0.7, min_rate=0.33)
     evaluate: EvaluateConfig = EvaluateConfig()
     novelty: NoveltyConfig = NoveltyConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _model_given(self) -> RealConfig:

@@ -3,19 +3,22 @@
 Everything is local (`local_files_only=True`): the real loop must never download weights
 mid-run, and a study names its model directory explicitly. Each cycle's `refine` continues
 the *same* adapter with the *same* AdamW state, so a run resumed from `save`/`load` trains
-exactly as one that never stopped. `build_tiny_model` writes a tiny random GPT-2 with a
-tokenizer trained on the project's own sources, to try the loop without a download.
+exactly as one that never stopped. `prompt_fits` tells the loop how long a prompt may be, so it
+drops references rather than have the prompt's start cut. `build_tiny_model` (real/tiny.py)
+writes a tiny GPT-2, trained here if asked, to try the loop without a download.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from archrefine.real.prompts import prompt_room
 from archrefine.real.text import GeneratorUnavailable, Sampling
+from archrefine.real.tiny import build_tiny_model
 
 try:  # heavy, optional (`archrefine[real]`): a missing one is reported when a generator starts
     import torch
@@ -98,6 +101,13 @@ class HFGenerator:
             n = self.tokenizer.model_max_length if self.tokenizer.model_max_length < 1e6 else 2048
         return int(n)
 
+    def prompt_fits(self, prompt: str, max_new_tokens: int) -> bool:
+        """Whether `prompt`, as the model sees it, leaves `max_new_tokens` of context for the
+        answer (`generate` would otherwise cut the prompt's start): the loop drops references
+        until it does (`prompts.render_fitted`)."""
+        room = prompt_room(self._context(), max_new_tokens)
+        return len(self._prompt_ids(prompt)) <= room
+
     def _prompt_ids(self, prompt: str) -> list[int]:
         """The prompt as the model sees it: one user turn under a chat template, else raw text
         (with the tokenizer's own special tokens). Training formats prompts the same way."""
@@ -115,8 +125,8 @@ class HFGenerator:
         torch.manual_seed(seed)
         if torch.cuda.is_available():
             torch.cuda.manual_seed_all(seed)
-        new = max(1, min(sampling.max_new_tokens, self._context() - 1))
-        keep = self._context() - new  # prompts lose their start, not the request at the end
+        keep = prompt_room(self._context(), sampling.max_new_tokens)
+        new = self._context() - keep  # prompts lose their start, not the request at the end
         pad = self.tokenizer.pad_token_id
         sample = sampling.temperature > 0
         knobs = dict(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
@@ -262,70 +272,3 @@ class HFGenerator:
         self.model = self.optimizer = None  # type: ignore[assignment]
         if _MISSING is None and torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def _default_corpus() -> list[str]:
-    """The project's own generated sources plus prompt-like text: what the loop will feed it."""
-    from archrefine.space import KNOWN, to_source
-
-    sources = [to_source(seq) for seq in KNOWN.values()]
-    prompts = [
-        "Write a PyTorch module `Net` for 3x32x32 images and 10 classes.",
-        "Here are reference architectures that scored well:\n```python\n",
-        "Propose a new architecture. Answer with one ```python code block.\n",
-        "The network must map (batch, 3, 32, 32) to logits (batch, 10).",
-    ]
-    return sources + prompts
-
-
-def build_tiny_model(
-    directory: str | Path,
-    *,
-    seed: int = 0,
-    corpus: Iterable[str] | None = None,
-    n_layer: int = 2,
-    n_embd: int = 64,
-    n_head: int = 2,
-    vocab_size: int = 2048,
-    n_positions: int = 2048,
-) -> Path:
-    """Write a tiny random GPT-2 and a byte-level BPE tokenizer trained on `corpus` (default:
-    the project's sources) to `directory`, loadable by `HFGenerator`; deterministic per seed."""
-    if _MISSING is not None:
-        raise GeneratorUnavailable(f"build_tiny_model needs archrefine[real]: {_MISSING}")
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    eos = "<|endoftext|>"
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[eos],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(list(corpus if corpus is not None else _default_corpus()), trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token=eos, bos_token=eos, pad_token=eos, unk_token=eos
-    )
-    tokenizer.model_max_length = n_positions
-    tokenizer.save_pretrained(directory)
-    eos_id = bpe.token_to_id(eos)
-    config = GPT2Config(
-        vocab_size=bpe.get_vocab_size(),
-        n_positions=n_positions,
-        n_embd=n_embd,
-        n_layer=n_layer,
-        n_head=n_head,
-        bos_token_id=eos_id,
-        eos_token_id=eos_id,
-        pad_token_id=eos_id,
-    )
-    with torch.random.fork_rng(devices=[]):  # deterministic without touching the caller's RNG
-        torch.manual_seed(seed)
-        GPT2LMHeadModel(config).save_pretrained(directory)
-    return directory

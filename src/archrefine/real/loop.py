@@ -35,21 +35,21 @@ import pandas as pd
 from archrefine.code.novelty_code import CodeNovelty
 from archrefine.core.schedules import rates
 from archrefine.core.store import StoreError, write_json, write_parquet
-from archrefine.real.candidates import CandidateStore, CandidateStoreError
+from archrefine.real.candidates import CandidateStore
 from archrefine.real.config import RealConfig
 from archrefine.real.cycle_metrics import cycle_metrics, mapped
 from archrefine.real.guard import (
     Evaluation,
-    crashed,
-    describe,
     probe_source,
     rows_digest,
     verify_store,
 )
-from archrefine.real.prompts import Reference, read_template, render
+from archrefine.real.overlap import CycleWork
+from archrefine.real.prompts import Reference, prompt_check, read_template, render_fitted
 from archrefine.real.replies import code_or_error, row
 from archrefine.real.text import GeneratorUnavailable, Sampling, TextGenerator
-from archrefine.sandbox.sandbox import TrainSpec, one_line
+from archrefine.sandbox.sandbox import one_line
+from archrefine.sim.loop import recorded_rates
 
 INPUT_SHAPE, CLASSES = (3, 32, 32), 10
 BATCH = 8  # responses generated (and stored) per generator call
@@ -115,6 +115,7 @@ def run_loop(
     ev = config.evaluate
     template = read_template(out)
     schedule = rates(config.schedule, config.loop.cycles)
+    shown = recorded_rates(config.schedule, config.loop.cycles)  # metrics: cycle 1's too
     data = _data(config) if ev.train else None
     notify = on_event or (lambda e: None)
     with (
@@ -129,15 +130,19 @@ def run_loop(
             began = time.time()
             rate = float(schedule[c - 1])
             refs = _references(store, c, config)
-            _generate(store, generator, config, template, refs, c, rate, notify)
-            _score_novelty(store, c, archive.codes, config)
-            _evaluate(store, evaluation, c, config, data, notify)
+            work = CycleWork(store, evaluation, archive.codes, c, config, data, notify, Event)
+            try:  # the sandbox runs earlier batches while the generator writes the next one
+                _generate(store, generator, config, template, refs, c, rate, notify, work.step)
+                work.finish()
+            finally:
+                work.close()
             selected = _select(store, c, config.loop.top_k)
             pairs = _pairs(store)
             loss = generator.refine(pairs, c) if selected else None
             _written(out / "generator", _save_generator, generator, out, c)
             cycle_rows = store.cycle_rows(c)
             row = cycle_metrics(cycle_rows, archive.codes, archive.mapped(), c, rate, loss, config)
+            row["mutation_rate"] = float(shown[c - 1])
             row["seconds"] = round(time.time() - began, 3)
             rows.append(row)
             _written(
@@ -186,7 +191,7 @@ def evaluator(config: RealConfig):
         )
     from archrefine.sandbox.pool import SandboxPool
 
-    return SandboxPool(ev.workers, **limits)
+    return SandboxPool(ev.workers, gpus=ev.gpus_per_task > 0, **limits)
 
 
 # ---- steps -------------------------------------------------------------------------------------
@@ -204,8 +209,9 @@ def _references(store: CandidateStore, c: int, config: RealConfig) -> list[Refer
     return [Reference(to_source(seq), name=name) for name, seq in KNOWN.items()]
 
 
-def _generate(store, generator, config, template, refs, c, rate, notify) -> None:
-    """Fill the cycle's missing candidate slots, `BATCH` at a time, storing each batch at once.
+def _generate(store, generator, config, template, refs, c, rate, notify, after=None) -> None:
+    """Fill the cycle's missing candidate slots, `BATCH` at a time, storing each batch at once
+    and then calling `after()` (the overlap: scoring and evaluating what is stored so far).
 
     Slot i's prompt (its reference subset) and sampling seed depend only on (seed, cycle, i), so
     a resumed run asks for exactly the prompts an uninterrupted one would have.
@@ -215,13 +221,15 @@ def _generate(store, generator, config, template, refs, c, rate, notify) -> None
     temperature = g.temperature + (g.temperature_span * rate if np.isfinite(rate) else 0.0)
     sampling = Sampling(temperature, g.top_p, g.top_k, g.max_new_tokens, rate)
     notify(Event(c, "generate", have, n))
+    check = prompt_check(generator, g.max_new_tokens)  # hf: drop references, never cut prompts
+    shape = dict(input_shape=INPUT_SHAPE, classes=CLASSES)
     for first in range(have, n, BATCH):
         slots = list(range(first, min(first + BATCH, n)))
-        chosen = [_pick(refs, config, c, i) for i in slots]
-        prompts = [
-            render(template, config.prompt, ch, input_shape=INPUT_SHAPE, classes=CLASSES)
-            for ch in chosen
+        fitted = [
+            render_fitted(template, config.prompt, _pick(refs, config, c, i), fits=check, **shape)
+            for i in slots
         ]
+        prompts, chosen = [p for p, _ in fitted], [ch for _, ch in fitted]
         responses = _answers(generator, prompts, sampling, _seed(config.seed, c, first))
         for attempt in range(1, g.retries + 1):  # rejection: resample responses with no code
             again = [j for j, r in enumerate(responses) if code_or_error(r)[0] is None]
@@ -240,6 +248,8 @@ def _generate(store, generator, config, template, refs, c, rate, notify) -> None
             for p, r, ch in zip(prompts, responses, chosen, strict=True)
         )
         notify(Event(c, "generate", slots[-1] + 1, n))
+        if after is not None:
+            after()
 
 
 def _answers(generator: TextGenerator, prompts: list[str], sampling: Sampling, seed: int) -> list:
@@ -301,56 +311,6 @@ def _admitted(row: dict, policy: str) -> bool:
     if policy == "selected":
         return bool(row["selected"])
     return policy == "all" or row["status"] == "ok"
-
-
-def _score_novelty(store: CandidateStore, c: int, archive: CodeNovelty, config) -> None:
-    """Novelty against the archive at the cycle's start; a near duplicate of the archive or of
-    an earlier candidate of the same cycle is flagged (it is validated, not trained)."""
-    nv = config.novelty
-    seen = CodeNovelty(nv.shingle, nv.num_perm, nv.threshold, seed=1)
-    for r in store.cycle_rows(c):
-        if r["code"] is None or r["status"] == "rejected":
-            continue
-        try:
-            dup = archive.is_near_duplicate(r["code"]) or seen.is_near_duplicate(r["code"])
-            if r["novelty"] is None:
-                store.update(r["id"], novelty=archive.score(r["code"]), near_duplicate=dup)
-            seen.add(str(r["id"]), r["code"])
-        except ValueError:  # no code tokens at all
-            store.update(r["id"], status="rejected", reason="the code block has no code tokens")
-        except CandidateStoreError:
-            raise
-        except Exception as err:  # noqa: BLE001 - hostile code must not end the run
-            store.update(r["id"], **crashed(f"scoring novelty raised {describe(err)}"))
-
-
-def _evaluate(store, evaluation: Evaluation, c: int, config: RealConfig, data, notify) -> None:
-    """Run every pending candidate in the sandbox, `workers × 2` at a time, storing outcomes as
-    they come; near duplicates are built and run but not trained. (With Ray, `workers` is the
-    local instance's CPUs; a cluster gets the same chunks, each chunk's tasks in parallel.)"""
-    ev = config.evaluate
-    rows = store.cycle_rows(c)
-    todo = [r for r in rows if r["status"] == "pending"]
-    total = sum(r["code"] is not None and r["status"] != "rejected" for r in rows)
-    done = total - len(todo)
-    notify(Event(c, "evaluate", done, total))
-    spec = TrainSpec(ev.epochs, ev.lr, ev.batch_size, seed=config.seed) if ev.train else None
-    step = ev.workers * 2
-    for first in range(0, len(todo), step):
-        chunk = todo[first : first + step]
-        for dup in (False, True):
-            part = [r for r in chunk if r["near_duplicate"] == dup]
-            if not part:
-                continue
-            train = dict(train=spec, data=data) if spec is not None and not dup else {}
-            outs = evaluation.run([r["code"] for r in part], **train)
-            for r, fields in zip(part, outs, strict=True):
-                try:
-                    store.update(r["id"], **fields)
-                except ValueError as err:  # a field the store refuses: the candidate's fault
-                    store.update(r["id"], **crashed(f"its outcome cannot be stored ({err})"))
-        done += len(chunk)
-        notify(Event(c, "evaluate", done, total))
 
 
 def _select(store: CandidateStore, c: int, k: int) -> list[int]:

@@ -4,11 +4,18 @@ A template is plain text with `$placeholders` (Python's `string.Template`): `$ta
 `$input_shape`, `$classes`, `$param_budget` and `$references` (the reference architectures,
 with their scores, as ```python blocks). The built-in template is
 `archrefine/data/prompts/default.txt`; copy it, edit it, and point `prompt.template` at the copy.
+
+A prompt must leave the model room for its answer. A generator that knows its context (`hf`:
+its tokenizer and position count) has `prompt_fits(prompt, max_new_tokens)`; the loop then
+renders with `render_fitted`, which drops references (the lowest-ranked first) until the prompt
+fits, so the task, the budget and the output contract are never what gets cut. Generators
+without it (`learned`, `openai`) take every prompt as it is.
 """
 
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -98,6 +105,38 @@ def render(
         param_budget=f"{cfg.param_budget:,}",
         references=references_block(references),
     )
+
+
+def prompt_room(context: int, max_new_tokens: int) -> int:
+    """Prompt tokens a model with `context` positions takes while keeping `max_new_tokens`
+    (at least one, at most context - 1) for its answer."""
+    return context - max(1, min(max_new_tokens, context - 1))
+
+
+def prompt_check(generator: object, max_new_tokens: int) -> Callable[[str], bool] | None:
+    """The generator's `prompt_fits` with `max_new_tokens` bound, or None when it has none."""
+    fits = getattr(generator, "prompt_fits", None)
+    return None if fits is None else (lambda prompt: bool(fits(prompt, max_new_tokens)))
+
+
+def render_fitted(
+    template: string.Template,
+    cfg: PromptConfig,
+    references: list[Reference],
+    *,
+    input_shape: tuple[int, ...],
+    classes: int,
+    fits: Callable[[str], bool] | None = None,
+) -> tuple[str, list[Reference]]:
+    """The prompt with the longest prefix of `references` (in their order, best first) for
+    which `fits(prompt)` holds, and that prefix; with none fitting, the prompt without
+    references (the generator then cuts its start). `fits=None`: every reference is kept."""
+    kept = list(references)
+    while True:
+        prompt = render(template, cfg, kept, input_shape=input_shape, classes=classes)
+        if fits is None or not kept or fits(prompt):
+            return prompt, kept
+        kept.pop()
 
 
 def references_block(references: list[Reference]) -> str:

@@ -16,7 +16,7 @@ import pandas as pd
 from archrefine.core.store import atomic_write_text, write_json
 from archrefine.experiments import plots
 from archrefine.experiments.claims import PHASE_SERIES, as_records, evaluate, per_trial
-from archrefine.experiments.reproduce import claims_table
+from archrefine.experiments.reproduce import claims_table, phases_record
 from archrefine.real.config import RealConfig
 
 FILES = ("config.toml", "prompt.txt", "candidates.sqlite", "metrics.parquet", "trajectory.png",
@@ -47,7 +47,7 @@ def write_report(out: Path, config: RealConfig, frame: pd.DataFrame) -> list[str
         )  # fmt: skip
     except (ValueError, ArithmeticError) as err:  # e.g. every candidate failed: no values
         warnings.warn(f"trajectory.png not drawn: {' '.join(str(err).split())}", stacklevel=2)
-    write_json(out / "phases.json", found.__dict__)
+    write_json(out / "phases.json", phases_record(found))
     if cycles >= 5 and data[list(PHASE_SERIES)].notna().all().all():
         claims = evaluate(data, found)
     else:

@@ -12,6 +12,7 @@ rate, which the learned generator reads and LLM backends ignore).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import secrets
 import socket
@@ -21,10 +22,39 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from archrefine.core.config import ConfigError
 from archrefine.real.text import Sampling, TextGenerator
 from archrefine.sandbox.sandbox import one_line
 
-__all__ = ["GeneratorServer"]
+__all__ = ["GeneratorServer", "ServeError", "check_address"]
+
+
+class ServeError(ConfigError):
+    """The server cannot listen where asked (port in use or out of range, unknown host): one
+    line naming the address and what to do, never the socket's traceback."""
+
+
+def check_address(host: str, port: int) -> None:
+    """Raise `ServeError` now if a server could not listen at `host:port`, so a caller that
+    builds a model first (the CLI's `serve`) learns of a busy port before spending time on it."""
+    _listen(host, port).server_close()
+
+
+def _listen(host: str, port: int) -> ThreadingHTTPServer:
+    """Bind and listen, turning the socket's errors into a `ServeError`."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ServeError(f"port {port!r} is not a port number (0–65535; 0: any free one)")
+    try:
+        return ThreadingHTTPServer((host, port), _Handler)
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise ServeError(
+                f"{host}:{port} is in use (another server?): choose another --port, or --port 0 "
+                "for any free one"
+            ) from None
+        raise ServeError(
+            f"cannot listen on {host}:{port}: {one_line(err.strerror or err)}"
+        ) from None
 
 
 class _BadRequest(ValueError):
@@ -110,7 +140,7 @@ class GeneratorServer:
         self.model_name = model_name
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._httpd = ThreadingHTTPServer((host, port), _Handler)
+        self._httpd = _listen(host, port)
         self._httpd.daemon_threads = True
         self._httpd.owner = self  # type: ignore[attr-defined]
         self.connections: set[socket.socket] = set()  # open keep-alive connections

@@ -100,6 +100,28 @@ def bwrap_view(prefixes: list[str]) -> list[str]:
     return args
 
 
+#: the device nodes a CUDA program opens besides the per-GPU `nvidiaN`: control, unified memory
+GPU_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset", "nvidia-caps")
+
+
+def gpu_devices(dev: str = "/dev") -> list[str]:
+    """The NVIDIA device nodes under `dev` (empty where there is no GPU): what a candidate
+    needs to reach a GPU; the driver's libraries already come with the read-only /usr."""
+    gpus = sorted(glob.glob(os.path.join(dev, "nvidia[0-9]*")))
+    if not gpus:
+        return []
+    return gpus + [q for n in GPU_NODES if os.path.exists(q := os.path.join(dev, n))]
+
+
+def bwrap_gpu(devices: list[str]) -> list[str]:
+    """bwrap options that bind `devices` (device nodes, or nvidia-caps' directory) into the
+    private /dev, read-write as CUDA needs; they must follow `--dev /dev`."""
+    args: list[str] = []
+    for path in devices:
+        args += ["--dev-bind", path, path]
+    return args
+
+
 def fallback_view(prefixes: list[str]) -> dict[str, list[str]]:
     """For the fallback's own mount namespace: each package directory to cover with an empty
     tmpfs -> the entries to bind back (the system's shared data gets nothing back)."""

@@ -168,6 +168,8 @@ class SandboxPool:
     timeout_s, memory_mb : default per-job limits (see `run_code`); `run`/`map` may override.
     isolation : "auto", "bwrap" or "rlimits"; `audit` turns the audit-hook policy on or off.
     startup_timeout_s : how long a worker may take to start (import torch) before SandboxError.
+    gpus : bind the GPUs' device nodes into every worker's /dev (`evaluate.gpus_per_task > 0`);
+        SandboxError where this machine has none.
 
     Example
     -------
@@ -184,12 +186,16 @@ class SandboxPool:
         isolation: Isolation = "auto",
         audit: bool = True,
         startup_timeout_s: float = 120,
+        gpus: bool = False,
     ) -> None:
         if not (isinstance(workers, int) and workers >= 1):
             raise ValueError(f"workers: {workers!r} is not an integer >= 1")
         job_options(timeout_s=timeout_s, memory_mb=memory_mb)  # validates the defaults
         self.timeout_s, self.memory_mb, self.audit = timeout_s, memory_mb, bool(audit)
         self.mode = _resolve(isolation)
+        self.devices = confine.gpu_devices() if gpus else []
+        if gpus and not self.devices:
+            raise SandboxError("gpus: no NVIDIA device nodes (/dev/nvidia0, ...) on this machine")
         self.isolation = self.mode + ("+audit" if audit else "")
         # "cgroup": memory_mb caps each job as a whole; "process": each of its processes
         self.memory_scope = "process" if confine.cgroup_problem() else "cgroup"
@@ -209,7 +215,8 @@ class SandboxPool:
 
     def _spawn(self) -> _Worker:
         index = next(self._ids)
-        return _Worker(launch(self.mode, self._root, index), self._root, self._startup)
+        spec = launch(self.mode, self._root, index, self.devices)
+        return _Worker(spec, self._root, self._startup)
 
     def __enter__(self) -> SandboxPool:
         return self

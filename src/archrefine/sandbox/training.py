@@ -181,6 +181,13 @@ def cost(tokens: Tokens, spec: SpaceSpec = DEFAULT_SPEC) -> float:
 _WORKER: dict[str, Any] = {}
 
 
+def _cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(len(os.sched_getaffinity(0)), 1)
+    return max(os.cpu_count() or 1, 1)
+
+
 def _init_worker(settings: TrainSettings) -> None:
     import torch
 
@@ -190,6 +197,28 @@ def _init_worker(settings: TrainSettings) -> None:
 
 def _train_in_worker(tokens: Tokens) -> float:
     return _checked(tokens, _WORKER["settings"], _WORKER["data"])
+
+
+def _train_group(group: list[Tokens]) -> list[float]:
+    """One task, several small networks: one round trip instead of one each."""
+    return [_checked(t, _WORKER["settings"], _WORKER["data"]) for t in group]
+
+
+def pack(costs: Sequence[float], workers: int, per_worker: int = 4) -> list[list[int]]:
+    """Indices of `costs` (costliest first) grouped into tasks: a network costing at least a
+    `1 / (per_worker · workers)` share of the total is a task alone; the small ones are packed,
+    in order, into tasks of about that share, so workers balance and small networks do not pay
+    a round trip each."""
+    share = sum(costs) / max(per_worker * workers, 1)
+    groups: list[list[int]] = []
+    load = math.inf
+    for i, c in enumerate(costs):
+        if c >= share or load + c > share:
+            groups.append([])
+            load = 0.0
+        groups[-1].append(i)
+        load += c
+    return groups
 
 
 def _pid(pause: float) -> int:
@@ -213,7 +242,8 @@ class FirstEpochFitness:
     shape, floats in [0, 1], NaN for sequences `is_valid` rejects (those are never built).
     Sequences with the same `canonical` form are one network: trained once per call and, with
     `cache=True`, once per object (`save`/`load` carry the cache across runs). Distinct
-    uncached networks train in `workers` processes (forkserver, else spawn: never forked from
+    uncached networks train in `workers` processes (0: one per core; costly networks one per
+    task, small ones packed several to a task, `pack`) (forkserver, else spawn: never forked from
     a process that may hold torch threads; one thread each, torch imported once per worker,
     kept alive between calls; `close()` or a `with` block ends them), or in this process when
     `workers=1`. Scripts using workers need an `if __name__ == "__main__"` guard, as with any
@@ -231,7 +261,7 @@ class FirstEpochFitness:
         self,
         spec: SpaceSpec = DEFAULT_SPEC,
         *,
-        workers: int = 2,
+        workers: int = 0,
         seed: int = 0,
         epochs: int = 1,
         batch_size: int = 32,
@@ -239,8 +269,9 @@ class FirstEpochFitness:
         max_train: int | None = None,
         cache: bool = True,
     ) -> None:
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            raise ValueError(f"workers: {workers!r} is not an integer >= 1")
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+            raise ValueError(f"workers: {workers!r} is not an integer >= 0 (0: every core)")
+        workers = workers or _cores()
         self.settings = TrainSettings(spec, seed, epochs, batch_size, lr, max_train)
         self.workers = workers
         self.use_cache = bool(cache)
@@ -286,9 +317,14 @@ class FirstEpochFitness:
         if self.workers == 1:
             return self._train_here(todo)
         pool = self._executor()
-        chunk = max(1, len(todo) // (4 * self.workers))
+        groups = pack([cost(k, self.settings.spec) for k in todo], self.workers)
         try:
-            return list(pool.map(_train_in_worker, todo, chunksize=chunk))
+            futures = [pool.submit(_train_group, [todo[i] for i in g]) for g in groups]
+            out = [math.nan] * len(todo)
+            for g, fut in zip(groups, futures, strict=True):
+                for i, acc in zip(g, fut.result(), strict=True):
+                    out[i] = acc
+            return out
         except BrokenProcessPool:
             self.close()
             raise

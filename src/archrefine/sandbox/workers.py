@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,8 +133,11 @@ def _outermost(paths: list[str]) -> list[str]:
     return kept
 
 
-def _bwrap_prefix(inputs: str, as_root: bool, disable_userns: bool) -> list[str]:
-    """bwrap options: read-only system and Python, private /tmp, /proc, /dev; no network."""
+def _bwrap_prefix(
+    inputs: str, as_root: bool, disable_userns: bool, devices: Sequence[str] = ()
+) -> list[str]:
+    """bwrap options: read-only system and Python, private /tmp, /proc, /dev; no network.
+    `devices` (GPU device nodes, `confine.gpu_devices`) are bound into the private /dev."""
     args = ["bwrap"] + str.split(
         "--unshare-net --unshare-pid --unshare-ipc --unshare-uts --unshare-cgroup-try "
         "--die-with-parent --new-session --clearenv"
@@ -152,6 +156,7 @@ def _bwrap_prefix(inputs: str, as_root: bool, disable_userns: bool) -> list[str]
     # not writable for jobs (TMPDIR is the job's own directory), so no job leaves files there
     args += str.split(f"--proc /proc --dev /dev --size {1 << 20} --perms 0755 --tmpfs /tmp")
     args += ["--mqueue", "/dev/mqueue"]  # the worker lists the POSIX queues a job leaves
+    args += confine.bwrap_gpu(list(devices))
     binds = [p for p in _outermost(system + _python()[1]) if p not in system]
     made: set[str] = set()
     for p in binds:
@@ -171,6 +176,8 @@ def _bwrap_prefix(inputs: str, as_root: bool, disable_userns: bool) -> list[str]
     args += ["--ro-bind", inputs, f"{INSIDE}/in"]
     for key, value in _env(f"{INSIDE}/work").items():
         args += ["--setenv", key, value]
+    if devices and "CUDA_VISIBLE_DEVICES" in os.environ:  # which GPUs Ray (or a user) assigned
+        args += ["--setenv", "CUDA_VISIBLE_DEVICES", os.environ["CUDA_VISIBLE_DEVICES"]]
     return args + ["--"]
 
 
@@ -226,8 +233,9 @@ def _fallback_cover() -> list[str]:
     return ["/dev/shm"] + [d for d in top if os.path.isdir(d) and not os.path.islink(d)]
 
 
-def launch(mode: str, root: Path, index: int) -> Launch:
-    """How to start worker `index` of a pool whose host directory is `root` (inputs in root/in)."""
+def launch(mode: str, root: Path, index: int, devices: Sequence[str] = ()) -> Launch:
+    """How to start worker `index` of a pool whose host directory is `root` (inputs in root/in);
+    under bwrap, `devices` (GPU nodes) are bound in (the fallback sees the host's /dev)."""
     as_root = os.geteuid() == 0
     uid = fresh_uid() if as_root else None
     exe = _python()[0]
@@ -235,7 +243,7 @@ def launch(mode: str, root: Path, index: int) -> Launch:
     if mode == "bwrap":
         cfg.update(workroot=f"{INSIDE}/work", chown=False, unshare_net=False)
         cfg.update(private_work=True, private_ipc=True, work_mb=WORK_MB, mqueue="/dev/mqueue")
-        argv = _bwrap_prefix(str(root / "in"), as_root, _bwrap_config()[0])
+        argv = _bwrap_prefix(str(root / "in"), as_root, _bwrap_config()[0], devices)
         argv += [exe, "-s", "-B", f"{INSIDE}/_worker.py", MARKER, json.dumps(cfg)]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         return Launch(argv, env, f"{INSIDE}/in", uid, str(index))

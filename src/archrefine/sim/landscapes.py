@@ -27,9 +27,11 @@ class NKLandscape:
     def __call__(self, seqs: np.ndarray) -> np.ndarray:
         """Fitness `(trials, n)` of `seqs (trials, n, d)`, in [0, 1]."""
         trials, n, d = seqs.shape
-        index = np.zeros((trials, n, d), dtype=np.int64)
-        for j in range(self.k + 1):
-            index += np.roll(seqs, -j, axis=2).astype(np.int64) * self.vocab**j
-        t = np.arange(trials)[:, None, None]
-        i = np.arange(d)[None, None, :]
-        return self.tables[t, i, index].mean(axis=2, dtype=np.float64)
+        cells = self.tables.shape[2]
+        # flat index into the tables (< 200M entries: int32 holds it), one take instead of a
+        # three-array fancy index
+        index = (np.arange(trials * d, dtype=np.int32) * cells).reshape(trials, 1, d)
+        index = index + seqs
+        for j in range(1, self.k + 1):
+            index += np.roll(seqs, -j, axis=2).astype(np.int32) * self.vocab**j
+        return np.take(self.tables.reshape(-1), index).mean(axis=2, dtype=np.float64)

@@ -1,3 +1,5 @@
+# Over 400 lines: the batched model, its kept pre-training runs and the generator share
+# the trial-stacked parameters and the batched Adam.
 """A generator that really learns: a tiny decoder-only transformer per trial (docs/learned.md).
 
 * **One model per trial, one batched call.** Every weight carries a leading trials axis and every
@@ -163,13 +165,15 @@ class Adam:
         b1, b2 = self.betas
         self.t += active
         c1, c2 = 1 - b1 ** self.t.clamp(min=1), 1 - b2 ** self.t.clamp(min=1)
+        every = bool(active.all())  # the usual case: the same arithmetic without the masking
         for q, g, m, v in zip(params, grads, self.m, self.v):
             view = (-1,) + (1,) * (q.dim() - 1)
             on = active.view(view)
-            m.copy_(torch.where(on, b1 * m + (1 - b1) * g, m))
-            v.copy_(torch.where(on, b2 * v + (1 - b2) * g * g, v))
+            m_new, v_new = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+            m.copy_(m_new if every else torch.where(on, m_new, m))
+            v.copy_(v_new if every else torch.where(on, v_new, v))
             upd = self.lr * (m / c1.view(view)) / ((v / c2.view(view)).sqrt() + self.eps)
-            q.sub_(torch.where(on, upd, torch.zeros_like(upd)))
+            q.sub_(upd if every else torch.where(on, upd, torch.zeros_like(upd)))
 
 
 @torch.no_grad()
@@ -207,33 +211,71 @@ def sample(
 # ----------------------------------------------------------------------------- pre-training
 
 
+class _Pretraining:
+    """One pre-training run, kept so a later, higher `target_validity` continues it.
+
+    The run does not depend on the target until it stops, so stopping at the first probe that
+    reaches a target is a prefix of the run for any higher target: `calibrate` perturbs
+    `target_validity` and pays only for the extra steps. Only probes that set a new best
+    validity can be the first to reach some target, so only their weights are kept.
+    """
+
+    def __init__(self, cfg: LearnedConfig, vocab: int, length: int, seed: int):
+        from archrefine.space import KNOWN_ARRAY
+
+        self.cfg, self.vocab, self.length = cfg, vocab, length
+        self.g = torch.Generator().manual_seed(seed)
+        self.p = {k: v.requires_grad_() for k, v in init_params(cfg, vocab, length, self.g).items()}
+        self.known = torch.tensor(KNOWN_ARRAY, dtype=torch.long)
+        self.opt, self.names = Adam(list(self.p.values()), cfg.pretrain_lr), list(self.p)
+        self.step, self.validity = 0, 0.0
+        self.records: list[tuple[int, float, Params]] = []  # (step, validity, weights): bests
+
+    def _weights(self) -> Params:
+        return {k: v.detach().clone() for k, v in self.p.items()}
+
+    def until(self, target: float) -> tuple[Params, int, float]:
+        """(weights, step, validity) where a run with `target_validity = target` stops."""
+        from archrefine.space import is_valid
+
+        for step, validity, weights in self.records:
+            if validity >= target:
+                return weights, step, validity
+        cfg, p, names, g = self.cfg, self.p, self.names, self.g
+        probe = torch.zeros(1, 256, self.length, dtype=torch.long)
+        on, everywhere = torch.ones(1, dtype=torch.bool), torch.ones_like(probe, dtype=torch.bool)
+        while self.step < cfg.pretrain_steps:
+            self.step += 1
+            rows = self.known[torch.randint(len(self.known), (1, PRETRAIN_BATCH), generator=g)]
+            noisy = torch.rand(rows.shape, generator=g) < cfg.pretrain_noise
+            rows = torch.where(noisy, torch.randint(self.vocab, rows.shape, generator=g), rows)
+            loss = token_loss(p, {}, rows, cfg.heads)
+            params = [p[k] for k in names]
+            self.opt.step(params, torch.autograd.grad(loss.sum(), params), on)
+            if self.step % 2 == 0:  # stop as soon as the model writes valid networks often enough
+                seqs = sample(p, {}, probe, everywhere, cfg, g)
+                self.validity = float(is_valid(seqs[0].numpy()).mean())
+                if not self.records or self.validity > self.records[-1][1]:
+                    self.records.append((self.step, self.validity, self._weights()))
+                if self.validity >= target:
+                    return self.records[-1][2], self.step, self.validity
+        return self._weights(), self.step, self.validity
+
+
 @functools.lru_cache(maxsize=8)
+def _pretraining(cfg_json: str, vocab: int, length: int, seed: int) -> _Pretraining:
+    return _Pretraining(LearnedConfig.model_validate_json(cfg_json), vocab, length, seed)
+
+
 @one_thread
 def _pretrained(cfg_json: str, vocab: int, length: int, seed: int) -> tuple[Params, int, float]:
-    """Pre-train one model; cached on the fields it reads, so generators that share a seed
-    share the work (the result is identical either way)."""
-    from archrefine.space import KNOWN_ARRAY, is_valid
-
+    """Pre-train one model; runs are cached on the fields they read (the target aside), so
+    generators that share a seed share the work (the result is identical either way)."""
     cfg = LearnedConfig.model_validate_json(cfg_json)
-    g = torch.Generator().manual_seed(seed)
-    p = {k: v.requires_grad_() for k, v in init_params(cfg, vocab, length, g).items()}
-    known = torch.tensor(KNOWN_ARRAY, dtype=torch.long)
-    opt, names = Adam(list(p.values()), cfg.pretrain_lr), list(p)
-    probe = torch.zeros(1, 256, length, dtype=torch.long)
-    on, everywhere = torch.ones(1, dtype=torch.bool), torch.ones_like(probe, dtype=torch.bool)
-    validity, step = 0.0, 0
-    for step in range(1, cfg.pretrain_steps + 1):
-        rows = known[torch.randint(len(known), (1, PRETRAIN_BATCH), generator=g)]
-        noisy = torch.rand(rows.shape, generator=g) < cfg.pretrain_noise
-        rows = torch.where(noisy, torch.randint(vocab, rows.shape, generator=g), rows)
-        loss = token_loss(p, {}, rows, cfg.heads)
-        opt.step([p[k] for k in names], torch.autograd.grad(loss.sum(), [p[k] for k in names]), on)
-        if step % 2 == 0:  # stop as soon as the model writes valid networks often enough
-            seqs = sample(p, {}, probe, everywhere, cfg, g)
-            validity = float(is_valid(seqs[0].numpy()).mean())
-            if validity >= cfg.target_validity:
-                break
-    return {k: v.detach() for k, v in p.items()}, step, validity
+    run_json = cfg.model_dump_json(include=PRETRAIN_FIELDS - {"target_validity"})
+    run = _pretraining(run_json, vocab, length, seed)
+    weights, step, validity = run.until(cfg.target_validity)
+    return dict(weights), step, validity
 
 
 # ----------------------------------------------------------------------------- generator

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from archrefine.core.config import Config
+from archrefine.core.config import Config, ScheduleConfig
 from archrefine.core.metrics import METRICS  # noqa: F401  (public here too)
 from archrefine.core.schedules import rates
 from archrefine.sim.checkpoint import Checkpoint, LoopState
+from archrefine.sim.interventions import Steering
 from archrefine.sim.landscapes import NKLandscape
 from archrefine.sim.paper import PaperGenerator
-from archrefine.sim.selection import top_k
 from archrefine.sim.spaces import make_space
 
 EXTRA = ("best_fitness", "mutation_rate", "pool_size", "bonus", "loss")
@@ -107,16 +107,18 @@ def _cycles(
     per_cycle = {"all": n, "valid": n, "selected": loop.top_k}[loop.archive]
     archive = Archive(known, per_cycle * loop.cycles)
     schedule = rates(config.schedule, loop.cycles)
+    shown = recorded_rates(config.schedule, loop.cycles)
     pool = np.zeros((trials, loop.top_k, d), dtype=np.int16)
     pool_size = np.zeros(trials, dtype=int)
     # the state shares the archive's arrays, which `Archive.add` fills in place
     state = LoopState(0, pool, pool_size, archive.rows, archive.filled, known=known.shape[1])
     saver = None if checkpoint is None else Checkpoint(checkpoint, config)
+    steer = Steering(config, world.length, world.vocab, generator)
     if resume and saver is not None and saver.path.exists():
-        saver.restore(state, rng, generator, score)
+        saver.restore(state, rng, steer.bound(generator), score)
     pool, pool_size, records = state.pool, state.pool_size, state.records
     for c in range(state.cycle, loop.cycles):
-        cands = generator.propose(pool, pool_size, n, schedule[c], loop.fresh_fraction)
+        cands = steer.propose(generator, pool, pool_size, n, schedule[c], loop.fresh_fraction)
         seqs = cands.seqs
         valid = world.validity(cands, generator, rng)
         fit = score(seqs)
@@ -133,11 +135,11 @@ def _cycles(
                 "diversity": world.diversity(seqs),
                 "fitness": np.where(n_valid > 0, mean_fit, np.nan),
                 "best_fitness": np.where(valid, fit, -np.inf).max(axis=1),
-                "mutation_rate": np.full(trials, schedule[c]),
+                "mutation_rate": np.full(trials, shown[c]),
                 "bonus": getattr(generator, "bonus", np.full(trials, np.nan)).copy(),
             }
         )
-        new_pool, new_size = top_k(seqs, fit, valid, loop.top_k, rng)
+        new_pool, new_size = steer.select(seqs, fit, nov, valid, loop.top_k, rng)
         keep_old = new_size == 0  # nothing valid: the templates stay as they were
         pool = np.where(keep_old[:, None, None], pool, new_pool)
         pool_size = np.where(keep_old, pool_size, new_size)
@@ -146,14 +148,24 @@ def _cycles(
             archive.add(new_pool, np.arange(loop.top_k)[None, :] < new_size[:, None])
         else:
             archive.add(seqs, valid if loop.archive == "valid" else np.ones_like(valid))
-        generator.refine(new_pool, new_size)
+        generator.refine(*steer.training_set(new_pool, new_size, rng))
         records[-1]["loss"] = getattr(generator, "last_loss", np.full(trials, np.nan)).copy()
         if saver is not None:
             state.cycle, state.pool, state.pool_size = c + 1, pool, pool_size
-            saver.save(state, rng, generator, score)
+            saver.save(state, rng, steer.bound(generator), score)
         if on_cycle is not None:
             on_cycle(c + 1)
     return records
+
+
+def recorded_rates(schedule: ScheduleConfig, cycles: int) -> np.ndarray:
+    """The `mutation_rate` column per cycle: the schedule's rates, and at cycle 1, which samples
+    from the prior and mutates nothing (its rate is NaN to the generators), the schedule's
+    starting rate, the value in effect before its first step (as a learning-rate schedule's
+    initial rate), so the column and fig. 4 start at cycle 1 like every other."""
+    shown = rates(schedule, cycles).copy()
+    shown[0] = rates(schedule, 2)[1]  # step 0's rate, which no later cycle count changes
+    return shown
 
 
 def make_generator(config: Config, world, rng: np.random.Generator):

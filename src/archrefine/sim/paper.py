@@ -39,17 +39,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from archrefine.core import fast
 from archrefine.core.config import GeneratorConfig
 from archrefine.core.metrics import token_counts
 from archrefine.sim.base import Candidates
+from archrefine.sim.drift import Drift
 
 
 def sample_categorical(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Inverse-CDF draws: `cdf (trials, d, V)`, `u (trials, n, d)` → tokens `(trials, n, d)`.
 
-    The token is the number of CDF steps below u, counted one vocabulary entry at a time so
-    memory stays at trials·n·d (measured faster than one broadcast or a flat searchsorted).
+    The token is the number of CDF steps below u. With numba (the `fast` extra) a binary search
+    per draw finds it; without, it is counted one vocabulary entry at a time so memory stays at
+    trials·n·d (measured faster than one broadcast or a flat searchsorted). Both make the same
+    comparisons on the same numbers, so the tokens are identical (tests/test_knn.py).
     """
+    if fast.loaded():  # loaded by the kNN when the run is large enough to repay numba's start
+        return fast.kernels().sample_categorical(np.ascontiguousarray(cdf), np.ascontiguousarray(u))
     out = np.zeros(u.shape, dtype=np.int16)
     for v in range(cdf.shape[2] - 1):
         out += u > cdf[:, None, :, v]
@@ -75,6 +81,7 @@ class PaperGenerator:
         self.initial = np.broadcast_to(start, (trials, length, vocab))
         self.prior = self.initial.copy()
         self.bonus = np.zeros(trials)
+        self.drift = Drift(config.drift, trials) if config.drift > 0 else None  # sim/drift.py
 
     def sampling(self, rate: float) -> np.ndarray:
         """The distribution the generator decodes from at mutation rate `rate`: the prior at
@@ -112,18 +119,25 @@ class PaperGenerator:
         cfg = self.cfg
         seqs = cands.seqs
         trials, n, d = seqs.shape
-        p_tok = self.prior[np.arange(trials)[:, None, None], np.arange(d)[None, None, :], seqs]
-        logit = (
-            cfg.base_logit
-            + cfg.bonus_max * self.bonus[:, None, None]
-            + cfg.familiarity * np.log(self.vocab * p_tok)
-        )
-        # log sigmoid summed over the written tokens, computed stably
-        return cfg.ceiling * np.exp(-(np.logaddexp(0.0, -logit) * cands.written).sum(axis=2))
+        # a token's log-odds depend only on (trial, position, token): the -log sigmoid of every
+        # entry of the prior (trials·d·V) is cheaper than of every candidate token (trials·n·d)
+        with np.errstate(divide="ignore"):  # a token the format forbids: log 0
+            logit = (
+                cfg.base_logit
+                + cfg.bonus_max * self.bonus[:, None, None]
+                + cfg.familiarity * np.log(self.vocab * self.prior)
+            )
+        if self.drift is not None:
+            logit = logit - self.drift.penalty()[:, None, None]
+        cost = np.logaddexp(0.0, -logit)  # -log sigmoid, computed stably
+        flat = seqs + (np.arange(trials * d, dtype=np.int32) * self.vocab).reshape(trials, 1, d)
+        written_cost = np.take(cost.reshape(-1), flat) * cands.written
+        return cfg.ceiling * np.exp(-written_cost.sum(axis=2))
 
     def state(self) -> dict[str, np.ndarray]:
         """What refinement changes (the prior and the bonus), for a checkpoint."""
-        return {"prior": self.prior, "bonus": self.bonus}
+        drift = {} if self.drift is None else self.drift.state()
+        return {"prior": self.prior, "bonus": self.bonus} | drift
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore what `state` returned (the same config and trials)."""
@@ -131,12 +145,16 @@ class PaperGenerator:
         if prior.shape != self.prior.shape or bonus.shape != self.bonus.shape:
             raise ValueError(f"generator state {prior.shape} does not fit {self.prior.shape}")
         self.prior, self.bonus = prior, bonus
+        if self.drift is not None:
+            self.drift.load_state(state)
 
     def refine(self, pool: np.ndarray, pool_size: np.ndarray) -> None:
         cfg = self.cfg
         trials, k, d = pool.shape
         signal = pool_size / k  # how full the fine-tuning set is
         self.bonus = np.minimum(self.bonus + cfg.bonus_rate * signal, 1.0)
+        if self.drift is not None:
+            self.drift.update(signal)
         counts = token_counts(pool, self.vocab, np.arange(k)[None, :] < pool_size[:, None])
         empirical = counts / np.maximum(pool_size, 1)[:, None, None]
         target = (1 - cfg.smoothing) * empirical + cfg.smoothing * self.initial  # label smoothing

@@ -21,3 +21,14 @@ def top_k(
     pool = np.take_along_axis(seqs, order[..., None], axis=1)
     size = np.minimum(valid.sum(axis=1), k)
     return pool, size
+
+
+def scored(
+    fit: np.ndarray, nov: np.ndarray, kind: str = "top-k", weight: float = 0.0
+) -> np.ndarray:
+    """The score selection ranks by: fitness, or with `kind = "novelty"` fitness + λ·novelty
+    (Lehman & Stanley 2011), so a candidate far from the archive can outrank a fitter copy of
+    what is known. With λ = 0 (or top-k) it is the fitness array itself, so top-k is unchanged."""
+    if kind != "novelty" or weight == 0:
+        return fit
+    return fit + weight * np.nan_to_num(nov, nan=0.0)

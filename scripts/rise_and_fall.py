@@ -1,0 +1,141 @@
+"""Draw docs/rise-and-fall.md's figure and print its tables from two calibration directories.
+
+    archrefine calibrate src/archrefine/data/khalid2026.csv --generator paper \
+        --columns validity,mean_accuracy --loo --out runs/rf-paper
+    archrefine calibrate src/archrefine/data/khalid2026.csv --generator drift \
+        --columns validity,mean_accuracy --loo --out runs/rf-drift
+    python scripts/rise_and_fall.py runs/rf-paper runs/rf-drift
+
+Reads each directory's params.json, fitted.csv, residuals.csv and loo.csv (nothing is
+simulated here) and writes docs/figures/rise-and-fall.png: observed values, each model's fitted
+curve, and each model's leave-one-cycle-out predictions of the values it did not see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURE = ROOT / "docs" / "figures" / "rise-and-fall.png"
+COLUMNS = ("validity", "mean_accuracy")
+
+
+def load(directory: Path) -> dict:
+    try:
+        params = json.loads((directory / "params.json").read_text())
+        loo = pd.read_csv(directory / "loo.csv")
+    except (OSError, ValueError) as err:
+        sys.exit(f"error: {directory}: not a calibration run with --loo ({err})")
+    return {
+        "params": params,
+        "fitted": pd.read_csv(directory / "fitted.csv"),
+        "residuals": pd.read_csv(directory / "residuals.csv"),
+        "loo": loo,
+    }
+
+
+def tables(runs: dict[str, dict]) -> str:
+    lines = ["| model | column | RMSE (fit) | leave-one-out RMSE | held-out predictions |"]
+    lines.append("|---|---|---|---|---|")
+    for name, run in runs.items():
+        for col in COLUMNS:
+            loo = run["loo"][run["loo"]["column"] == col]
+            preds = ", ".join(f"{p:.3f} ({c})" for c, p in zip(loo["cycle"], loo["predicted"]))
+            lines.append(
+                f"| {name} | {col} | {run['params']['rmse'][col]:.3f} | "
+                f"{run['params']['loo_rmse'][col]:.3f} | {preds} |"
+            )
+    lines.append("")
+    lines.append("| model | parameter | fitted | ± s.e. |")
+    lines.append("|---|---|---|---|")
+    for name, run in runs.items():
+        for key, value in run["params"]["params"].items():
+            lines.append(f"| {name} | `{key}` | {value:.4g} | {run['params']['stderr'][key]:.2g} |")
+    for name, run in runs.items():
+        v = run["fitted"].set_index("cycle")["validity"]
+        lines.append(f"\n{name} fitted validity by cycle: " + ", ".join(f"{x:.3f}" for x in v))
+        lines.append(f"{name} mean fitted validity over all cycles: {v.mean():.3f}")
+    return "\n".join(lines)
+
+
+def baselines(run: dict) -> str:
+    """Leave-one-out RMSE of validity for two model-free predictors of a left-out cycle: the
+    mean of the other cycles, and a straight line in log-odds through them."""
+    obs = run["residuals"][run["residuals"]["column"] == "validity"]
+    c, v = obs["cycle"].to_numpy(float), obs["observed"].to_numpy(float)
+    logit = np.log(v / (1 - v))
+    out = []
+    for name, predict in (
+        ("mean of the other cycles", lambda m, i: v[m].mean()),
+        (
+            "line in log-odds",
+            lambda m, i: 1 / (1 + np.exp(-np.polyval(np.polyfit(c[m], logit[m], 1), c[i]))),
+        ),
+    ):
+        res = [v[i] - predict(np.arange(len(v)) != i, i) for i in range(len(v))]
+        each = ", ".join(f"{r:+.3f} ({int(x)})" for r, x in zip(res, c))
+        out.append(f"| {name} | {np.sqrt(np.mean(np.square(res))):.3f} | {each} |")
+    return "\n".join(
+        ["| validity predictor | leave-one-out RMSE | residuals |", "|---|---|---|", *out]
+    )
+
+
+def figure(runs: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from archrefine.core.store import atomic_write_bytes
+
+    colors = dict(zip(runs, ("tab:grey", "tab:red")))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, col in zip(axes, COLUMNS):
+        obs = next(iter(runs.values()))["residuals"]
+        obs = obs[obs["column"] == col]
+        for name, run in runs.items():
+            rmse, loo = run["params"]["rmse"][col], run["params"]["loo_rmse"][col]
+            ax.plot(
+                run["fitted"]["cycle"],
+                run["fitted"][col],
+                color=colors[name],
+                label=f"{name} fit (RMSE {rmse:.3f}, LOO {loo:.3f})",
+            )
+            held = run["loo"][run["loo"]["column"] == col]
+            ax.plot(held["cycle"], held["predicted"], "x", color=colors[name], ms=8)
+        ax.plot(obs["cycle"], obs["observed"], "o", color="black", label="Khalid et al. 2026")
+        ax.set_title(col.replace("_", " "), fontsize=10)
+        ax.set_xlabel("cycle (x: predicted with that cycle left out)")
+        ax.set_xlim(0.5, 22.5)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paper", type=Path, help="calibration of --generator paper, with --loo")
+    parser.add_argument("drift", type=Path, help="calibration of --generator drift, with --loo")
+    parser.add_argument("--out", type=Path, default=FIGURE, help="figure path")
+    args = parser.parse_args()
+    runs = {"paper model": load(args.paper), "with drift": load(args.drift)}
+    figure(runs, args.out)
+    print(tables(runs))
+    print()
+    print(baselines(runs["paper model"]))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

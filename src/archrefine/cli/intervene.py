@@ -1,0 +1,77 @@
+"""`archrefine intervene`: search the interventions' settings; write the Pareto front."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from archrefine.cli.commands import (
+    ForceOpt,
+    OutOpt,
+    SetOpt,
+    _one_line_errors,
+    _progress,
+    app,
+    console,
+    out_console,
+)
+from archrefine.core.config import ConfigError, load_config
+
+
+@app.command()
+@_one_line_errors
+def intervene(
+    config: Annotated[
+        Path | None, typer.Argument(help="Base config TOML (defaults if omitted).")
+    ] = None,
+    budget: Annotated[
+        int, typer.Option(help="Optuna trials (simulations on the search seed).")
+    ] = 40,
+    set_: SetOpt = None,
+    search_seed: Annotated[
+        int, typer.Option(help="Seed the search runs on (not reported).")
+    ] = 1000,
+    report_seed: Annotated[
+        int, typer.Option(help="Fresh seed the front is re-measured on.")
+    ] = 5000,
+    sampler_seed: Annotated[int, typer.Option(help="Seed of the NSGA-II sampler.")] = 0,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Search intervention settings (Optuna NSGA-II): diversity kept, validity, best fitness.
+
+    Writes pareto.json (the front, re-measured on a fresh seed), trials.parquet, pareto.png and
+    best.toml (the front member chosen on the search seed)."""
+    from archrefine.core.store import atomic_write_text, close_run, default_dir, open_run
+    from archrefine.experiments import intervene as iv
+
+    if budget < 1:
+        raise ConfigError(f"--budget: must be at least 1 (got {budget})")
+    if search_seed == report_seed:
+        raise ConfigError("--report-seed must differ from --search-seed: the front is re-measured")
+    if min(search_seed, report_seed) < 0:
+        raise ConfigError("--search-seed and --report-seed must not be negative")
+    base = load_config(config, list(set_ or []))
+    out = out or default_dir("intervene")
+    meta = {"budget": budget, "search_seed": search_seed, "report_seed": report_seed}
+    open_run(out, force=force, kind="intervene", meta=meta)
+    atomic_write_text(out / "config.toml", base.to_toml())
+    started = time.time()
+    with _progress() as bar:
+        task = bar.add_task(f"{budget} trials", total=budget)
+        result = iv.search(
+            base,
+            budget,
+            search_seed=search_seed,
+            report_seed=report_seed,
+            sampler_seed=sampler_seed,
+            on_trial=lambda done: bar.update(task, completed=done),
+        )
+    files = iv.write(out, base, result)
+    close_run(out, files=["config.toml", *files], started=started)
+    for line in iv.summary_lines(result):
+        out_console.print(line)
+    console.print(f"wrote {out}/ in {time.time() - started:.1f} s")

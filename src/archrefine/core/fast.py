@@ -1,0 +1,121 @@
+"""Compiled kernels (numba, the optional `fast` extra) for the simulator's inner loops.
+
+Imported only through `kernels()`, which returns None where numba is missing, so nothing pays
+numba's import unless it is used. Every kernel computes exactly what its numpy twin computes
+(integer results, or the same float operations on the same values in the same order), so a
+run's numbers never depend on whether numba is installed; `tests/test_knn.py` checks each pair.
+Compiled code is cached on disk (`cache=True`): a later process loads it instead of compiling.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from types import SimpleNamespace
+
+import numpy as np
+
+
+def available() -> bool:
+    """Whether numba can be imported (without importing it), and is not switched off with
+    ARCHREFINE_NO_NUMBA=1 (for tests, and to measure the fallback)."""
+    if os.environ.get("ARCHREFINE_NO_NUMBA"):
+        return False
+    return importlib.util.find_spec("numba") is not None
+
+
+_LOADED: list[SimpleNamespace] = []  # the kernels, once built
+
+
+def loaded() -> bool:
+    """Whether the kernels are loaded already (numba imported, its target initialized)."""
+    return bool(_LOADED)
+
+
+def kernels() -> SimpleNamespace | None:
+    """The compiled kernels, or None without numba. The first call costs numba's import and
+    start-up (~0.5 s of CPU on the 2-core Xeon, docs/performance.md), so callers load them only
+    for work that repays it (`archrefine.core.knn.choose`)."""
+    if not _LOADED:
+        if not available():
+            return None
+        import numba
+
+        _LOADED.append(_build(numba))
+    return _LOADED[0]
+
+
+def _build(numba) -> SimpleNamespace:
+    jit = numba.njit(cache=True, nogil=True)
+    low = np.uint64(0x7F7F7F7F7F7F7F7F)
+    ones = np.uint64(0x0101010101010101)
+    shift7, shift56 = np.uint64(7), np.uint64(56)
+
+    @jit
+    def knn_sums(queries, archive, filled, k, d, block):  # pragma: no cover - compiled
+        """Sums of the min(k, filled[t]) smallest byte-Hamming distances, by a histogram of the
+        d + 1 possible distances per query (counting selection: exact, no sort). Tokens are
+        packed one per byte into uint64 words, queries `(T, n, W)`, archive word-major
+        `(T, W, A)` so the loop over rows vectorizes, in blocks of `block` rows that every
+        query scans while they are in cache; a byte of x = a XOR b is nonzero iff bit 7 of
+        ((x & 0x7F..) + 0x7F..) | x is set, and multiplying the per-byte flags by 0x0101.. adds
+        them up in the top byte."""
+        trials, n, words = queries.shape
+        out = np.zeros((trials, n), np.int64)
+        hist = np.zeros((n, d + 1), np.int64)
+        acc = np.empty(min(block, archive.shape[2]), np.uint64)
+        for t in range(trials):
+            f = filled[t]
+            if f <= 0:
+                continue
+            hist[:, :] = 0
+            for s in range(0, f, block):
+                e = min(f, s + block)
+                for j in range(n):
+                    acc[: e - s] = 0
+                    for w in range(words):
+                        qw = queries[t, j, w]
+                        row = archive[t, w, s:e]
+                        for r in range(e - s):
+                            x = qw ^ row[r]
+                            acc[r] += ((((x & low) + low) | x) >> shift7) & ones
+                    for r in range(e - s):
+                        hist[j, (acc[r] * ones) >> shift56] += 1
+            kk = min(k, f)
+            for j in range(n):
+                need, total, v = kk, 0, 0
+                while need > 0:
+                    c = min(hist[j, v], need)
+                    total += c * v
+                    need -= c
+                    v += 1
+                out[t, j] = total
+        return out
+
+    @jit
+    def sample_categorical(cdf, u):  # pragma: no cover - compiled
+        """Inverse-CDF draws: the number of cdf[t, i, v] < u for v < V - 1, counted as the numpy
+        twin counts them (a branch-free count over the row, which vectorizes; a binary search
+        was slower here, its branches unpredictable)."""
+        trials, n, d = u.shape
+        top = cdf.shape[2] - 1
+        out = np.empty((trials, n, d), np.int16)
+        for t in range(trials):
+            for i in range(d):
+                row = cdf[t, i]
+                for j in range(n):
+                    x = u[t, j, i]
+                    c = 0
+                    for v in range(top):
+                        c += row[v] < x
+                    out[t, j, i] = c
+        return out
+
+    return SimpleNamespace(knn_sums=knn_sums, sample_categorical=sample_categorical)
+
+
+def pack_bytes(x: np.ndarray, words: int) -> np.ndarray:
+    """Tokens `(..., d)` (< 256) one per byte, zero-padded into `words` uint64 words."""
+    out = np.zeros((*x.shape[:-1], 8 * words), np.uint8)
+    out[..., : x.shape[-1]] = x
+    return out.view(np.uint64)

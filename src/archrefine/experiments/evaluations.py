@@ -1,0 +1,96 @@
+"""Memoized, optionally parallel evaluations of a deterministic objective (used by `calibrate`).
+
+`least_squares` asks for its finite-difference Jacobian's columns as one batch (its `workers`
+map); each column is an independent simulation, so a process pool computes them at once, and
+several optimizer starts can share the pool from threads. Every point is computed once, in
+whichever process, and the objective is deterministic (common random numbers, one torch thread
+per evaluation), so the fit is the same number for any worker count.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+
+
+def default_workers() -> int:
+    """The cores this process may run on (the affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(len(os.sched_getaffinity(0)), 1)
+    return max(os.cpu_count() or 1, 1)
+
+
+class Evaluations:
+    """`fn(u)` memoized on the bytes of `u`; with `workers > 1`, computed in worker processes.
+
+    `fn` must be picklable (a module-level function or an instance of a module-level class) when
+    `workers > 1`. `on_evaluation(n)` sees the running count of distinct points, in the order
+    they are first asked for. Use as a context manager so the workers end.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[np.ndarray], Any],
+        workers: int = 1,
+        on_evaluation: Callable[[int], None] | None = None,
+    ) -> None:
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"workers: {workers!r} is not an integer >= 1")
+        self.fn, self.workers, self.on_evaluation = fn, workers, on_evaluation
+        self.count = 0
+        self._futures: dict[bytes, Future] = {}
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+
+    def future(self, u: np.ndarray) -> Future:
+        """The (possibly running) evaluation at `u`, started now if it is new."""
+        u = np.array(u, dtype=float)
+        key = u.tobytes()
+        with self._lock:
+            if key in self._futures:
+                return self._futures[key]
+            self.count += 1
+            if self.on_evaluation is not None:
+                self.on_evaluation(self.count)
+            fut = self._executor().submit(self.fn, u) if self.workers > 1 else Future()
+            self._futures[key] = fut
+        if self.workers == 1:  # in this process, outside the lock
+            try:
+                fut.set_result(self.fn(u))
+            except BaseException as err:
+                fut.set_exception(err)
+        return fut
+
+    def __call__(self, u: np.ndarray) -> Any:
+        return self.future(u).result()
+
+    def map(self, func: Callable[[np.ndarray], Any], xs: Iterable[np.ndarray]) -> list[Any]:
+        """A map-like for `least_squares(workers=...)`: start every point's evaluation, then
+        apply `func` (scipy's wrapper, which calls back into this memo) point by point."""
+        xs = list(xs)
+        for x in xs:
+            self.future(x)
+        return [func(x) for x in xs]
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:  # never fork a process that may hold torch threads
+            method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context(method))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Evaluations:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

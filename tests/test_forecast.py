@@ -1,0 +1,178 @@
+"""Forecast: a run the simulator made at known parameters is forecast from its first cycles;
+inputs (run and loop directories, CSVs) and the one-line errors for impossible requests."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from archrefine.core.config import Config
+from archrefine.core.store import write_parquet
+from archrefine.experiments import forecast as fc
+from archrefine.experiments import forecast_io
+from archrefine.sim.loop import simulate
+
+#: the run's own parameters, away from the defaults the fit starts from (the defaults forecast
+#: a final validity 7 pp higher and 4 pp less diversity kept)
+TRUTH = {"generator.base_logit": 2.2, "generator.bonus_max": 3.0, "generator.prior_rate": 0.3}
+SMALL = {"trials": 10, "draws": 4, "screen": 4, "max_nfev": 5}  # a test-sized budget
+
+
+def _run_dir(path, config: Config, cycles: int | None = None):
+    """A directory like `archrefine run` writes, optionally cut short after `cycles`."""
+    path.mkdir()
+    metrics = simulate(config).metrics
+    if cycles is not None:
+        metrics = metrics[metrics["cycle"] <= cycles]
+    write_parquet(path / "metrics.parquet", metrics)
+    (path / "config.toml").write_text(config.to_toml())
+    return path
+
+
+@pytest.fixture(scope="module")
+def known(tmp_path_factory):
+    config = Config(trials=100, seed=3).with_overrides(TRUTH | {"loop.cycles": 16})
+    run = _run_dir(tmp_path_factory.mktemp("known") / "run", config)
+    obs = forecast_io.load_observed(run)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(fc.ALTERNATIVES, "paper", 1)
+        mp.setitem(fc.DRAW_BUDGET, "paper", (4, 16, 10))
+        return obs, fc.forecast(obs, fit_cycles=8, seed=1, **SMALL)
+
+
+def test_forecast_of_a_simulated_run_recovers_its_future(known):
+    obs, result = known
+    s, t = result.summary, result.table
+    assert obs.source == "run" and obs.trials == 100 and obs.cycles == 16
+    assert abs(s["final_validity"] - s["observed_final_validity"]) <= 0.06
+    assert abs(s["diversity_kept"] - s["observed_diversity_kept"]) <= 0.02
+    assert s["final_validity_lo"] <= s["observed_final_validity"] <= s["final_validity_hi"]
+    later = t[~t["fitted"]]
+    assert len(later) == 8
+    seen = later["observed_validity"]
+    inside = (seen >= later["validity_lo"]) & (seen <= later["validity_hi"])
+    assert inside.mean() >= 0.6
+    assert (t["validity_lo"] <= t["validity_hi"]).all()
+    # the fit started from the defaults, not from the run's own config (which holds TRUTH)
+    assert result.info["parameter_sets"][0] != {k: v for k, v in TRUTH.items()}
+
+
+def test_forecast_files_hold_every_cycle_with_bands(known, tmp_path):
+    _, result = known
+    names = forecast_io.write_forecast(tmp_path, result)
+    assert sorted(names) == ["fitted.toml", "forecast.json", "forecast.png"]
+    data = json.loads((tmp_path / "forecast.json").read_text())
+    assert [c["cycle"] for c in data["cycles"]] == list(range(1, 17))
+    for key in ("validity", "novelty", "diversity", "fitness"):
+        assert {key, f"{key}_lo", f"{key}_hi"} <= data["cycles"][-1].keys()
+    assert data["final_validity"] == pytest.approx(data["cycles"][-1]["validity"])
+    first = data["cycles"][0]["observed_diversity"]
+    assert data["diversity_kept"] == pytest.approx(data["cycles"][-1]["diversity"] / first)
+    assert (tmp_path / "forecast.png").read_bytes()[:4] == b"\x89PNG"
+    assert "[generator]" in (tmp_path / "fitted.toml").read_text()
+
+
+def test_a_csv_with_validity_and_accuracy_only(tmp_path):
+    config = Config(trials=30, seed=4).with_overrides(TRUTH | {"loop.cycles": 14})
+    m = simulate(config).mean()
+    csv = pd.DataFrame(
+        {"cycle": m.index, "validity": m["validity"], "mean_accuracy": 0.1 + 0.5 * m["fitness"]}
+    )
+    csv.loc[csv["cycle"] > 7, ["validity", "mean_accuracy"]] = np.nan  # the future: unknown
+    path = tmp_path / "t.csv"
+    csv.to_csv(path, index=False)
+    obs = forecast_io.load_observed(path)
+    assert obs.source == "csv" and obs.cycles == 14 and obs.trials == 1
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(fc.ALTERNATIVES, "paper", 0)
+        mp.setitem(fc.DRAW_BUDGET, "paper", (3, 6, 10))
+        result = fc.forecast(obs, fit_cycles=7, **SMALL)
+    t = result.table
+    assert {"mean_accuracy", "mean_accuracy_lo", "mean_accuracy_hi"} <= set(t.columns)
+    assert result.info["first_cycle_diversity"] == "simulated"
+    lo, hi = result.summary["final_validity_lo"], result.summary["final_validity_hi"]
+    assert lo <= m["validity"].iloc[-1] <= hi  # one trial's spread: a wide band holds it
+    assert "observed_final_validity" not in result.summary
+
+
+def test_loop_directory_with_fewer_cycles_than_fitted_is_one_line(tmp_path):
+    loop = tmp_path / "loop"
+    loop.mkdir()
+    frame = pd.DataFrame(
+        {"trial": 0, "cycle": [1, 2, 3, 4], "validity": [0.5, 0.6, 0.7, 0.7],
+         "novelty": [0.6, 0.5, 0.4, 0.4], "diversity": [0.7, 0.6, 0.5, 0.5],
+         "fitness": [0.3, 0.4, 0.5, 0.5]}
+    )  # fmt: skip
+    write_parquet(loop / "metrics.parquet", frame)
+    (loop / "config.toml").write_text('seed = 0\n[loop]\ncycles = 22\npopulation = 20\n'
+                                      'top_k = 5\n[evaluate]\nworkers = 2\n')  # fmt: skip
+    obs = forecast_io.load_observed(loop)
+    assert obs.source == "loop" and obs.cycles == 22 and obs.config.loop.top_k == 5
+    assert "code_diversity" in obs.frame and "mean_accuracy" in obs.frame
+    with pytest.raises(forecast_io.ForecastError, match="only 4 cycles recorded") as err:
+        fc.check_request(obs, 6)
+    assert "\n" not in str(err.value)
+
+
+def _cli(args):
+    from typer.testing import CliRunner
+
+    from archrefine.cli import app
+
+    return CliRunner().invoke(app, ["forecast", *args])
+
+
+def test_cli_refuses_impossible_requests_in_one_line(tmp_path):
+    run = _run_dir(tmp_path / "run", Config(trials=3, seed=0).with_overrides({"loop.cycles": 6}))
+    cases = [
+        ([str(run), "--fit-cycles", "6"], "nothing is left to forecast"),
+        ([str(run), "--fit-cycles", "9"], "nothing is left to forecast"),
+        ([str(run), "--generator", "learned"], "writes only the grounded space"),
+        ([str(run), "--generator", "gpt"], "use auto or a list of paper, learned"),
+        ([str(tmp_path / "nope")], "no such file or directory"),
+    ]
+    for args, message in cases:
+        result = _cli([*args, "--out", str(tmp_path / "out")])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output
+        assert result.output.strip().count("\n") == 0
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_cli_writes_a_forecast(tmp_path, monkeypatch):
+    monkeypatch.setitem(fc.DRAW_BUDGET, "paper", (1, 2, 10))
+    monkeypatch.setitem(fc.ALTERNATIVES, "paper", 0)
+    monkeypatch.setitem(fc.SCREEN, "paper", 4)
+    monkeypatch.setitem(fc.FIT_NFEV, "paper", 3)
+    cfg = Config(trials=10, seed=2).with_overrides({"loop.cycles": 8})
+    run = _run_dir(tmp_path / "run", cfg, cycles=5)  # stopped after cycle 5 of 8
+    result = _cli([str(run), "--fit-cycles", "5", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "out" / "forecast.json").read_text())
+    assert len(data["cycles"]) == 8 and data["generator"] == "paper"
+    assert "observed_final_validity" not in data  # the run never got there
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "complete"
+
+
+def test_generator_choice_follows_the_space(tmp_path):
+    abstract = _run_dir(tmp_path / "a", Config(trials=2).with_overrides({"loop.cycles": 4}))
+    assert fc.generators_for(forecast_io.load_observed(abstract), "auto") == ["paper"]
+    grounded = Config(trials=2).with_overrides({"loop.cycles": 4, "space.kind": "grounded"})
+    g = forecast_io.load_observed(_run_dir(tmp_path / "g", grounded))
+    assert fc.generators_for(g, "auto") == ["paper", "learned"]
+    assert fc.generators_for(g, "learned,paper,learned") == ["learned", "paper"]
+
+
+def test_heldout_error_prefers_the_fit_that_predicts_the_held_cycles():
+    hold = pd.DataFrame({"cycle": [5, 6], "validity": [0.5, 0.6]})
+    scale = pd.DataFrame({"cycle": range(1, 7), "validity": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]})
+
+    class Fit:
+        def __init__(self, values):
+            self.fitted = pd.DataFrame({"cycle": range(1, 7), "validity": values})
+
+    good = fc._heldout_error(Fit([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]), hold, scale)
+    bad = fc._heldout_error(Fit([0.1, 0.2, 0.3, 0.4, 0.4, 0.4]), hold, scale)
+    assert good == 0 and bad > 0.5
