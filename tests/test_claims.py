@@ -286,16 +286,16 @@ def test_phases_are_named_in_the_figures_only_when_c1_held(monkeypatch, tmp_path
     from archrefine.experiments import plots
 
     texts: list[str] = []
-    real_save = plots._save
+    real_save = plots.save_figure
 
-    def spy(fig, path):
+    def spy(fig, path, **kw):
         texts.extend(t.get_text() for ax in fig.axes for t in ax.texts)
         for ax in fig.axes:
             legend = ax.get_legend()
             texts.extend(t.get_text() for t in (legend.get_texts() if legend else []))
-        real_save(fig, path)
+        real_save(fig, path, **kw)
 
-    monkeypatch.setattr(plots, "_save", spy)
+    monkeypatch.setattr(plots, "save_figure", spy)
     found = Phases([8.0, 15.0], [7.0, 14.0], [9.0, 16.0], [8.0, 15.0])
     frame = trajectory(5)
     plots.trajectory(frame, tmp_path / "fig1.png", found=found, named=named)

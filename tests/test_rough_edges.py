@@ -34,7 +34,7 @@ def test_mutation_rate_at_cycle_one_is_the_schedules_starting_rate(kind, start):
 def _captured(monkeypatch) -> list:
     """Figures the plotting functions draw, kept instead of saved."""
     figures: list = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, **kw: figures.append(fig))
     return figures
 
 

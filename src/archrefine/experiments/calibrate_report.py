@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from archrefine.core.store import atomic_write_bytes, atomic_write_text, write_json
+from archrefine.core.store import atomic_write_text, write_json
 
 if TYPE_CHECKING:
     from archrefine.experiments.calibrate import Calibration
@@ -57,10 +56,9 @@ def overlay(cal: Calibration, path: Path) -> None:
         cycle_axis(ax)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    from archrefine.experiments.plots import save_figure
+
+    save_figure(fig, path, dpi=120, tight=False)
 
 
 def summary(cal: Calibration) -> str:

@@ -8,7 +8,6 @@ trajectory CSV as `calibrate` reads it. Outputs: forecast.json, forecast.png, fi
 
 from __future__ import annotations
 
-import io
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from archrefine.core.config import Config, ConfigError, load_config
-from archrefine.core.store import atomic_write_bytes, atomic_write_text, read_metrics, write_json
+from archrefine.core.store import atomic_write_text, read_metrics, write_json
 from archrefine.experiments.calibrate import (
     Calibration,
     CalibrationError,
@@ -229,10 +228,9 @@ def plot_forecast(fc: Forecast, path: Path) -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    from archrefine.experiments.plots import save_figure
+
+    save_figure(fig, path, dpi=110, tight=False)
 
 
 def summary_lines(fc: Forecast) -> str:

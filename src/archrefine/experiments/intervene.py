@@ -11,7 +11,6 @@ them. The goal of issue 15 is kept ≥ 0.98, validity share ≥ 0.99, fitness ga
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,6 @@ import pandas as pd
 
 from archrefine.core.config import Config, ConfigError
 from archrefine.core.store import (
-    atomic_write_bytes,
     atomic_write_text,
     write_json,
     write_parquet,
@@ -285,10 +283,9 @@ def draw(result: Search, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    from archrefine.experiments.plots import save_figure
+
+    save_figure(fig, path, dpi=120, tight=False)
 
 
 def conditions_table(frame: pd.DataFrame) -> dict[str, Any]:

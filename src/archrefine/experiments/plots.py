@@ -38,9 +38,10 @@ PHASE_NAMES = ("exploration", "transition", "specialization")
 PHASE_COLORS = ("#f2f2f2", "#e0ecf8", "#fbe9e7")
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def save_figure(fig: plt.Figure, path: Path, dpi: int = 130, tight: bool = True) -> None:
+    """Write `fig` as a PNG atomically (a reader never sees half an image) and close it."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
     plt.close(fig)
     atomic_write_bytes(Path(path), buf.getvalue())
 
@@ -130,7 +131,7 @@ def trajectory(
     spread = "one run" if trials == 1 else f"mean ± std over {trials} trials"
     first, last = (f"{x:g}" for x in (cycles[0], cycles[-1])) if len(cycles) else ("", "")
     fig.suptitle(f"{title} ({spread}; axes from 0; change from cycle {first} to {last})", y=1.08)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def topk(frame: pd.DataFrame, path: Path) -> None:
@@ -174,7 +175,7 @@ def topk(frame: pd.DataFrame, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Selection pressure", y=1.02)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def phases(sel: pd.DataFrame, found: Phases, path: Path, *, named: bool | None = None) -> None:
@@ -217,7 +218,7 @@ def phases(sel: pd.DataFrame, found: Phases, path: Path, *, named: bool | None =
     ax.grid(alpha=0.3)
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
               frameon=False)  # fmt: skip
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def schedules(frame: pd.DataFrame, path: Path, *, period: int = 4) -> None:
@@ -249,7 +250,7 @@ def schedules(frame: pd.DataFrame, path: Path, *, period: int = 4) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("Mutation schedules", y=1.02)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def compare(runs: dict[str, pd.DataFrame], path: Path) -> None:
@@ -275,7 +276,7 @@ def compare(runs: dict[str, pd.DataFrame], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Generators compared (mean ± std over trials)", y=1.04)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def overlay(runs: dict[str, pd.DataFrame], path: Path, *, title: str = "Runs compared") -> None:
@@ -302,4 +303,4 @@ def overlay(runs: dict[str, pd.DataFrame], path: Path, *, title: str = "Runs com
             frameon=False,
         )
     fig.suptitle(f"{title} (mean over trials per cycle)", y=1.04)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -4,15 +4,12 @@ so a resumed study reports exactly what an uninterrupted one would."""
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from archrefine.core.store import atomic_write_bytes
 
 ROBUST = 0.9  # issue 10: a claim is robust when it holds on ≥ 90% of seeds and of neighbours
 
@@ -371,7 +368,6 @@ def figure(summary: dict[str, Any], path: Path) -> None:
             f"({sens['points']} points, {sens['trials']} trials)",
             fontsize=9,
         )
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    from archrefine.experiments.plots import save_figure
+
+    save_figure(fig, path, dpi=130, tight=False)
