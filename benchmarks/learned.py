@@ -6,23 +6,31 @@ whole 22-cycle run, for 1 trial and for 10 trials batched in one model stack.
 
 Targets from issue 4: one cycle ≤ 1 s on CPU; a 22-cycle, 10-trial run ≤ 3 minutes. Issue 14:
 `archrefine calibrate --generator learned` ≥ 3x faster: the same fit (Khalid et al.'s trajectory,
-2 trials, the CLI's budget) with one worker (every simulation in turn, as before) and with one
-per core (a Jacobian's columns and the two starts at once); the fitted parameters must agree.
+2 trials, the CLI's budget) as whole processes, back to back: the code of `BASELINE` (before
+issue 14), today's with one worker and today's with one per core (a Jacobian's columns and the
+starts at once); the fitted parameters must agree.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 from _results import machine, update_results
 
 from archrefine import Config, simulate
-from archrefine.experiments.calibrate import KHALID, calibrate, load_trajectory
 from archrefine.experiments.evaluations import default_workers
 
+ROOT = Path(__file__).resolve().parents[1]
 BASE = {"space.kind": "grounded", "generator.kind": "learned"}
 NOTE = (
     "On a machine busy with other work the worker processes also take a larger share of the "
@@ -39,29 +47,72 @@ def seconds(trials: int, cycles: int) -> float:
     return time.perf_counter() - start
 
 
-def calibrate_section(max_nfev: int | None) -> str:
-    """Seconds for the whole learned fit with 1 worker and with every core, same process."""
-    observed, rows, fits = load_trajectory(KHALID), [], []
-    for workers in sorted({1, default_workers()}):
-        start = time.perf_counter()
-        cal = calibrate(observed, generator="learned", workers=workers, max_nfev=max_nfev)
-        rows.append((workers, time.perf_counter() - start, cal.info["evaluations"]))
-        fits.append(cal.params)
-        print(f"workers={workers}: {rows[-1][1]:.0f} s, {rows[-1][2]} simulations", flush=True)
+#: the last commit before issue 14's calibrate work (every simulation in turn, pre-training
+#: redone for every evaluation, the fitted point simulated twice): the baseline
+BASELINE = "28e0067"
+CHILD = """
+import json, sys
+from archrefine.experiments.calibrate import KHALID, calibrate, load_trajectory
+cal = calibrate(load_trajectory(KHALID), generator="learned", **json.loads(sys.argv[1]))
+print("RESULT " + json.dumps({"params": cal.params, "evaluations": cal.info.get("evaluations")}))
+"""
+
+
+def _whole_process(kwargs: dict, src: Path | None) -> tuple[float, dict]:
+    """Wall seconds of one `calibrate` in a fresh interpreter (imports, worker processes and
+    pre-training included), with `src` first on the path (the baseline's tree) when given."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(kwargs)],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return seconds, json.loads(line[len("RESULT ") :])
+
+
+def calibrate_section(max_nfev: int | None, baseline: str) -> str:
+    """The whole learned fit as whole processes, back to back: the baseline commit's code,
+    today's code with one worker, and today's with one worker per core."""
+    budget = {} if max_nfev is None else {"max_nfev": max_nfev}
+    rows, fits = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(
+            ["git", "archive", baseline, "src/archrefine"], cwd=ROOT, capture_output=True,
+            check=True,
+        ).stdout  # fmt: skip
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp, filter="data")
+        runs = [(f"`{baseline}` (before)", 1, budget, Path(tmp) / "src")]
+        runs += [("today", w, budget | {"workers": w}, None) for w in (1, default_workers())]
+        for label, workers, kwargs, src in runs:
+            load = os.getloadavg()[0]
+            seconds, fit = _whole_process(kwargs, src)
+            rows.append((label, workers, seconds, fit["evaluations"], load, os.getloadavg()[0]))
+            fits.append(fit["params"])
+            print(f"{label}, workers={workers}: {seconds:.0f} s", flush=True)
     same = all(f == fits[0] for f in fits)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    budget = "the CLI's budget" if max_nfev is None else f"max_nfev={max_nfev}"
+    text = "the CLI's budget" if max_nfev is None else f"max_nfev={max_nfev}"
     lines = [
         "## learned calibrate\n",
         f"{stamp} · {machine()} · load average {os.getloadavg()[0]:.1f} at the end (other "
-        "work on the machine slows both runs) · `python benchmarks/learned.py --calibrate"
+        "work on the machine slows every run) · `python benchmarks/learned.py --calibrate"
         + ("" if max_nfev is None else f" --max-nfev {max_nfev}")
-        + f'`: `calibrate(khalid2026.csv, generator="learned")`, 2 trials, {budget}\n',
-        "| workers | seconds | simulations | speed-up |",
-        "|---|---|---|---|",
-        *[f"| {w} | {t:.0f} | {n} | {rows[0][1] / t:.2f}× |" for w, t, n in rows],
+        + f'`: `calibrate(khalid2026.csv, generator="learned")`, 2 trials, {text}, each a '
+        "whole process (interpreter, imports, worker processes, pre-training), back to back\n",
+        "| code | workers | seconds | simulations | load average (start → end) | speed-up |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {c} | {w} | {t:.0f} | {n if n is not None else '–'} | {a:.1f} → {b:.1f} "
+            f"| {rows[0][2] / t:.2f}× |"
+            for c, w, t, n, a, b in rows
+        ],
         "",
-        f"Fitted parameters identical across worker counts: {'yes' if same else '**no**'}. " + NOTE,
+        f"Fitted parameters identical in all three: {'yes' if same else '**no**'}. " + NOTE,
     ]
     return "\n".join(lines) + "\n"
 
@@ -70,9 +121,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calibrate", action="store_true", help="only the calibrate section")
     parser.add_argument("--max-nfev", type=int, default=None, help="calibrate's budget per start")
+    parser.add_argument("--baseline", default=BASELINE, help="the commit timed as 'before'")
     args = parser.parse_args()
     if args.calibrate:
-        section = calibrate_section(args.max_nfev)
+        section = calibrate_section(args.max_nfev, args.baseline)
         print(section)
         update_results("learned calibrate", section)
         return

@@ -7,11 +7,18 @@
   whole processes (interpreter start, imports, the loop, writing results) at paper scale with
   1000 trials and the cosine schedule, for `loop.archive` = selected and valid, back to back in
   this run: candidates per second of wall time, and per CPU-second (the child's user + system
-  time, which other work on a shared machine disturbs less), and the ratios. `archrefine run`
-  runs once untimed first, so numba's compiled kernels are in their on-disk cache (as for any
-  run after the first on a machine).
-* `archrefine --help` start-up (median of 5), `archrefine reproduce` at 100 trials (wall, and
-  peak RSS of the largest process) and `archrefine run` at 10,000 trials (peak RSS).
+  time, which other work on a shared machine disturbs less), and the ratios. Both the default
+  `run` (config.toml, metrics.parquet, checkpoint.bin, trajectory.png, report.html) and
+  `run --no-figures` (no figure, no report.html) are timed; the DEAP peer writes no file.
+  `archrefine run` runs once untimed first, so numba's compiled kernels are in their on-disk
+  cache (as for any run after the first on a machine).
+* Where a default `run`'s time goes, stage by stage, in one process (`_stages.py`), and
+  `simulate` called twice in a fresh process, with and without numba (CPU seconds): what the
+  first call costs beyond the loop.
+* `archrefine --help` start-up (median of 5), `archrefine reproduce` at 100 trials (wall; peak
+  RSS of the largest single process of its tree, from the kernel's `ru_maxrss`, and the peak of
+  the tree's summed RSS, sampled from /proc every 50 ms) and `archrefine run` at 10,000 trials
+  (peak RSS).
 * The batched loop against `reference_loop.py`, the project's own per-candidate version of the
   model, in process: the old "267×"-style figure, kept with that label (it is not a DEAP user's
   loop, which is faster).
@@ -20,14 +27,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -35,81 +46,173 @@ sys.path.insert(0, str(HERE))
 from _results import machine, update_results  # noqa: E402
 
 
-def timed(cmd: list[str]) -> dict[str, float]:
+def tree_rss(root: int) -> int:
+    """Summed resident set (bytes) of process `root` and its descendants, from /proc."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        pid = int(entry.name)
+        parents[pid], rss[pid] = int(fields[1]), int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    total, frontier = 0, [root]
+    while frontier:
+        pid = frontier.pop()
+        total += rss.get(pid, 0)
+        frontier += [c for c, parent in parents.items() if parent == pid]
+    return total
+
+
+def timed(cmd: list[str], tree: bool = False, capture: bool = False) -> dict[str, Any]:
     """Run `cmd` to completion: wall seconds, the child's CPU seconds and peak RSS (MB). Peak RSS
-    is the largest process of the tree (the child or one of its waited-for children)."""
+    is the largest single process of the tree (the child or one of its waited-for children:
+    Linux's `ru_maxrss` of a waited-for child is the max, not the sum). With `tree`, also
+    `tree_rss`: the peak of the whole tree's summed RSS, sampled every 50 ms. With `capture`,
+    `stdout`: what it printed."""
     with tempfile.TemporaryFile() as log:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        out = subprocess.PIPE if capture else subprocess.DEVNULL
+        proc = subprocess.Popen(cmd, stdout=out, stderr=log)
+        peak, done = [0], threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.05):
+                peak[0] = max(peak[0], tree_rss(proc.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        if tree:
+            sampler.start()
+        printed = proc.stdout.read().decode() if proc.stdout else ""
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
+        done.set()
+        if tree:
+            sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)  # waited for here, not by Popen
         if proc.returncode != 0:
             log.seek(0)
             err = log.read().decode(errors="replace").strip()[-500:]
             raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err}")
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss": usage.ru_maxrss / 1024}
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss": usage.ru_maxrss / 1024,
+            "tree_rss": peak[0] / 2**20, "stdout": printed}  # fmt: skip
 
 
 def archrefine(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "archrefine", *args]
 
 
-def run_cmd(out: str, trials: int, archive: str) -> list[str]:
+def run_cmd(out: str, trials: int, archive: str, *extra: str) -> list[str]:
     sets = ["schedule.kind=cosine", f"loop.archive={archive}"]
-    return archrefine(["run", "--trials", str(trials), "--out", out, "--force"]) + [
+    return archrefine(["run", "--trials", str(trials), "--out", out, "--force", *extra]) + [
         x for s in sets for x in ("--set", s)
     ]
 
 
-def loop_seconds(trials: int, archive: str) -> float:
-    """`simulate` alone, in this process (after a warm-up): the loop without the fixed costs."""
-    from archrefine import Config, simulate
+def stages(trials: int, archive: str, out: str) -> dict[str, dict[str, float]]:
+    """A default `run`, timed stage by stage in its own process (`_stages.py`); `start` is
+    the interpreter's start-up (the process's wall time beyond the script's, its CPU before)."""
+    cmd = run_cmd(out, trials, archive)
+    whole = timed([sys.executable, str(HERE / "_stages.py"), *cmd[3:]], capture=True)
+    found = json.loads(whole["stdout"].strip().splitlines()[-1])
+    found["start"]["wall"] = whole["wall"] - found["total"]["wall"]
+    return found
 
-    cfg = Config(trials=trials, seed=0).with_overrides(
-        {"schedule.kind": "cosine", "loop.archive": archive}
-    )
+
+FIRST_AND_SECOND = """
+import json, sys, time
+from archrefine import Config, simulate
+cfg = Config(trials=int(sys.argv[1]), seed=0).with_overrides(
+    {"schedule.kind": "cosine", "loop.archive": sys.argv[2]})
+spent = []
+for _ in range(2):
+    start = time.process_time()
     simulate(cfg)
-    start = time.perf_counter()
-    simulate(cfg)
-    return time.perf_counter() - start
+    spent.append(time.process_time() - start)
+print(json.dumps(spent))
+"""
+
+
+def first_and_second(trials: int, archive: str, numba: bool) -> list[float]:
+    """CPU seconds of `simulate` called twice in one fresh process: the first call pays for
+    numba's import and kernel load and first touches of memory, the second is the loop alone."""
+    env = {k: v for k, v in os.environ.items() if k != "ARCHREFINE_NO_NUMBA"}
+    if not numba:
+        env["ARCHREFINE_NO_NUMBA"] = "1"
+    cmd = [sys.executable, "-c", FIRST_AND_SECOND, str(trials), archive]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def versus_deap(trials: int, tmp: str) -> list[str]:
     candidates = trials * 22 * 50
     timed(run_cmd(f"{tmp}/warm", trials, "selected"))  # numba's cache, the OS's file cache
     fixed = []
+
+    def rate(t: dict[str, float]) -> str:
+        return f"{candidates / t['wall']:,.0f}/s ({t['wall']:.1f} s wall, {t['cpu']:.1f} s CPU)"
+
+    def ratio(peer: dict[str, float], ours: dict[str, float]) -> str:
+        return f"**{peer['wall'] / ours['wall']:.0f}×** / {peer['cpu'] / ours['cpu']:.0f}×"
+
     lines = [
         f"Whole processes, paper scale (22 cycles × 50 candidates, top-10, k = 15), {trials} "
-        f"trials = {candidates:,} candidates, cosine schedule, back to back:",
+        f"trials = {candidates:,} candidates, cosine schedule, back to back. `run` writes "
+        "config.toml, metrics.parquet, checkpoint.bin, trajectory.png and report.html; "
+        "`run --no-figures` the first three; the DEAP peer writes nothing. Ratios: wall / CPU.",
         "",
-        "| `loop.archive` | `archrefine run` | DEAP peer | ratio (wall) | ratio (CPU) | "
+        "| `loop.archive` | DEAP peer | `archrefine run` | ratio | `run --no-figures` | ratio | "
         "`run` peak RSS |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for archive in ("selected", "valid"):
         ours = timed(run_cmd(f"{tmp}/{archive}", trials, archive))
+        bare = timed(run_cmd(f"{tmp}/{archive}-bare", trials, archive, "--no-figures"))
         peer = timed(
             [sys.executable, str(HERE / "peer_deap.py"), "--trials", str(trials),
              "--archive", archive]
         )  # fmt: skip
         lines.append(
-            f"| {archive} | {candidates / ours['wall']:,.0f}/s ({ours['wall']:.1f} s wall, "
-            f"{ours['cpu']:.1f} s CPU) | {candidates / peer['wall']:,.0f}/s "
-            f"({peer['wall']:.1f} s wall, {peer['cpu']:.1f} s CPU) | "
-            f"**{peer['wall'] / ours['wall']:.0f}×** | {peer['cpu'] / ours['cpu']:.0f}× | "
-            f"{ours['rss']:.0f} MB |"
+            f"| {archive} | {rate(peer)} | {rate(ours)} | {ratio(peer, ours)} | {rate(bare)} | "
+            f"{ratio(peer, bare)} | {ours['rss']:.0f} MB |"
         )
-        fixed.append((archive, ours["wall"], loop_seconds(trials, archive)))
+        fixed.append((archive, first_and_second(trials, archive, True),
+                      first_and_second(trials, archive, False)))  # fmt: skip
+    steps = stages(trials, "selected", f"{tmp}/stages")
+    names = {
+        "start": "interpreter start-up",
+        "imports": "imports (CLI, config, numpy, pandas, the simulator), run directory",
+        "simulate": "`simulate`, numba's import and kernel load included",
+        "metrics": "metrics.parquet",
+        "figure": "trajectory.png (matplotlib's import included)",
+        "close": "run.json",
+        "report": "report.html",
+    }
     lines += [
         "",
-        "Where `archrefine run`'s wall time goes: the loop (`simulate` in process, same config) "
-        "and the rest (interpreter start, imports, a checkpoint per cycle, metrics.parquet, the "
-        "figure, report.html): "
+        "Where a default `run`'s time goes (`loop.archive` = selected, one process, "
+        "`benchmarks/_stages.py`):",
+        "",
+        "| stage | wall | CPU |",
+        "|---|---|---|",
+        *(
+            f"| {label} | {steps[k]['wall']:.2f} s | {steps[k]['cpu']:.2f} s |"
+            for k, label in names.items()
+        ),
+        f"| total | {steps['total']['wall'] + steps['start']['wall']:.2f} s | "
+        f"{steps['total']['cpu']:.2f} s |",
+        "",
+        "`simulate` called twice in one fresh process, CPU seconds of the first call / the "
+        "second (the loop alone, candidates per CPU-second), with numba and with "
+        "`ARCHREFINE_NO_NUMBA=1`: "
         + "; ".join(
-            f"{a}: loop {loop:.1f} s ({candidates / loop:,.0f} candidates/s), rest "
-            f"{whole - loop:.1f} s"
-            for a, whole, loop in fixed
+            f"{a}: {fast[0]:.2f} / {fast[1]:.2f} s ({candidates / fast[1]:,.0f}/s), without "
+            f"numba {slow[0]:.2f} / {slow[1]:.2f} s"
+            for a, fast, slow in fixed
         )
         + ".",
     ]
@@ -118,8 +221,13 @@ def versus_deap(trials: int, tmp: str) -> list[str]:
 
 def startup_and_memory(big: int, tmp: str) -> list[str]:
     helps = [timed(archrefine(["--help"])) for _ in range(5)]
-    rep = timed(archrefine(["reproduce", "--out", f"{tmp}/rep", "--force"]))
+    rep = timed(archrefine(["reproduce", "--out", f"{tmp}/rep", "--force"]), tree=True)
     large = timed(run_cmd(f"{tmp}/big", big, "selected"))
+    base = timed([sys.executable, "-c", "import numpy, pandas"])
+    ribs = ""
+    if importlib.util.find_spec("ribs") is not None:  # the `interventions` extra
+        found = timed([sys.executable, "-c", "import ribs.archives"])
+        ribs = f"; `import ribs.archives` (MAP-Elites): {found['rss']:.0f} MB"
     return [
         "| measure | value | target |",
         "|---|---|---|",
@@ -127,9 +235,12 @@ def startup_and_memory(big: int, tmp: str) -> list[str]:
         f"{statistics.median(h['wall'] for h in helps):.2f} s wall, "
         f"{statistics.median(h['cpu'] for h in helps):.2f} s CPU | < 0.5 s |",
         f"| `archrefine reproduce` (100 trials, 4 experiments, figures) | {rep['wall']:.1f} s, "
-        f"peak RSS {rep['rss']:.0f} MB (largest process) | < 300 MB |",
+        f"peak RSS {rep['rss']:.0f} MB (largest process; the tree's sum peaked at "
+        f"{rep['tree_rss']:.0f} MB) | < 300 MB |",
         f"| `archrefine run --trials {big}` | {large['wall']:.1f} s, peak RSS "
         f"{large['rss']:.0f} MB | < 4 GB at 10,000 |",
+        f"| peak RSS of a fresh interpreter that imports … | `numpy, pandas`: {base['rss']:.0f} MB"
+        f"{ribs} | – |",
     ]
 
 

@@ -1,17 +1,26 @@
-"""Held-out evaluation of `archrefine forecast`: the table in docs/forecast.md.
+"""Held-out evaluation of `archrefine forecast`, and its development runs: docs/forecast.md.
 
+    python scripts/forecast_eval.py --develop --out runs/forecast-dev --docs docs/forecast.md
     python scripts/forecast_eval.py --out runs/forecast-eval [--loop runs/loop-learned] \
         [--docs docs/forecast.md]
 
-Generates runs the forecast was not developed on with `archrefine run` (seeds 11–21, other
-schedules, k, space, generator parameters, the learned generator), forecasts each from its first
-`--fit-cycles` cycles exactly as `archrefine forecast RUN` does (generator `auto`), and compares
-with what each run went on to do: final validity and diversity kept (final ÷ first-cycle
-diversity), errors in percentage points, and how often the 80% band held the truth. Writes
-eval.json and eval.md under --out (each run's forecast.json/png in its folder); with --docs,
-replaces the table between `<!-- forecast-eval:start -->` and `<!-- forecast-eval:end -->`.
-On a busy machine split the work and combine: `--only 0 1 2 --tag _a` (and so on, in
-parallel), then `--rows-from runs/forecast-eval/eval_*.json --docs docs/forecast.md`.
+The split. *Development* (`--develop`): `DEV_RUNS` runs of the paper model at the default
+schedule, k and space, seeds from 100, each with generator parameters drawn from the forecast's
+own prior (normal around the defaults, forecast_fit.PRIOR_SD of each range; draws whose run
+never becomes valid are skipped). Each is forecast
+with the raw band; how far the truth lay outside it, per column over the forecast cycles, gives
+the split-conformal widening factors written to src/archrefine/data/forecast_conformal.json —
+the only thing tuned. *Evaluation* (the default): `RUNS`, which nothing was tuned on — other
+seeds (11–21), the three other schedules, k = 2 and 30, the grounded space, two parameter
+settings away from the defaults, the learned generator, and with `--loop` a real loop's
+directory — each forecast from its first `--fit-cycles` cycles exactly as `archrefine forecast
+RUN` does (generator `auto`), and compared with what the run went on to do: final validity and
+diversity kept (final ÷ first-cycle diversity), errors in percentage points, whether the 80% band
+held the truth. Writes eval.json and eval.md under --out (each run's forecast.json/png in its
+folder); with --docs, replaces the table between `<!-- forecast-eval:start -->` and
+`<!-- forecast-eval:end -->` (`forecast-dev:` markers for --develop). On a busy machine split
+the work and combine: `--only 0 1 2 --tag _a` (and so on, in parallel), then
+`--rows-from runs/forecast-eval/eval_*.json --docs docs/forecast.md`.
 """
 
 from __future__ import annotations
@@ -26,12 +35,18 @@ from pathlib import Path
 
 import numpy as np
 
+from archrefine.core.config import Config
 from archrefine.core.store import atomic_write_text, write_json
 from archrefine.experiments import forecast as fc
 from archrefine.experiments import forecast_io
+from archrefine.experiments.fitting import from_unit
+from archrefine.experiments.forecast_fit import PRIOR_SD, box, prior_centre
+from archrefine.sim.loop import simulate
 
-#: the developing runs were seeds 0 and 5 (default, cosine, and bonus_max 4 / prior_rate 0.3);
-#: none of these settings was looked at before this table was made
+DEV_RUNS = 10
+LIVE = 0.05
+
+#: the evaluation runs: nothing was tuned on them (the development runs are `dev_runs()`)
 RUNS: list[tuple[str, list[str]]] = [
     ("default, seed 11", ["seed=11"]),
     ("default, seed 12", ["seed=12"]),
@@ -51,6 +66,29 @@ RUNS: list[tuple[str, list[str]]] = [
 ]  # fmt: skip
 
 
+def dev_runs() -> list[tuple[str, list[str]]]:
+    """The development runs: default schedule, k and space; parameters drawn from the prior,
+    keeping draws whose run becomes valid at all (final validity ≥ `LIVE` in a 20-trial
+    simulation; a loop that never writes valid code is nobody's forecast)."""
+    rng = np.random.default_rng(2026)
+    keys, lo, hi, log = box("paper")
+    out: list[tuple[str, list[str]]] = []
+    seed = 99
+    while len(out) < DEV_RUNS:
+        seed += 1
+        u = np.clip(prior_centre("paper") + PRIOR_SD * rng.standard_normal(len(keys)), 0, 1)
+        values = from_unit(u, lo, hi, log)
+        over = {k: float(f"{v:.4g}") for k, v in zip(keys, values)}
+        trial = Config(trials=20, seed=seed).with_overrides(over)
+        if simulate(trial).mean()["validity"].iloc[-1] < LIVE:
+            continue
+        short = ", ".join(f"{k.split('.')[1]} {v:.3g}" for k, v in over.items())
+        out.append(
+            (f"seed {seed}: {short}", [f"seed={seed}", *(f"{k}={v}" for k, v in over.items())])
+        )
+    return out
+
+
 def make_run(out: Path, sets: list[str]) -> None:
     if (out / "run.json").exists() and json.loads((out / "run.json").read_text()).get(
         "status"
@@ -62,82 +100,110 @@ def make_run(out: Path, sets: list[str]) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
-def evaluate(name: str, run: Path, fit_cycles: int, out: Path) -> dict:
+def evaluate(name: str, run: Path, fit_cycles: int, out: Path, develop: bool = False) -> dict:
+    """Forecast one run (development: the raw band, and its conformal scores per column)."""
     obs = forecast_io.load_observed(run)
     started, cpu = time.time(), time.process_time()
-    result = fc.forecast(obs, fit_cycles=fit_cycles, generators=fc.generators_for(obs, "auto"))
+    result = fc.forecast(
+        obs,
+        fit_cycles=fit_cycles,
+        generators=["paper"] if develop else fc.generators_for(obs, "auto"),
+        conformal={} if develop else None,
+    )
     seconds, cpu = time.time() - started, time.process_time() - cpu
     out.mkdir(parents=True, exist_ok=True)
     forecast_io.write_forecast(out, result)
     s, t = result.summary, result.table
     later = t[~t["fitted"]]
+    cols = [c for c in [*forecast_io.METRICS, *fc.MAPPED] if f"observed_{c}" in t and c in t]
 
     def covered(col: str) -> float:
         seen = later[f"observed_{col}"]
         ok = (seen >= later[f"{col}_lo"]) & (seen <= later[f"{col}_hi"])
         return float(ok[seen.notna()].mean())
 
-    return {
+    def inside(key: str) -> bool:
+        return bool(s[f"{key}_lo"] <= s[f"observed_{key}"] <= s[f"{key}_hi"])
+
+    row = {
         "run": name,
         "dir": str(run),
         "generator": result.generator,
         "heldout_error": result.heldout,
+        "params": result.calibration.params,
+        "conformal": result.info["conformal"],
         "final_validity": s["final_validity"],
         "final_validity_band": [s["final_validity_lo"], s["final_validity_hi"]],
         "observed_final_validity": s["observed_final_validity"],
         "validity_error_pp": 100 * (s["final_validity"] - s["observed_final_validity"]),
+        "validity_inside": inside("final_validity"),
         "diversity_kept": s["diversity_kept"],
         "diversity_kept_band": [s["diversity_kept_lo"], s["diversity_kept_hi"]],
         "observed_diversity_kept": s["observed_diversity_kept"],
         "kept_error_pp": 100 * (s["diversity_kept"] - s["observed_diversity_kept"]),
+        "kept_inside": inside("diversity_kept"),
+        "fit_validity_error_pp": 100
+        * (result.info["fit_final_validity"] - s["observed_final_validity"]),
         "validity_band_coverage": covered("validity"),
         "diversity_band_coverage": covered("diversity") if "observed_diversity" in t else None,
         "seconds": seconds,
         "cpu_seconds": cpu,
     }
+    if develop:
+        row["scores"] = {
+            c: fc.conformal_scores(
+                later[c], later[f"{c}_lo"], later[f"{c}_hi"], later[f"observed_{c}"]
+            ).tolist()
+            for c in cols
+        }
+    return row
 
 
-def table(rows: list[dict], fit_cycles: int, command: str) -> str:
+def table(rows: list[dict], fit_cycles: int, command: str, develop: bool = False) -> str:
     def band(b: list[float]) -> str:
         return f"{b[0]:.2f}–{b[1]:.2f}"
 
+    def mark(ok: bool) -> str:
+        return "yes" if ok else "**no**"
+
+    kind = "raw 80% bands (before the conformal widening)" if develop else "80% bands"
     lines = [
-        f"From `{command}` (fit cycles 1–{fit_cycles}, generator `auto`, 80% bands):",
+        f"From `{command}` (fit cycles 1–{fit_cycles}, generator "
+        f"{'`paper`' if develop else '`auto`'}, {kind}):",
         "",
-        "| run | generator | final validity: forecast (80%) | observed | error (pp) "
-        "| diversity kept: forecast (80%) | observed | error (pp) "
+        "| run | generator | final validity: forecast (80%) | observed | error (pp) | in band "
+        "| diversity kept: forecast (80%) | observed | error (pp) | in band "
         "| band held the truth, cycles after the fit: validity / diversity |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         div_cov = r["diversity_band_coverage"]
         lines.append(
             f"| {r['run']} | {r['generator']} | {r['final_validity']:.3f} "
             f"({band(r['final_validity_band'])}) | {r['observed_final_validity']:.3f} "
-            f"| {r['validity_error_pp']:+.1f} | {r['diversity_kept']:.3f} "
-            f"({band(r['diversity_kept_band'])}) | {r['observed_diversity_kept']:.3f} "
-            f"| {r['kept_error_pp']:+.1f} | {r['validity_band_coverage']:.0%} / "
+            f"| {r['validity_error_pp']:+.1f} | {mark(r['validity_inside'])} "
+            f"| {r['diversity_kept']:.3f} ({band(r['diversity_kept_band'])}) "
+            f"| {r['observed_diversity_kept']:.3f} | {r['kept_error_pp']:+.1f} "
+            f"| {mark(r['kept_inside'])} | {r['validity_band_coverage']:.0%} / "
             + ("–" if div_cov is None else f"{div_cov:.0%}")
             + " |"
         )
     v_ok = sum(abs(r["validity_error_pp"]) <= 5 for r in rows)
     k_ok = sum(abs(r["kept_error_pp"]) <= 3 for r in rows)
-    inside_v = sum(
-        r["final_validity_band"][0] <= r["observed_final_validity"] <= r["final_validity_band"][1]
-        for r in rows
-    )
-    inside_k = sum(
-        r["diversity_kept_band"][0] <= r["observed_diversity_kept"] <= r["diversity_kept_band"][1]
-        for r in rows
-    )
+    inside_v = sum(r["validity_inside"] for r in rows)
+    inside_k = sum(r["kept_inside"] for r in rows)
     mae_v = np.mean([abs(r["validity_error_pp"]) for r in rows])
     mae_k = np.mean([abs(r["kept_error_pp"]) for r in rows])
+    cov_v = np.mean([r["validity_band_coverage"] for r in rows])
+    cov_d = [r["diversity_band_coverage"] for r in rows if r["diversity_band_coverage"] is not None]
     lines += [
         "",
         f"Goals met: final validity within ±5 pp on {v_ok} of {len(rows)} runs (mean absolute "
         f"error {mae_v:.1f} pp); diversity kept within ±3 pp on {k_ok} of {len(rows)} (mean "
         f"absolute error {mae_k:.1f} pp). The 80% band held the observed final validity on "
-        f"{inside_v} of {len(rows)} runs and the observed diversity kept on {inside_k}.",
+        f"{inside_v} of {len(rows)} runs and the observed diversity kept on {inside_k}; over the "
+        f"forecast cycles it held validity {cov_v:.0%} of the time and diversity "
+        f"{np.mean(cov_d):.0%}.",
     ]
     for label, keep in (("paper only", False), ("paper and learned", True)):
         cpu = [r["cpu_seconds"] for r in rows if bool(r["heldout_error"]) == keep]
@@ -149,43 +215,78 @@ def table(rows: list[dict], fit_cycles: int, command: str) -> str:
     return "\n".join(lines)
 
 
+def conformal(rows: list[dict], fit_cycles: int, command: str) -> dict:
+    """The widening factor per column from the development runs' scores (all forecast cycles
+    of every run pooled), and how they were made."""
+    cols = sorted({c for r in rows for c in r["scores"]})
+    scores = {c: np.concatenate([r["scores"][c] for r in rows if c in r["scores"]]) for c in cols}
+    return {
+        "level": fc.LEVEL,
+        "factor": {c: fc.conformal_factor(scores[c], fc.LEVEL) for c in cols},
+        "scores": {c: int(np.isfinite(scores[c]).sum()) for c in cols},
+        "fit_cycles": fit_cycles,
+        "prior_sd": PRIOR_SD,
+        "runs": [r["run"] for r in rows],
+        "command": command,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/forecast-eval"))
+    ap.add_argument("--out", type=Path, default=None, help="runs/forecast-eval (-dev)")
     ap.add_argument("--fit-cycles", type=int, default=6)
+    ap.add_argument(
+        "--develop",
+        action="store_true",
+        help="the development runs: write the conformal factors (data/forecast_conformal.json)",
+    )
     ap.add_argument("--loop", type=Path, help="also a finished `archrefine loop` directory")
     ap.add_argument("--docs", type=Path, help="replace the table in this Markdown file")
-    ap.add_argument("--only", type=int, nargs="*", help="indices into RUNS (to split the work)")
+    ap.add_argument("--only", type=int, nargs="*", help="indices into the runs (split the work)")
     ap.add_argument("--tag", default="", help="suffix of eval.json/eval.md (split work)")
     ap.add_argument("--rows-from", type=Path, nargs="*", help="eval*.json to combine, no runs")
     args = ap.parse_args()
+    runs, prefix = (dev_runs(), "dev") if args.develop else (RUNS, "run")
+    args.out = args.out or Path("runs/forecast-dev" if args.develop else "runs/forecast-eval")
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for part in args.rows_from or []:
         rows += json.loads(part.read_text())
-    rows.sort(key=lambda r: r["dir"])  # RUNS' order, then the loop
-    chosen = [] if args.rows_from else (args.only if args.only is not None else range(len(RUNS)))
+    chosen = [] if args.rows_from else (args.only if args.only is not None else range(len(runs)))
     for i in chosen:
-        name, sets = RUNS[i]
-        run = args.out / f"run{i:02d}"
+        name, sets = runs[i]
+        tag = sets[0].removeprefix("seed=") if args.develop else f"{i:02d}"
+        run = args.out / f"{prefix}{tag}"
         make_run(run, sets)
-        rows.append(evaluate(name, run, args.fit_cycles, args.out / f"forecast{i:02d}"))
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    if args.loop is not None and not args.rows_from:
+        out = args.out / f"forecast{tag}"
+        rows.append(evaluate(name, run, args.fit_cycles, out, develop=args.develop))
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "scores"}), file=sys.stderr)
+    if args.loop is not None and not args.rows_from and not args.develop:
         name = f"real loop ({args.loop.name})"
         rows.append(evaluate(name, args.loop, args.fit_cycles, args.out / "forecast-loop"))
+    rows.sort(key=lambda r: r["dir"])  # the runs' order, then the loop
     command = "python scripts/forecast_eval.py " + " ".join(sys.argv[1:])
     if args.rows_from:  # parts run in parallel (--only … --tag …), then combined
-        command = (
-            "python scripts/forecast_eval.py --out runs/forecast-eval --loop runs/loop-learned"
+        command = "python scripts/forecast_eval.py " + (
+            "--develop" if args.develop else "--out runs/forecast-eval --loop runs/loop-learned"
         )
-    text = table(rows, args.fit_cycles, command)
+    text = table(rows, args.fit_cycles, command, develop=args.develop)
+    if args.develop and len(rows) == len(runs):  # the whole development set: the factors
+        factors = conformal(rows, args.fit_cycles, command)
+        write_json(Path(str(fc.CONFORMAL)), factors)
+        text += "\n\nConformal widening factors (written to src/archrefine/data/" + (
+            "forecast_conformal.json): "
+            + ", ".join(f"{c} {q:.2f}" for c, q in factors["factor"].items())
+            + f" (from {min(factors['scores'].values())}–{max(factors['scores'].values())} "
+            "scores per column: every forecast cycle of every development run)."
+        )
     write_json(args.out / f"eval{args.tag}.json", rows)
     atomic_write_text(args.out / f"eval{args.tag}.md", text + "\n")
     print(text)
     if args.docs is not None:
+        marker = "forecast-dev" if args.develop else "forecast-eval"
         doc = args.docs.read_text()
-        pattern = r"(<!-- forecast-eval:start -->\n).*?(<!-- forecast-eval:end -->)"
+        pattern = rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)"
         new = re.sub(pattern, lambda m: m.group(1) + text + "\n" + m.group(2), doc, flags=re.S)
         atomic_write_text(args.docs, new)
 

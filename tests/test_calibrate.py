@@ -10,11 +10,11 @@ from archrefine.core.config import Config
 from archrefine.experiments.calibrate import (
     KHALID,
     CalibrationError,
-    _simulate,
     calibrate,
     load_trajectory,
 )
 from archrefine.experiments.calibrate_report import write_calibration
+from archrefine.experiments.fitting import simulate_candidates
 from archrefine.sim.loop import simulate
 
 
@@ -50,7 +50,7 @@ def test_a_bad_trajectory_fails_with_one_line(tmp_path, text, needle):
 
 def test_recording_run_is_the_same_run_as_simulate():
     cfg = Config().with_overrides({"trials": 4, "loop.cycles": 5})
-    sim, ref = _simulate(cfg), simulate(cfg).mean()
+    sim, ref = simulate_candidates(cfg), simulate(cfg).mean()
     np.testing.assert_allclose(sim.validity, ref["validity"])
     np.testing.assert_allclose(sim.fitness, ref["fitness"])
 
@@ -91,7 +91,7 @@ def test_learned_generator_calibrates_on_the_grounded_space():
 def test_calibration_recovers_known_parameters():
     truth = {"generator.base_logit": 2.0, "generator.bonus_rate": 0.2}
     cfg = Config().with_overrides({"trials": 20, "seed": 3, "loop.cycles": 12, **truth})
-    sim = _simulate(cfg)
+    sim = simulate_candidates(cfg)
     cycles = np.arange(1, 13)
     traj = pd.DataFrame({"cycle": cycles, "validity": sim.validity})
     traj.loc[traj.cycle % 3 == 2, "validity"] = np.nan  # unobserved cycles are ignored

@@ -36,6 +36,18 @@ def test_run_writes_resolved_config_and_metrics(tmp_path):
     assert again.returncode == 2 and "already holds a run" in again.stderr
 
 
+def test_run_without_figures_writes_the_results_and_plot_draws_them_later(tmp_path):
+    out = tmp_path / "r"
+    p = cli("run", "--set", "trials=3", "--set", "loop.cycles=4", "--no-figures", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "complete"
+    assert set(info["files"]) == {"config.toml", "metrics.parquet", "checkpoint.bin"}
+    assert not (out / "trajectory.png").exists() and not (out / "report.html").exists()
+    assert len(read_metrics(out)) == 12
+    assert cli("plot", str(out)).returncode == 0 and (out / "trajectory.png").stat().st_size > 1000
+
+
 def test_run_from_a_config_file(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("trials = 2\n[loop]\ncycles = 3\n[schedule]\nkind = 'cyclic'\n")

@@ -39,6 +39,24 @@ def test_worker_processes_give_the_serial_values():
         Evaluations(DOUBLE, 0)
 
 
+def test_a_point_the_objective_calls_the_same_as_a_finished_one_is_not_run():
+    calls = []
+
+    def fn(u):
+        calls.append(u.copy())
+        return (u[0], round(u[1]))  # the value says which second coordinates give the same run
+
+    def same_as(u, point, value):
+        return u[0] == point[0] and round(u[1]) == value[1]
+
+    with Evaluations(fn, 1, same_as=same_as) as ev:
+        assert ev(np.array([1.0, 2.0])) == (1.0, 2)
+        assert ev(np.array([1.0, 2.2])) == (1.0, 2)  # same run: not simulated
+        assert ev(np.array([1.0, 2.7])) == (1.0, 3)  # another run
+        assert ev(np.array([2.0, 2.0])) == (2.0, 2)
+    assert len(calls) == ev.count == 3
+
+
 @pytest.mark.slow
 def test_a_learned_fit_is_the_same_with_one_worker_and_with_two():
     pytest.importorskip("torch")

@@ -59,7 +59,7 @@ def test_a_candidate_inside_bwrap_sees_the_gpu(tmp_path):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch here has no CUDA")
-    if problem := workers._bwrap_problem():
+    if problem := workers.bwrap_problem():
         pytest.skip(f"bwrap does not work here: {problem}")
     os.chmod(tmp_path, 0o755)
     check = "import torch; print(torch.cuda.is_available(), torch.ones(2, device='cuda').sum())"
@@ -67,12 +67,12 @@ def test_a_candidate_inside_bwrap_sees_the_gpu(tmp_path):
     argv = [workers._python()[0], "-c", check]
     run = {"capture_output": True, "text": True, "timeout": 300, "env": {"PATH": "/usr/bin:/bin"}}
     seen = subprocess.run(
-        prefix(str(tmp_path), os.geteuid() == 0, workers._bwrap_config()[0], confine.gpu_devices())
+        prefix(str(tmp_path), os.geteuid() == 0, workers.bwrap_config()[0], confine.gpu_devices())
         + argv,
         **run,
     )
     hidden = subprocess.run(
-        prefix(str(tmp_path), os.geteuid() == 0, workers._bwrap_config()[0])
+        prefix(str(tmp_path), os.geteuid() == 0, workers.bwrap_config()[0])
         + argv[:2]
         + ["import torch; print(torch.cuda.is_available())"],
         **run,

@@ -32,10 +32,10 @@ from archrefine.sandbox.sandbox import (  # noqa: E402
 
 pytestmark = [pytest.mark.torch]
 HAS_BWRAP = isolation_level().startswith("bwrap")
-NS_FALLBACK = not sandbox._unshare_problem()
+NS_FALLBACK = not sandbox.unshare_problem()
 needs_bwrap = pytest.mark.skipif(not HAS_BWRAP, reason="bubblewrap (bwrap) does not work here")
 needs_ns = pytest.mark.skipif(
-    not NS_FALLBACK, reason=f"fallback namespaces unavailable: {sandbox._unshare_problem()}"
+    not NS_FALLBACK, reason=f"fallback namespaces unavailable: {sandbox.unshare_problem()}"
 )
 PRIVATE = HAS_BWRAP or NS_FALLBACK  # a file-system view of its own: data hidden, tmpfs work dir
 needs_private = pytest.mark.skipif(
@@ -568,7 +568,7 @@ def test_a_full_work_directory_says_so(raw_pool: SandboxPool, ending: str) -> No
 
 def test_fallback_says_so_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARCHREFINE_SANDBOX", "rlimits")
-    sandbox._warn_fallback.cache_clear()
+    sandbox.warn_fallback.cache_clear()
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         assert isolation_level() == "rlimits+audit"

@@ -36,6 +36,23 @@ def test_goal_and_choice_follow_the_search_numbers():
     assert iv.choose(front)["trial"] == 1  # meets validity and fitness, keeps the most
 
 
+def test_every_suggested_setting_is_a_valid_config():
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        directions=["maximize"] * 3, sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    seen = set()
+    for _ in range(200):
+        trial = study.ask()
+        over = iv.suggest(trial, TINY.loop.population)
+        TINY.with_overrides(over)  # raises on an impossible combination
+        seen |= set(over)  # a lever's keys appear only when the trial turns it on
+        study.tell(trial, [0.0, 0.0, 0.0])
+    for key in ("accumulate", "replay", "elite_share", "elite_rate", "novelty_weight", "qd"):
+        assert f"intervention.{key}" in seen  # every lever is reached
+
+
 @pytest.mark.slow  # Optuna, pyribs and matplotlib imports: ~10 s of the time
 def test_intervene_writes_a_non_dominated_front_re_measured_on_fresh_seeds(tmp_path):
     out = tmp_path / "iv"
@@ -63,6 +80,8 @@ def test_intervene_writes_a_non_dominated_front_re_measured_on_fresh_seeds(tmp_p
     [
         (["--budget", "0"], "--budget: must be at least 1"),
         (["--search-seed", "7", "--report-seed", "7"], "must differ"),
+        (["--search-seed", "7", "--report-seed", "8", "--seeds", "2"], "must differ"),
+        (["--seeds", "0"], "--seeds: must be at least 1"),
         (["--set", "intervention.islands=0"], "intervention.islands"),
     ],
 )

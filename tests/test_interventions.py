@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -110,6 +113,111 @@ def test_replay_draws_the_fine_tuning_set_from_earlier_selections():
     assert set(got[:, 2:, 0].ravel()) == {8}  # window 1: only the cycle before
 
 
+def test_accumulate_and_elitism_off_are_the_plain_loop():
+    _same(
+        {
+            "intervention.accumulate": False,
+            "intervention.elite_share": 0.0,
+            "intervention.elite_rate": 0.3,
+            "intervention.replay_window": 3,
+        }
+    )
+
+
+def test_accumulate_fine_tunes_on_every_earlier_selection_in_the_window():
+    steer, _ = _steering(1, **{"intervention.accumulate": True, "intervention.replay_window": 2})
+    rng = np.random.default_rng(0)
+    sizes = [np.array([4, 2]), np.array([3, 0]), np.array([4, 4]), np.array([1, 4])]
+    for c, size in enumerate(sizes):
+        pool = np.full((2, 4, 5), c, dtype=np.int16)
+        rows, count, signal = steer.training_set(pool, size, rng)
+        window = sizes[max(c - 2, 0) : c + 1]  # this cycle and the two before
+        assert list(count) == [sum(s[t] for s in window) for t in range(2)]
+        np.testing.assert_array_equal(signal, size / 4)  # the step: this cycle's fullness only
+        for t in range(2):
+            want = [c - i for i, s in enumerate(window[::-1]) for _ in range(s[t])]
+            assert list(rows[t, : count[t], 0]) == want  # newest first, every row once
+
+
+def test_accumulate_teaches_more_tokens_than_k_slots_can_hold():
+    # Three cycles of k = 2 rows, every row a different token: with prior_rate 1 and no
+    # smoothing the prior becomes exactly the fine-tuning set's frequencies. Drawn replay holds
+    # at most k = 2 tokens per position; accumulation holds all six, each at 1/6.
+    config = Config(trials=1, seed=0).with_overrides(
+        {
+            "loop.population": 8,
+            "loop.top_k": 2,
+            "generator.prior_rate": 1.0,
+            "generator.smoothing": 0.0,
+        }  # fmt: skip
+    )
+    supports = {}
+    for name, over in {
+        "accumulate": {"intervention.accumulate": True},
+        "replay": {"intervention.replay": 0.5},
+    }.items():
+        cfg = config.with_overrides(over)
+        gen = PaperGenerator(
+            cfg.generator, trials=1, length=3, vocab=30, rng=np.random.default_rng(0)
+        )
+        steer = Steering(cfg, 3, 30, gen)
+        rng = np.random.default_rng(1)
+        for c in range(3):
+            pool = np.array([[[2 * c] * 3, [2 * c + 1] * 3]], dtype=np.int16)
+            gen.refine(*steer.training_set(pool, np.array([2]), rng))
+        supports[name] = (gen.prior[0] > 0).sum(axis=1)
+    assert (supports["accumulate"] == 6).all() and (supports["replay"] <= 2).all()
+    assert gen.bonus[0] == pytest.approx(3 * config.generator.bonus_rate)  # full steps only
+
+
+def test_elite_children_copy_the_best_valid_candidate_so_far():
+    steer, gen = _steering(
+        1, **{"intervention.elite_share": 0.25, "intervention.elite_rate": 0.0,
+              "intervention.selection": "novelty", "intervention.novelty_weight": 1e6}
+    )  # fmt: skip
+    assert steer.n_elite == 2
+    pool, size = np.zeros((2, 4, 5), dtype=np.int16), np.zeros(2, dtype=int)
+    first = steer.propose(gen, pool, size, 8, float("nan"), 0.0)
+    assert first.seqs.shape == (2, 8, 5) and first.written.all()  # cycle 1: all written
+    seqs = np.arange(2 * 8 * 5, dtype=np.int16).reshape(2, 8, 5) % 30
+    fit = np.array([[0.1, 0.9, 0.2, 0.3, 0.95, 0, 0, 0], [0.5] * 8])
+    nov = np.array([[1.0, 0, 0, 0, 0, 0, 0, 0], [0.0] * 8])  # novelty decides the selection
+    valid = np.array([[True, True, True, True, False, True, True, True], [False] * 8])
+    steer.select(seqs, fit, nov, valid, 4, np.random.default_rng(0))
+    kids = steer.propose(gen, seqs[:, :4], np.array([4, 0]), 8, 0.5, 0.0)
+    # trial 0: the fittest valid candidate (1, not the invalid 4 nor the most novel 0), copied
+    # exactly at elite_rate 0; trial 1 has found nothing valid: its elite slots are written
+    assert (kids.seqs[0, 6:] == seqs[0, 1]).all() and not kids.written[0, 6:].any()
+    assert kids.written[1, 6:].all()
+    better = fit.copy()
+    better[0, 2] = 0.99
+    steer.select(seqs, better, nov, valid, 4, np.random.default_rng(0))
+    assert (steer.best_seq[0] == seqs[0, 2]).all() and steer.best_fit[0] == 0.99
+    steer.select(seqs, fit * 0, nov, valid, 4, np.random.default_rng(0))
+    assert steer.best_fit[0] == 0.99  # a worse cycle does not replace the best so far
+
+
+def test_elitism_without_failures_never_loses_the_best_fitness():
+    # With no failures beyond the written tokens (ceiling 1) and elite children copied exactly,
+    # a trial's best fitness can only rise once something valid is found.
+    config = LONG.with_overrides(
+        {
+            "generator.ceiling": 1.0,
+            "intervention.elite_share": 0.04,
+            "intervention.elite_rate": 0.0,
+        }  # fmt: skip
+    )
+    best = simulate(config).metrics.pivot(index="cycle", columns="trial", values="best_fitness")
+    for t in best.columns:
+        after = best[t].loc[best[t].first_valid_index() :]
+        assert after.notna().all()  # once found, an exact copy is valid every cycle
+        assert (after.diff().iloc[1:] >= -1e-12).all()
+    plain = simulate(LONG.with_overrides({"generator.ceiling": 1.0})).metrics
+    assert (
+        (plain.pivot(index="cycle", columns="trial", values="best_fitness").diff() < 0).any().any()
+    )
+
+
 def test_map_elites_keeps_at_most_one_elite_per_cell_and_the_best_of_each():
     cells, trials, n, d = 3, 2, 200, 6
     rng = np.random.default_rng(4)
@@ -128,6 +236,22 @@ def test_map_elites_keeps_at_most_one_elite_per_cell_and_the_best_of_each():
         assert sorted(data["objective"]) == pytest.approx(sorted(best.values()))
     pool, size = arc.select(4, d, np.random.default_rng(0))
     assert (size == 4).all()
+
+
+def test_map_elites_loads_pyribs_without_torch_and_leaves_torch_importable():
+    """pyribs imports torch when installed; the simulator blocks that only while loading it."""
+    pytest.importorskip("ribs")
+    code = (
+        "import sys\n"
+        "from archrefine.sim.interventions import EliteArchive\n"
+        "EliteArchive(2, 4, 3, 'abstract', 8, 0)\n"
+        "assert 'ribs.archives' in sys.modules\n"
+        "assert 'torch' not in sys.modules, 'pyribs pulled torch in'\n"
+        "import torch\n"
+        "assert torch.zeros(1).shape == (1,)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_map_elites_run_selects_only_valid_elites():
@@ -169,6 +293,16 @@ def test_bad_combinations_are_one_line_errors(tmp_path):
         SMALL.with_overrides({"intervention.islands": 11})
     with pytest.raises(ConfigError, match="intervention.selection"):
         SMALL.with_overrides({"intervention.selection": "best"})
+    with pytest.raises(ConfigError, match="replay and accumulate"):
+        SMALL.with_overrides({"intervention.replay": 0.5, "intervention.accumulate": True})
+    with pytest.raises(ConfigError, match="accumulate needs generator.kind 'paper'"):
+        SMALL.with_overrides(
+            {"space.kind": "grounded", "generator.kind": "learned", "intervention.accumulate": True}
+        )
+    with pytest.raises(ConfigError, match="candidates left after intervention.elite_share"):
+        Config().with_overrides(
+            {"loop.population": 10, "intervention.islands": 6, "intervention.elite_share": 0.5}
+        )
 
 
 class _Stop(Exception):
@@ -184,6 +318,12 @@ class _Stop(Exception):
             "intervention.replay": 0.4,
         },
         {"intervention.qd": "map-elites", "intervention.qd_cells": 3},
+        {
+            "intervention.accumulate": True,
+            "intervention.replay_window": 3,
+            "intervention.elite_share": 0.1,
+            "intervention.elite_rate": 0.2,
+        },
     ],
 )
 def test_a_killed_run_resumes_bit_exactly_with_stateful_interventions(tmp_path, over):

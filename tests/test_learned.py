@@ -184,3 +184,55 @@ def test_temperature_span_makes_a_higher_rate_sample_more_diversely():
         trials=1, length=LENGTH, vocab=30, rng=np.random.default_rng(4),
     )  # fmt: skip
     assert gen.temperature(0.7) == pytest.approx(1.5) and gen.temperature(np.nan) == 0.8
+
+
+def test_adam_is_the_per_tensor_formula_bit_for_bit_and_skips_inactive_trials():
+    from archrefine.sim.transformer import Adam
+
+    shapes = [(2, 31, 8), (2, 8, 24), (2, 2, 8)]
+    gen = torch.Generator().manual_seed(0)
+    grads = [[torch.randn(s, generator=gen) * (i + 1) for s in shapes] for i in range(6)]
+    fast = [torch.randn(s, generator=gen) for s in shapes]
+    slow, ms = [q.clone() for q in fast], [torch.zeros(s) for s in shapes]
+    vs = [torch.zeros(s) for s in shapes]
+    opt, on = Adam(fast, 1e-2), torch.ones(2, dtype=torch.bool)
+    (b1, b2), eps = opt.betas, opt.eps
+    for t, gs in enumerate(grads[:5], start=1):  # the per-tensor step it replaced
+        opt.step(fast, gs, on)
+        steps = torch.full((2, 1, 1), float(t))
+        c1, c2 = 1 - b1**steps, 1 - b2**steps
+        for q, g, m, v in zip(slow, gs, ms, vs):
+            m.copy_(b1 * m + (1 - b1) * g)
+            v.copy_(b2 * v + (1 - b2) * g * g)
+            q.sub_(1e-2 * (m / c1) / ((v / c2).sqrt() + eps))
+    assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+    assert all(torch.equal(a, b) for a, b in zip(opt.m, ms))
+    before = [q.clone() for q in fast]
+    whole = [q.clone() for q in fast]
+    twin = Adam(whole, 1e-2)
+    twin._m.copy_(opt._m), twin._v.copy_(opt._v), twin.t.copy_(opt.t)
+    twin.step(whole, grads[5], on)
+    opt.step(fast, grads[5], torch.tensor([True, False]))  # trial 1 has nothing to learn
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(fast, whole))  # same step for trial 0
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(fast, before))  # trial 1 untouched
+    assert opt.t.tolist() == [6, 5]
+
+
+def test_targets_that_stop_at_the_same_probe_give_the_same_pretrained_model():
+    from archrefine.sim import learned
+    from archrefine.sim.learned import _pretrained, same_stop
+
+    cfg = LearnedConfig(pretrain_steps=40, target_validity=0.08)
+    p, step, validity = _pretrained(cfg.model_dump_json(), len(VOCAB), LENGTH, 11)
+    records = learned.LAST_PRETRAINING
+    assert records[-1] == (step, validity) and all(v < cfg.target_validity for _, v in records[:-1])
+    lower = records[-2][1] if len(records) > 1 else 0.0
+    for other in (lower + 1e-9, (lower + validity) / 2, validity, validity + 1e-6, lower):
+        q = _pretrained(
+            cfg.model_copy(update={"target_validity": other}).model_dump_json(),
+            len(VOCAB), LENGTH, 11,
+        )[0]  # fmt: skip
+        same = all(torch.equal(p[k], q[k]) for k in p)
+        assert same_stop(records, cfg.target_validity, other) == same
+        assert same == (lower < other <= validity)
+    assert not same_stop((), 0.4, 0.4)

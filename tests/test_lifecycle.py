@@ -159,7 +159,7 @@ def test_kill_9_of_the_cli_then_runs_lists_it_interrupted(tmp_path: Path) -> Non
     out = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "archrefine", "run", "--set", "trials=300", "--set",
-         "loop.cycles=400", "--out", str(out)],
+         "loop.cycles=400", "--set", "checkpoint.every_s=0", "--out", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(),
     )  # fmt: skip
     deadline = time.time() + 90
@@ -177,7 +177,7 @@ def test_ctrl_c_names_the_command_that_continues(tmp_path: Path) -> None:
     out = tmp_path / "stopped"
     proc = subprocess.Popen(
         [sys.executable, "-m", "archrefine", "run", "--set", "trials=300", "--set",
-         "loop.cycles=400", "--out", str(out)],
+         "loop.cycles=400", "--set", "checkpoint.every_s=0", "--out", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(),
     )  # fmt: skip
     deadline = time.time() + 90

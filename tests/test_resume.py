@@ -1,5 +1,6 @@
 """Checkpoints and resume: a run stopped after any cycle, even by `kill -9`, resumes to exactly
-the results of an uninterrupted run with the same seed."""
+the results of an uninterrupted run with the same seed, whether it checkpointed every cycle
+(`checkpoint.every_s = 0`) or on a time interval (then it redoes the cycles since the last one)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 
 from archrefine.core.config import Config
 from archrefine.core.store import read_metrics
+from archrefine.sim import checkpoint as checkpoint_module
 from archrefine.sim.checkpoint import Checkpoint, CheckpointError
 from archrefine.sim.loop import simulate
 
@@ -34,6 +36,8 @@ def stop_after(cycle: int):
 
 
 def stopped_and_resumed(cfg: Config, tmp_path, stop: int) -> pd.DataFrame:
+    """Stopped by an exception after cycle `stop`: with every_s = 0 the cycle's checkpoint is
+    already written, with the default interval the stop itself writes it."""
     path = tmp_path / "checkpoint.bin"
     with pytest.raises(Stop):
         simulate(cfg, on_cycle=stop_after(stop), checkpoint=path)
@@ -57,14 +61,46 @@ def assert_same(a: pd.DataFrame, b: pd.DataFrame) -> None:
     ids=["abstract", "abstract-all-cyclic", "abstract-valid-unknown", "grounded", "canonical"],
 )
 @pytest.mark.parametrize("stop", [1, 3])
-def test_paper_generator_resumes_exactly(tmp_path, overrides, stop):
-    cfg = Config().with_overrides(overrides)
+@pytest.mark.parametrize("every_s", [0, 30])
+def test_paper_generator_resumes_exactly(tmp_path, overrides, stop, every_s):
+    cfg = Config().with_overrides({**overrides, "checkpoint.every_s": every_s})
     assert_same(stopped_and_resumed(cfg, tmp_path, stop), simulate(cfg).metrics)
 
 
 def test_checkpointing_does_not_change_results(tmp_path):
-    cfg = Config().with_overrides({"trials": 5, "loop.cycles": 6})
+    cfg = Config().with_overrides({"trials": 5, "loop.cycles": 6, "checkpoint.every_s": 0})
     assert_same(simulate(cfg, checkpoint=tmp_path / "c.bin").metrics, simulate(cfg).metrics)
+
+
+def test_a_run_killed_between_interval_checkpoints_redoes_the_cycles_since(tmp_path, monkeypatch):
+    """A clock that advances 1 s per reading and every_s = 2.5: checkpoints land every few
+    cycles, not every cycle. The file as a `kill -9` during the next cycle finds it (copied
+    after a cycle that wrote none) is older than the cycles completed, and resuming from it
+    still gives exactly the uninterrupted run's metrics."""
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(checkpoint_module, "_now", lambda: float(next(ticks)))
+    written: list[int] = []
+    write = Checkpoint.write
+
+    def spy(self, cap):
+        written.append(cap.header["cycle"])
+        write(self, cap)
+
+    monkeypatch.setattr(Checkpoint, "write", spy)
+    cfg = Config().with_overrides({"trials": 5, "loop.cycles": 10, "checkpoint.every_s": 2.5})
+    path, killed = tmp_path / "c.bin", tmp_path / "killed.bin"
+    at: list[tuple[int, int]] = []
+
+    def on_cycle(c: int) -> None:
+        if not at and written and written[-1] < c:  # the disk as a kill in cycle c + 1 leaves it
+            killed.write_bytes(path.read_bytes())
+            at.append((c, Checkpoint(killed).completed()))
+
+    full = simulate(cfg, checkpoint=path, on_cycle=on_cycle).metrics
+    assert 1 < len(written) < 10 and written[-1] == 10  # on the interval, and after the last
+    assert at and 0 < at[0][1] < at[0][0]  # the kill loses the cycles since the last checkpoint
+    assert_same(simulate(cfg, checkpoint=killed, resume=True).metrics, full)
+    assert Checkpoint(killed).completed() == 10
 
 
 @pytest.mark.parametrize("lora", [0, 2])
@@ -170,8 +206,9 @@ def cli(*args, **kwargs):
     )
 
 
-# slow enough per cycle (~0.12 s on 2 cores) to be killed mid-run, fast enough to run in seconds
-KILLABLE = {"trials": 600, "loop.cycles": 12}
+# slow enough per cycle (~0.12 s on 2 cores) to be killed mid-run, fast enough to run in seconds;
+# a checkpoint after every cycle, so the test can wait for a given one
+KILLABLE = {"trials": 600, "loop.cycles": 12, "checkpoint.every_s": 0}
 
 
 def sets(overrides: dict) -> list[str]:

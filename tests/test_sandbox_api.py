@@ -32,7 +32,7 @@ def test_environment_variable_forces_the_fallback(monkeypatch: pytest.MonkeyPatc
 
 
 def test_missing_bwrap_falls_back_or_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
-    sandbox._bwrap_config.cache_clear()
+    sandbox.bwrap_config.cache_clear()
     monkeypatch.setattr(workers.shutil, "which", lambda name: None)
     try:
         assert isolation_level() == "rlimits+audit"
@@ -40,7 +40,7 @@ def test_missing_bwrap_falls_back_or_fails_clearly(monkeypatch: pytest.MonkeyPat
             isolation_level("bwrap")
     finally:
         monkeypatch.undo()
-        sandbox._bwrap_config.cache_clear()
+        sandbox.bwrap_config.cache_clear()
 
 
 @pytest.mark.parametrize(

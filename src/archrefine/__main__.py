@@ -1,3 +1,3 @@
-from archrefine.cli.commands import main
+from archrefine.cli import main
 
 main()

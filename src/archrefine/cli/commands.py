@@ -1,126 +1,37 @@
-# Over 400 lines: the simulator command group (run, reproduce, robustness, calibrate, plot, config).
-"""The `archrefine` command: a thin layer that parses, calls the library and prints."""
+"""The simulator's commands: reproduce, robustness, run (and --resume), calibrate.
+
+A thin layer that parses, calls the library and prints; what every command module shares (the
+app, options, one-line errors, progress) is in `common.py`; plot and config in `show.py`.
+"""
 
 from __future__ import annotations
 
-import functools
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from archrefine.core.config import Config, ConfigError, load_config
-from archrefine.core.store import StoreError
-
-USER_ERRORS = (ConfigError, StoreError)
-"""Problems of input or environment: reported in one line, never as a traceback; with the
-classes of `LAZY_ERRORS`, looked up only once their (heavy) module has loaded: an exception of a
-module that never loaded was never raised."""
-LAZY_ERRORS = {
-    "archrefine.real.candidates": "CandidateStoreError",
-    "archrefine.real.text": "GeneratorUnavailable",
-    "archrefine.sandbox.jobs": "SandboxError",
-}
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """USER_ERRORS plus the lazily loaded modules' error classes."""
-    loaded = [getattr(sys.modules[m], name) for m, name in LAZY_ERRORS.items() if m in sys.modules]
-    return (*USER_ERRORS, *loaded)
-
-
-def _one_line_errors(fn):
-    """Bad input ends a command with one line naming the problem, and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except MemoryError:
-            print("error: out of memory; lower trials or loop.cycles", file=sys.stderr)
-            raise typer.Exit(2) from None
-        except Exception as err:
-            if not isinstance(err, user_errors()):
-                raise
-            print(f"error: {err}", file=sys.stderr)  # one line, never wrapped
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            from archrefine.core.store import interrupted_message
-
-            print(interrupted_message(), file=sys.stderr)  # names the command that continues
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Simulate and run LLM-driven architecture refinement loops.",
+from archrefine.cli.common import (  # noqa: F401 - re-exported: app and main lived here
+    ForceOpt,
+    OutOpt,
+    SetOpt,
+    TrackOpt,
+    app,
+    console,
+    main,
+    one_line_errors,
+    out_console,
+    progress_bar,
+    tracker,
+    write_report,
 )
-console = Console(stderr=True)
-out_console = Console()
-
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override a config key: dotted.key=value (repeatable)."),
-]
-OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Reuse a non-empty output directory.")]
-TrackOpt = Annotated[
-    str | None,
-    typer.Option(help="Log the finished run: mlflow or none (default: tracking.backend)."),
-]
-
-
-def tracker(cfg, track: str | None):
-    """The command's experiment tracker (docs/tracking.md), made before anything is written:
-    a missing MLflow stops the command here; later tracking failures are only warnings."""
-    from archrefine.report.tracking import start
-
-    return start(cfg.tracking, track)
-
-
-def need_real_extra() -> None:
-    """The real loop's dependencies are an extra: say so in one line instead of a traceback."""
-    import importlib.util
-
-    missing = [m for m in ("torch", "datasketch", "sklearn") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ConfigError(
-            f'the real loop needs {", ".join(missing)}: pip install "torch==2.13.0" '
-            f"-e \".[real]\" (or pip install 'archrefine[real]')"
-        )
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    )
-
-
-def write_report(out: Path) -> None:
-    """report.html beside a finished run's files (docs/report.md); a failure is one warning
-    line, never a failed run: the results are already written."""
-    from archrefine.report.html import write_safely
-
-    if (problem := write_safely(out)) is not None:
-        print(f"warning: report.html not written: {problem}", file=sys.stderr)
+from archrefine.core.config import Config, ConfigError, load_config
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def reproduce(
     trials: Annotated[int | None, typer.Option(help="Trials per condition (default 100).")] = None,
     seed: Annotated[int | None, typer.Option(help="Root random seed (default 0).")] = None,
@@ -156,7 +67,7 @@ def reproduce(
     tracking = tracker(cfg, track)
     out = out or default_dir("reproduce")
     started = rep.start(out, cfg, force=force)
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("simulating conditions", total=rep.conditions(cfg))
         result = rep.reproduce(cfg, workers=workers, on_done=lambda: progress.advance(task))
     rep.write(out, cfg, result, started=started)
@@ -170,7 +81,7 @@ def reproduce(
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def robustness(
     config: Annotated[Path | None, typer.Argument(help="Base config TOML.")] = None,
     seeds: Annotated[int | None, typer.Option(help="Seeds from --seed (default 10).")] = None,
@@ -232,7 +143,7 @@ def robustness(
         out = out or default_dir("robustness")
     counts = {"ran": 0, "skipped": 0}
     began = time.time()
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("robustness jobs", total=None)
 
         def advance(job, what: str) -> None:
@@ -263,7 +174,7 @@ def robustness(
 
 
 def _print_claims(claims) -> None:
-    from archrefine.experiments.reproduce import _fmt, summary
+    from archrefine.experiments.reproduce import fmt, summary
 
     table = Table(title="Paper claims vs. this simulation")
     for col in ("id", "claim", "paper", "measured", "holds", "confidence"):
@@ -273,7 +184,7 @@ def _print_claims(claims) -> None:
         table.add_row(
             c.id,
             c.claim,
-            _fmt(c.paper),
+            fmt(c.paper),
             summary(c),
             "[green]yes[/]" if c.holds else "[red]no[/]",
             "–" if conf is None else f"{conf:.2f}",
@@ -282,7 +193,7 @@ def _print_claims(claims) -> None:
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def run(
     config: Annotated[
         Path | None, typer.Argument(help="Config TOML (defaults if omitted).")
@@ -297,11 +208,19 @@ def run(
         typer.Option(help="Continue the interrupted run in this directory (its own config)."),
     ] = None,
     track: TrackOpt = None,
+    no_figures: Annotated[
+        bool,
+        typer.Option(
+            "--no-figures",
+            help="Skip trajectory.png and report.html (later: archrefine plot/report DIR).",
+        ),
+    ] = False,
 ) -> None:
     """Run one configuration; write config.toml, metrics.parquet and a trajectory figure.
 
-    The loop's state is checkpointed after every cycle, so `--resume DIR` finishes a killed
-    run with exactly the results an uninterrupted one would have."""
+    The loop's state is checkpointed every checkpoint.every_s seconds and after the last cycle
+    (and on Ctrl-C), so `--resume DIR` finishes a killed run with exactly the results an
+    uninterrupted one would have."""
     given = [f"{k}={v}" for k, v in (("trials", trials), ("seed", seed)) if v is not None]
     if resume is not None:
         if given:
@@ -325,10 +244,9 @@ def run(
         started, done = time.time(), 0
         atomic_write_text(out / "config.toml", cfg.to_toml())
     from archrefine.core.store import close_run, write_parquet
-    from archrefine.experiments import plots
     from archrefine.sim.loop import simulate
 
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("cycles", total=cfg.loop.cycles, completed=done)
         result = simulate(
             cfg,
@@ -337,10 +255,15 @@ def run(
             resume=resume is not None,
         )
     write_parquet(out / "metrics.parquet", result.metrics)
-    plots.trajectory(result.metrics, out / "trajectory.png")
-    files = ["config.toml", "metrics.parquet", "trajectory.png", CHECKPOINT]
+    files = ["config.toml", "metrics.parquet", CHECKPOINT]
+    if not no_figures:
+        from archrefine.experiments import plots  # matplotlib: ~0.4 s of import
+
+        plots.trajectory(result.metrics, out / "trajectory.png")
+        files.insert(2, "trajectory.png")
     close_run(out, files=files, started=started)
-    write_report(out)
+    if not no_figures:
+        write_report(out)
     last = result.mean().iloc[-1]
     out_console.print("final cycle: " + ", ".join(f"{k} {v:.3f}" for k, v in last.items()))
     console.print(f"wrote {out}/")
@@ -379,7 +302,7 @@ def _reopen(directory: Path, *, config, set_, out, force) -> tuple[Config, Path,
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def calibrate(
     trajectory: Annotated[Path, typer.Argument(help="Observed per-cycle trajectory CSV.")],
     generator: Annotated[
@@ -413,7 +336,7 @@ def calibrate(
     meta |= {"columns": cols, "loo": loo}
     open_run(out, force=force, kind="calibrate", meta=meta)
     started = time.time()
-    with _progress() as progress:  # the fit's length is not known ahead: a count, no total
+    with progress_bar() as progress:  # the fit's length is not known ahead: a count, no total
         task = progress.add_task("fitting: simulations run", total=None)
         result = cal.calibrate(
             observed, generator=generator, trials=trials, seed=seed, columns=cols,
@@ -427,77 +350,3 @@ def calibrate(
     close_run(out, files=files, started=started)
     out_console.print(cal_report.summary(result))
     console.print(f"wrote {out}/ in {time.time() - started:.1f} s")
-
-
-@app.command()
-@_one_line_errors
-def plot(directory: Annotated[Path, typer.Argument(help="A run or reproduce directory.")]) -> None:
-    """Redraw a directory's figures from its saved metrics.parquet."""
-    from archrefine.core.analysis import Phases
-    from archrefine.core.store import read_metrics
-    from archrefine.experiments import plots
-    from archrefine.experiments.claims import detect
-    from archrefine.experiments.reproduce import draw
-
-    frame = read_metrics(directory)
-    if "experiment" not in frame.columns:
-        plots.trajectory(frame, directory / "trajectory.png")
-        console.print(f"redrew {directory}/trajectory.png")
-        return
-    cfg = (
-        load_config(directory / "config.toml") if (directory / "config.toml").exists() else Config()
-    )
-    phases_file = directory / "phases.json"
-    try:
-        found = Phases(**json.loads(phases_file.read_text()))
-    except (OSError, ValueError, TypeError):
-        found = detect(frame, cfg.schedule.kind, seed=cfg.seed)
-    draw(
-        directory,
-        frame,
-        found,
-        cfg.schedule.kind,
-        generator=cfg.generator.kind,
-        period=cfg.schedule.period,
-        named=_c1_verdict(directory / "claims.json"),
-    )
-    console.print(f"redrew the figures in {directory}/")
-
-
-def _c1_verdict(path: Path) -> bool | None:
-    """C1's verdict from a directory's claims.json (None when it cannot be read)."""
-    from archrefine.experiments.reproduce import phases_found
-
-    try:
-        found = phases_found(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-    return found if isinstance(found, bool) else None
-
-
-@app.command("config")
-@_one_line_errors
-def show_config(
-    config: Annotated[Path | None, typer.Argument(help="Config TOML to resolve.")] = None,
-    set_: SetOpt = None,
-    reference: Annotated[bool, typer.Option(help="Print every key as a Markdown table.")] = False,
-    loop: Annotated[bool, typer.Option(help="The real loop's config (archrefine loop).")] = False,
-) -> None:
-    """Print the fully resolved configuration as TOML (or the key reference)."""
-    from archrefine.core.config import reference_table
-
-    model = None
-    if loop:
-        need_real_extra()
-        from archrefine.real.config import RealConfig
-
-        model = RealConfig
-    if reference:
-        text = reference_table(model)
-    else:
-        text = load_config(config, list(set_ or []), model=model).to_toml()
-    print(text)
-
-
-def main() -> None:
-    app()

@@ -8,19 +8,19 @@ from typing import Annotated
 
 import typer
 
-from archrefine.cli.commands import (
+from archrefine.cli.common import (
     ForceOpt,
     OutOpt,
-    _one_line_errors,
-    _progress,
     app,
     console,
+    one_line_errors,
     out_console,
+    progress_bar,
 )
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def forecast(
     run: Annotated[Path, typer.Argument(help="A run or loop directory, or a trajectory CSV.")],
     fit_cycles: Annotated[int, typer.Option(help="Fit cycles 1..N, forecast the rest.")] = 6,
@@ -50,7 +50,7 @@ def forecast(
     meta = {"input": str(run), "fit_cycles": fit_cycles, "generator": generator, "seed": seed}
     open_run(out, force=force, kind="forecast", meta=meta)
     started = time.time()
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("forecast", total=None)
 
         def note(message: str) -> None:

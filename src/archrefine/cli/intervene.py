@@ -8,21 +8,21 @@ from typing import Annotated
 
 import typer
 
-from archrefine.cli.commands import (
+from archrefine.cli.common import (
     ForceOpt,
     OutOpt,
     SetOpt,
-    _one_line_errors,
-    _progress,
     app,
     console,
+    one_line_errors,
     out_console,
+    progress_bar,
 )
 from archrefine.core.config import ConfigError, load_config
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def intervene(
     config: Annotated[
         Path | None, typer.Argument(help="Base config TOML (defaults if omitted).")
@@ -38,6 +38,13 @@ def intervene(
         int, typer.Option(help="Fresh seed the front is re-measured on.")
     ] = 5000,
     sampler_seed: Annotated[int, typer.Option(help="Seed of the NSGA-II sampler.")] = 0,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            help="Seeds per measurement (from each of the two seeds); objectives "
+            "are means over them."
+        ),  # fmt: skip
+    ] = 1,
     out: OutOpt = None,
     force: ForceOpt = False,
 ) -> None:
@@ -50,17 +57,27 @@ def intervene(
 
     if budget < 1:
         raise ConfigError(f"--budget: must be at least 1 (got {budget})")
-    if search_seed == report_seed:
-        raise ConfigError("--report-seed must differ from --search-seed: the front is re-measured")
+    if seeds < 1:
+        raise ConfigError(f"--seeds: must be at least 1 (got {seeds})")
+    if abs(search_seed - report_seed) < seeds:
+        raise ConfigError(
+            "--report-seed must differ from --search-seed by at least --seeds: the front is "
+            "re-measured on seeds the search never saw"
+        )
     if min(search_seed, report_seed) < 0:
         raise ConfigError("--search-seed and --report-seed must not be negative")
     base = load_config(config, list(set_ or []))
     out = out or default_dir("intervene")
-    meta = {"budget": budget, "search_seed": search_seed, "report_seed": report_seed}
+    meta = {
+        "budget": budget,
+        "search_seed": search_seed,
+        "report_seed": report_seed,
+        "seeds": seeds,
+    }
     open_run(out, force=force, kind="intervene", meta=meta)
     atomic_write_text(out / "config.toml", base.to_toml())
     started = time.time()
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task(f"{budget} trials", total=budget)
         result = iv.search(
             base,
@@ -68,6 +85,7 @@ def intervene(
             search_seed=search_seed,
             report_seed=report_seed,
             sampler_seed=sampler_seed,
+            seeds=seeds,
             on_trial=lambda done: bar.update(task, completed=done),
         )
     files = iv.write(out, base, result)

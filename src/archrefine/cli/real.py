@@ -11,15 +11,15 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from archrefine.cli.commands import (
+from archrefine.cli.common import (
     ForceOpt,
     OutOpt,
     SetOpt,
     TrackOpt,
-    _one_line_errors,
     app,
     console,
     need_real_extra,
+    one_line_errors,
     out_console,
     tracker,
     write_report,
@@ -28,7 +28,7 @@ from archrefine.core.config import ConfigError, load_config
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def loop(
     config: Annotated[
         Path | None, typer.Argument(help="Loop config TOML (defaults if omitted).")
@@ -145,7 +145,7 @@ def _f(value: float | None) -> str:
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def export(
     directory: Annotated[Path, typer.Argument(help="A loop directory (with candidates.sqlite).")],
     format: Annotated[str, typer.Option("--format", "-f", help="parquet or jsonl.")] = "parquet",
@@ -175,7 +175,7 @@ def export(
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def serve(
     generator: Annotated[str, typer.Option(help="learned or hf.")] = "learned",
     model: Annotated[str, typer.Option(help="hf: local model directory.")] = "",
@@ -202,7 +202,7 @@ def serve(
 
 
 @app.command("tiny-model")
-@_one_line_errors
+@one_line_errors
 def tiny_model(
     directory: Annotated[Path, typer.Argument(help="Where to write the model.")],
     seed: Annotated[int, typer.Option(help="Initialisation, tokenizer and data seed.")] = 0,

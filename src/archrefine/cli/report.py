@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from archrefine.cli.commands import _one_line_errors, app, console
+from archrefine.cli.common import app, console, one_line_errors
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def report(
     directory: Annotated[Path, typer.Argument(help="A run, reproduce, sweep or loop directory.")],
     out: Annotated[

@@ -12,15 +12,15 @@ import typer
 from rich import box
 from rich.table import Table
 
-from archrefine.cli.commands import (
+from archrefine.cli.common import (
     ForceOpt,
     OutOpt,
     TrackOpt,
-    _one_line_errors,
-    _progress,
     app,
     console,
+    one_line_errors,
     out_console,
+    progress_bar,
     tracker,
     write_report,
 )
@@ -28,7 +28,7 @@ from archrefine.core.config import ConfigError, load_config
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def sweep(
     config: Annotated[
         Path | None, typer.Argument(help="Base config TOML (defaults if omitted).")
@@ -73,7 +73,7 @@ def sweep(
         out = out or default_dir("sweep")
     points = sw.expand(base, sets)
     tracking = tracker(base, track)
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task(f"{len(points)} points ({backend})", total=len(points))
         counts = {"ran": 0, "skipped": 0}
 
@@ -114,7 +114,7 @@ def _print_means(means, title: str) -> None:
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def runs(
     directory: Annotated[Path, typer.Argument(help="Where to look for runs.")] = Path("runs"),
     as_json: Annotated[
@@ -155,7 +155,7 @@ def runs(
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def compare(
     runs_: Annotated[
         list[Path], typer.Argument(metavar="RUN...", help="Run, reproduce or sweep directories.")

@@ -11,11 +11,11 @@ from typing import Annotated
 
 import typer
 
-from archrefine.cli.commands import _one_line_errors, app
+from archrefine.cli.common import app, one_line_errors
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def track(
     directory: Annotated[
         Path, typer.Argument(help="A finished run, reproduce, sweep or loop directory.")

@@ -4,6 +4,8 @@
 forward applies) without executing anything, so duplicates can be found in this process; the
 code itself only ever runs in `archrefine.sandbox.sandbox`. The op names are listed in
 docs/real-loop.md; `archrefine.code.tokens.to_tokens` maps them into the grounded vocabulary.
+Over 400 lines because its three readers (names, `__init__`, `forward`) share one state and
+one work budget (`BUDGET`): apart, each would reach into the others' private state.
 """
 
 from __future__ import annotations
@@ -12,19 +14,19 @@ import ast
 import hashlib
 from dataclasses import dataclass
 
-from archrefine.code.code import (
-    _UNKNOWN,
+from archrefine.code.ast_helpers import (
+    UNKNOWN,
     CodeError,
-    _arg,
-    _bind_literal,
-    _dotted,
-    _is_sequential,
-    _literal,
-    _method,
-    _node,
-    _parse,
-    _preorder,
-    _returns,
+    arg_node,
+    bind_literal,
+    dotted_name,
+    find_method,
+    is_sequential,
+    literal_arg,
+    literal_value,
+    parse_source,
+    preorder,
+    return_values,
 )
 
 __all__ = ["Fingerprint", "fingerprint"]
@@ -57,7 +59,7 @@ def fingerprint(source: str) -> Fingerprint:
 
     Raises CodeError when the source does not parse or defines no top-level `class Net`.
     """
-    tree = _parse(source)
+    tree = parse_source(source)
     if not any(isinstance(n, ast.ClassDef) and n.name == "Net" for n in tree.body):
         raise CodeError("no top-level class Net")
     try:
@@ -89,6 +91,9 @@ SHAPE_METHODS = frozenset({"view", "reshape", "permute", "transpose", "expand", 
 QUIET_METHODS = frozenset({"size", "dim", "numel", "contiguous", "clone", "detach", "to",
                            "float", "double", "half", "type", "cpu", "cuda", "item", "forward"})
 """Tensor methods that do not change what the network computes."""
+BUDGET = 200_000
+"""AST nodes read and ops collected for one source: a 415-character Net of four nested
+`range(32)` loops took 118 s and growing memory in the loop's process before this bound."""
 # fmt: on
 
 
@@ -108,15 +113,24 @@ class _Reader:
                 for a in node.names:
                     self.alias[a.asname or a.name] = f"{node.module}.{a.name}"
         for node in tree.body:
-            _bind_literal(node, self.consts)
+            bind_literal(node, self.consts)
         stars = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
                  and any(a.name == "*" for a in n.names)}  # fmt: skip
         self.star_nn = "torch.nn" in stars  # `from torch.nn import *`: Conv2d is nn.Conv2d
         self.cache: dict[tuple, tuple[list[str], list[str]]] = {}
         self.active: set[str] = set()
+        self.spent = 0
+
+    def spend(self, items: list | None = None) -> list:
+        """Count one step, or the items collected; nested loops, builders and classes multiply
+        both. CodeError past `BUDGET`."""
+        self.spent += 1 if items is None else len(items)
+        if self.spent > BUDGET:
+            raise CodeError(f"source is too intricate to read (over {BUDGET:,} steps)")
+        return [] if items is None else items
 
     def qual(self, node: ast.AST) -> str:
-        dotted = _dotted(node)
+        dotted = dotted_name(node)
         head, _, rest = dotted.partition(".")
         if self.star_nn and head[:1].isupper() and head not in self.alias | self.classes:
             head = f"torch.nn.{head}"
@@ -133,16 +147,16 @@ class _Reader:
         self.active.add(name)
         try:
             cls = self.classes[name]
-            init = _method(cls, "__init__")
+            init = find_method(cls, "__init__")
             scope = _Scope(self, self.consts, cls)
             scope.consts |= scope.bind(cls, None) | bound
             if init is not None:
                 for stmt in init.body:
                     scope.read_init(stmt)
-            if (forward := _method(cls, "forward")) is not None:
+            if (forward := find_method(cls, "forward")) is not None:
                 ops = _Forward(scope).run(forward)
             else:
-                ops = list(scope.layers) if _is_sequential(cls) else []
+                ops = list(scope.layers) if is_sequential(cls) else []
             self.cache[key] = (scope.layers, ops)
             return scope.layers, ops
         finally:
@@ -154,14 +168,14 @@ class _Reader:
         key = name.lower().rstrip("_")
 
         def arg(i: int, kw: str, default: object = "?") -> object:
-            return _arg(call, i + offset, kw, default, consts)
+            return literal_arg(call, i + offset, kw, default, consts)
 
         if key in PLAIN_OPS:
             return PLAIN_OPS[key]
         if key == "conv2d" and offset == 0:
             out, k, g = arg(1, "out_channels"), arg(2, "kernel_size"), arg(6, "groups", 1)
             s, p = arg(3, "stride", 1), arg(4, "padding", 0)
-            cin, groups = _node(call, 0, "in_channels"), _node(call, 6, "groups")
+            cin, groups = arg_node(call, 0, "in_channels"), arg_node(call, 6, "groups")
             same = cin is not None and groups is not None and ast.dump(cin) == ast.dump(groups)
             dw = g != 1 and (same or (g != "?" and g == arg(0, "in_channels")))
             extra = ",g=dw" if dw else ("" if g == 1 else f",g={g}")
@@ -180,7 +194,7 @@ class _Reader:
         if key in ("linear", "lazylinear") and offset == 0:
             return f"Linear(o={arg(1 if key == 'linear' else 0, 'out_features')})"
         if key in ("view", "reshape"):
-            flat = len(call.args) == 2 + offset and _literal(call.args[-1], consts) == -1
+            flat = len(call.args) == 2 + offset and literal_value(call.args[-1], consts) == -1
             return "Flatten" if flat else "Reshape"
         return name
 
@@ -198,19 +212,20 @@ class _Scope:
     def read_init(self, stmt: ast.stmt) -> None:
         if isinstance(stmt, ast.For | ast.If | ast.With):
             for value in self.unroll(stmt):
-                if value is not _UNKNOWN:
+                if value is not UNKNOWN:
                     self.consts[stmt.target.id] = value
                 for inner in stmt.body + getattr(stmt, "orelse", []):
                     self.read_init(inner)
             return
-        for node in _preorder(stmt):
+        for node in preorder(stmt):
+            self.reader.spend()
             if isinstance(node, ast.Call):
-                self.layers += self.ops(node, layers=True)
-        _bind_literal(stmt, self.consts)
+                self.layers += self.reader.spend(self.ops(node, layers=True))
+        bind_literal(stmt, self.consts)
         if isinstance(stmt, ast.Assign | ast.AnnAssign) and stmt.value is not None:
             targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
             for target in targets:
-                if _dotted(target).startswith("self.") and _dotted(target).count(".") == 1:
+                if dotted_name(target).startswith("self.") and dotted_name(target).count(".") == 1:
                     self.attrs[target.attr] = self.items(stmt.value)
                 elif isinstance(target, ast.Name):
                     self.local[target.id] = self.items(stmt.value)
@@ -225,23 +240,23 @@ class _Scope:
     def unroll(self, stmt: ast.stmt) -> list[object]:
         """Loop-variable values of a short loop over constants; else one pass (ifs: one pass)."""
         if not (isinstance(stmt, ast.For) and isinstance(stmt.target, ast.Name)):
-            return [_UNKNOWN]
-        values = _literal(stmt.iter, self.consts)
-        if isinstance(stmt.iter, ast.Call) and _dotted(stmt.iter.func) == "range":
-            bounds = [_literal(a, self.consts) for a in stmt.iter.args]
-            try:
+            return [UNKNOWN]
+        values = literal_value(stmt.iter, self.consts)
+        if isinstance(stmt.iter, ast.Call) and dotted_name(stmt.iter.func) == "range":
+            bounds = [literal_value(a, self.consts) for a in stmt.iter.args]
+            try:  # len() overflows past 2**63 items: `range(10**22)` raised in the loop
                 span = range(*bounds)  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                span = range(0)
-            values = list(span) if len(span) <= 32 else _UNKNOWN
+                values = list(span) if len(span) <= 32 else UNKNOWN
+            except (TypeError, ValueError, OverflowError):
+                values = UNKNOWN
         ok = isinstance(values, list | tuple) and 0 < len(values) <= 32
-        return list(values) if ok else [_UNKNOWN]  # type: ignore[arg-type]
+        return list(values) if ok else [UNKNOWN]  # type: ignore[arg-type]
 
     def holder(self, node: ast.AST) -> list[list[str]] | None:
         """The op list a local name or a `self.<attr>` collects modules in."""
         if isinstance(node, ast.Name):
             return self.local.setdefault(node.id, [])
-        name = _dotted(node)
+        name = dotted_name(node)
         if name.startswith("self.") and name.count(".") == 1:
             return self.attrs.setdefault(name[5:], [])
         return None
@@ -254,8 +269,8 @@ class _Scope:
             return self.items(node.elt)
         if isinstance(node, ast.Starred):
             return self.items(node.value)
-        if isinstance(node, ast.Name):
-            return list(self.local.get(node.id, []))
+        if isinstance(node, ast.Name):  # counted: `layers += layers` in a loop doubles it
+            return self.reader.spend(list(self.local.get(node.id, [])))
         if not isinstance(node, ast.Call):
             return []
         if self.reader.qual(node.func).split(".")[-1] in CONTAINERS:
@@ -272,7 +287,7 @@ class _Scope:
             return [op] if op else []
         if qual in self.reader.classes:
             return self.local_class(qual, call, layers)
-        fn = _method(self.cls, qual[5:]) if qual.startswith("self.") else None
+        fn = find_method(self.cls, qual[5:]) if qual.startswith("self.") else None
         key = f"{self.cls.name}.{qual}"
         if fn is None or key in self.reader.active:
             return []
@@ -283,13 +298,13 @@ class _Scope:
                 sub.read_init(stmt)
             if layers:
                 return sub.layers
-            return [op for r in _returns(fn) for item in sub.items(r) for op in item]
+            return [op for r in return_values(fn) for item in sub.items(r) for op in item]
         finally:
             self.reader.active.discard(key)
 
     def local_class(self, name: str, call: ast.Call, layers: bool) -> list[str]:
         cls = self.reader.classes[name]
-        if _method(cls, "__init__") is None:  # a thin subclass such as ChannelLayerNorm
+        if find_method(cls, "__init__") is None:  # a thin subclass such as ChannelLayerNorm
             base = next((self.reader.qual(b) for b in cls.bases), "")
             if base.startswith("torch.nn.") and base.split(".")[-1] not in ("Module", *CONTAINERS):
                 return [self.reader.op(base.rsplit(".", 1)[-1], call, 0, self.consts)]
@@ -302,7 +317,7 @@ class _Scope:
 
     def bind(self, cls: ast.ClassDef, call: ast.Call | None) -> dict[str, object]:
         """`__init__` parameters of `cls` as constants: defaults, else `call`'s arguments."""
-        init = _method(cls, "__init__")
+        init = find_method(cls, "__init__")
         if init is None:
             return {}
         params = [a.arg for a in init.args.posonlyargs + init.args.args][1:]
@@ -311,8 +326,8 @@ class _Scope:
         if call is not None:
             bound |= dict(zip(params, call.args, strict=False))
             bound |= {k.arg: k.value for k in call.keywords if k.arg}
-        values = {k: _literal(v, self.consts) for k, v in bound.items()}
-        return {k: v for k, v in values.items() if v is not _UNKNOWN}
+        values = {k: literal_value(v, self.consts) for k, v in bound.items()}
+        return {k: v for k, v in values.items() if v is not UNKNOWN}
 
 
 class _Forward(ast.NodeVisitor):
@@ -326,6 +341,10 @@ class _Forward(ast.NodeVisitor):
         for stmt in fn.body:
             self.visit(stmt)
         return [op for op in self.ops if op]
+
+    def visit(self, node: ast.AST) -> None:
+        self.scope.reader.spend()  # a loop over a container revisits its body per module
+        super().visit(node)
 
     def visit_Assign(self, node: ast.Assign) -> None:
         self.visit(node.value)
@@ -350,7 +369,7 @@ class _Forward(ast.NodeVisitor):
     def visit_For(self, node: ast.For) -> None:
         self.visit(node.iter)
         items: list[list[str] | None] = [None]
-        if isinstance(node.target, ast.Name) and _dotted(node.iter).startswith("self."):
+        if isinstance(node.target, ast.Name) and dotted_name(node.iter).startswith("self."):
             items = self.scope.attrs.get(node.iter.attr, [None])[:32]  # type: ignore[assignment]
         for item in items:  # `for block in self.blocks:` runs the body once per block
             if item is not None:
@@ -372,14 +391,14 @@ class _Forward(ast.NodeVisitor):
         qual = scope.reader.qual(func)
         head, _, rest = qual.partition(".")
         if isinstance(func, ast.Name) and func.id in self.loops:
-            self.ops += self.loops[func.id]
+            self.ops += scope.reader.spend(self.loops[func.id])
         elif head == "self" and rest and "." not in rest:
             first = node.args[0] if node.args else None
             if isinstance(first, ast.Name) and first.id in self.saved:
                 self.ops.append("Proj")  # a layer on the skip path (projection, downsample)
             elif rest in scope.attrs:
-                self.ops += [op for item in scope.attrs[rest] for op in item]
-            elif (fn := _method(scope.cls, rest)) is not None and self.depth < 8:
+                self.ops += scope.reader.spend([op for item in scope.attrs[rest] for op in item])
+            elif (fn := find_method(scope.cls, rest)) is not None and self.depth < 8:
                 inner = _Forward(scope)
                 inner.depth, inner.saved = self.depth + 1, set(self.saved)
                 self.ops += inner.run(fn)

@@ -1,60 +1,34 @@
-"""Typed configuration: pydantic models, TOML load/dump, dotted overrides, one-line errors.
+"""The simulator's typed configuration: every section of `Config`, its defaults and cross-checks.
 
 Defaults are the paper's setup (d=15, V=30, 50 candidates, 22 cycles, top-k 10) with the paper
-model's calibrated parameters (docs/model.md says where each value comes from).
+model's calibrated parameters (docs/model.md says where each value comes from). The machinery
+(strict sections, TOML, dotted overrides, one-line errors) is `config_base.py`.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import tomli_w
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
+from pydantic import BaseModel, Field, model_validator
+
+from archrefine.core.config_base import (  # noqa: F401 - re-exported: these lived here
+    ConfigError,
+    OverridableModel,
+    StrictModel,
+    load_as,
+    parse_overrides,
+    parse_value,
+    set_dotted,
+    validate_as,
 )
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with a one-line message naming the key and what is allowed."""
-
 
 SEED_MAX = 2**63 - 1
 """Largest seed: TOML integers are signed 64-bit, so a larger one could not be written to (and
 read back from) a run's config.toml; numpy's SeedSequence takes any non-negative integer."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_lax_types(cls, value: Any, info: ValidationInfo) -> Any:
-        """No silent conversions: `true` is not the integer 1, nor "3" a number, nor 1 a bool."""
-        kind = cls.model_fields[info.field_name].annotation
-        if kind in (int, float) and isinstance(value, bool | str):
-            what = "integer" if kind is int else "number"
-            got = "a boolean" if isinstance(value, bool) else "a string"
-            raise ValueError(f"Input should be a valid {what}, not {got}")
-        numpy_bool = getattr(getattr(value, "dtype", None), "kind", None) == "b"
-        if kind is bool and not (isinstance(value, bool) or numpy_bool):
-            raise ValueError("Input should be a valid boolean (true or false)")
-        return value
-
-
-class SpaceConfig(_Strict):
+class SpaceConfig(StrictModel):
     """What a token sequence means. `abstract` is the paper's space; the others fix their own
     length and vocabulary (15 × 30 for grounded, the benchmark's cell encoding for
     nasbench-graph), so `length` and `vocab` apply to the abstract space only."""
@@ -82,7 +56,7 @@ class SpaceConfig(_Strict):
         return self
 
 
-class LearnedConfig(_Strict):
+class LearnedConfig(StrictModel):
     """`generator.kind = "learned"`: model size, sampling, pre-training and fine-tuning."""
 
     d_model: int = Field(64, ge=8, le=1024, description="transformer width")
@@ -115,7 +89,7 @@ class LearnedConfig(_Strict):
         return self
 
 
-class GeneratorConfig(_Strict):
+class GeneratorConfig(StrictModel):
     """The paper model's generator: a per-position prior plus a learned validity bonus."""
 
     kind: Literal["paper", "learned"] = Field(
@@ -144,7 +118,7 @@ class GeneratorConfig(_Strict):
     learned: LearnedConfig = LearnedConfig()
 
 
-class LoopConfig(_Strict):
+class LoopConfig(StrictModel):
     cycles: int = Field(22, ge=1, le=10_000, description="refinement cycles")
     population: int = Field(50, ge=2, le=1_000_000, description="candidates per cycle")
     top_k: int = Field(10, ge=1, description="selected per cycle: templates and fine-tune set")
@@ -161,7 +135,7 @@ class LoopConfig(_Strict):
         return self
 
 
-class InterventionConfig(_Strict):
+class InterventionConfig(StrictModel):
     """Ways to keep a loop diverse beyond the mutation schedule (docs/interventions.md); every
     default is off, and a config with all of them off runs exactly as without this section."""
 
@@ -189,6 +163,15 @@ class InterventionConfig(_Strict):
     replay_window: int = Field(
         0, ge=0, description="replay: earlier cycles drawn from (0: every earlier cycle)"
     )
+    accumulate: bool = Field(
+        False, description="fine-tune on every earlier selection (within replay_window) too"
+    )
+    elite_share: float = Field(
+        0.0, ge=0, le=0.5, description="share of the population: children of the best so far"
+    )
+    elite_rate: float = Field(
+        0.1, ge=0, le=1, description="elite_share: chance each of their tokens is rewritten"
+    )
 
     def stateful(self) -> list[str]:
         """The interventions that carry state across cycles (checkpoints do not hold it)."""
@@ -198,12 +181,14 @@ class InterventionConfig(_Strict):
                 ("qd", self.qd != "off"),
                 ("islands", self.islands > 1),
                 ("replay", self.replay > 0),
+                ("accumulate", self.accumulate),
+                ("elitism", self.elite_share > 0),
             )
             if on
         ]
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(StrictModel):
     """Mutation rate per cycle; see schedules.py for the closed forms."""
 
     kind: Literal["constant", "linear", "cosine", "cyclic"] = Field(
@@ -218,7 +203,7 @@ class ScheduleConfig(_Strict):
     )
 
 
-class FitnessConfig(_Strict):
+class FitnessConfig(StrictModel):
     kind: Literal["auto", "nk", "first-epoch", "benchmark"] = Field(
         "auto",
         description="nk landscape; first-epoch accuracy on digits (grounded); benchmark's "
@@ -232,7 +217,7 @@ class FitnessConfig(_Strict):
     max_train: int = Field(0, ge=0, description="first-epoch: cap on training images (0 = all)")
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(StrictModel):
     """Where a finished run is logged (docs/tracking.md); it never changes a result."""
 
     backend: Literal["none", "mlflow"] = Field(
@@ -244,29 +229,15 @@ class TrackingConfig(_Strict):
     experiment: str = Field("archrefine", description="mlflow: experiment name")
 
 
-class _Overridable(_Strict):
-    """A top-level config: TOML dump and dotted overrides, validated as its own class.
+class CheckpointConfig(StrictModel):
+    """How often `archrefine run` saves the loop's state (docs/lifecycle.md); never a result."""
 
-    `others` names the other kinds of config file by keys only they have (as data: core
-    imports no layer above it), so a file of one kind given where another is expected says
-    which kind it is and where it goes, instead of naming its first unknown key."""
-
-    label: ClassVar[str] = "config"
-    others: ClassVar[tuple[tuple[str, tuple[str, ...], str], ...]] = ()
-
-    def with_overrides(self, overrides: dict[str, Any] | list[str]) -> Any:
-        """Return a copy with dotted keys replaced (`{"loop.top_k": 5}` or `["loop.top_k=5"]`)."""
-        data = self.model_dump()
-        items = parse_overrides(overrides) if isinstance(overrides, list) else overrides
-        for key, value in items.items():
-            _set_dotted(data, key, value)
-        return validate_config(data, type(self))
-
-    def to_toml(self) -> str:
-        return tomli_w.dumps(self.model_dump(exclude_none=True))
+    every_s: float = Field(
+        30.0, ge=0, description="seconds between checkpoints (0: every cycle; the last always)"
+    )
 
 
-class Config(_Overridable):
+class Config(OverridableModel):
     """A whole run. `trials` independent replicates share nothing but the seed's root."""
 
     label: ClassVar[str] = "simulator config"
@@ -286,6 +257,7 @@ class Config(_Overridable):
     fitness: FitnessConfig = FitnessConfig()
     tracking: TrackingConfig = TrackingConfig()
     intervention: InterventionConfig = InterventionConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
 
     @model_validator(mode="after")
     def _fitness_fits_space(self) -> Config:
@@ -296,6 +268,18 @@ class Config(_Overridable):
             raise ValueError(
                 f"intervention.islands ({steer.islands}) must not exceed loop.top_k "
                 f"({self.loop.top_k}): every island keeps at least one template"
+            )
+        if steer.accumulate and steer.replay > 0:
+            raise ValueError("intervention: replay and accumulate are not combined; choose one")
+        if steer.accumulate and self.generator.kind != "paper":
+            raise ValueError(
+                "intervention.accumulate needs generator.kind 'paper' (the learned generator "
+                "already fine-tunes on every earlier selection)"
+            )
+        if steer.islands > self.loop.population - round(steer.elite_share * self.loop.population):
+            raise ValueError(
+                f"intervention.islands ({steer.islands}) must not exceed the candidates left "
+                "after intervention.elite_share: every island proposes at least one"
             )
         if self.generator.kind == "learned" and self.space.kind != "grounded":
             raise ValueError("generator.kind 'learned' needs space.kind = 'grounded'")
@@ -309,103 +293,19 @@ class Config(_Overridable):
         return self
 
 
-def _format_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "config"
-    kind, msg = first["type"], first["msg"]
-    if kind == "extra_forbidden":
-        return f"{key}: unknown key"
-    if kind == "literal_error":
-        allowed = first["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
-        return f"{key}: {first['input']!r} is not one of {allowed}"
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    if isinstance(first.get("input"), dict):  # a rule across keys: the message names them
-        return f"{key}: {msg}"
-    return f"{key}: {msg} (got {first.get('input')!r})"
-
-
-def validate_config(data: dict[str, Any], model: type[_Overridable] | None = None) -> Any:
-    try:
-        return (model or Config).model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_error(err)) from None
-
-
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        if not isinstance(node.get(part), dict):
-            raise ConfigError(f"{'.'.join(parts[: i + 1])}: unknown section")
-        node = node[part]
-    if parts[-1] not in node:
-        raise ConfigError(f"{key}: unknown key")
-    node[parts[-1]] = value
-
-
-def _parse_value(text: str) -> Any:
-    """Parse a command-line value as TOML (numbers, booleans), falling back to a string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
-        out[key.strip()] = _parse_value(value.strip())
-    return out
+def validate_config(data: dict[str, Any], model: type[BaseModel] | None = None) -> Any:
+    """`data` validated as `model` (the simulator's `Config` unless given); one-line errors."""
+    return validate_as(data, model or Config)
 
 
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
-    model: type[_Overridable] | None = None,
+    model: type[OverridableModel] | None = None,
 ) -> Any:
     """Load a TOML file (or the defaults when `path` is None) and apply `key=value` overrides;
     `model` is the config class (the simulator's `Config` unless given)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path}: not valid TOML ({err})") from None
-    try:
-        config = validate_config(data, model)
-    except ConfigError as err:
-        raise (_other_kind(path, data, model or Config) or err) from None
-    return config.with_overrides(overrides) if overrides else config
-
-
-def _other_kind(path: Path | None, data: dict[str, Any], model: type) -> ConfigError | None:
-    """A config file that failed as `model` but has keys only another kind has: say so."""
-    if path is None:
-        return None
-    for label, keys, usage in getattr(model, "others", ()):
-        found = [k for k in keys if _has_dotted(data, k)]
-        if found:
-            return ConfigError(
-                f"{path}: a {label} (it has {', '.join(found[:3])}), not a {model.label}: "
-                f"use it with {usage}"
-            )
-    return None
-
-
-def _has_dotted(data: dict[str, Any], key: str) -> bool:
-    node: Any = data
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
+    return load_as(model or Config, path, overrides)
 
 
 def reference_table(model: type[BaseModel] | None = None) -> str:

@@ -1,67 +1,51 @@
 """`archrefine forecast`: fit the simulator to a run's first cycles and predict the rest.
 
-The fit is `calibrate`'s (its free parameters, loss and optimizer), run on cycles 1..N only while
-simulating the run's whole length, so that a schedule that depends on the run's length (linear,
-cosine) is the run's own; it starts from the best of a Sobol screen of the parameter box, never
-from the run's own values. The 80% band has two sources. Parameter uncertainty: parameter sets
-inside the fit's 80% confidence region (Beale's loss bound), sampled along its linearized
-covariance, plus other optima from the next-best starts (early cycles pin the late ones down
-poorly, and calibrate's linearized bootstrap at one seed saw a fraction of that spread).
-Sampling noise: for each parameter set, the observed run's number of trials resampled from
-its simulated trials and averaged. docs/forecast.md says why, and how well it does.
+The fit (forecast_fit.py) runs on cycles 1..N only while simulating the run's whole length, so
+that a schedule that depends on the run's length (linear, cosine) is the run's own; the paper
+model's is a MAP fit with a prior centred on the default parameters, since six cycles identify
+some parameters and not others. Parameter sets are then drawn from the fit's posterior (the
+learned generator: its least-squares confidence region) and each simulated afresh; the forecast
+is the mean of their simulated means. The 80% band: the 10th–90th percentiles of what a run of
+the observed number of trials may show under those sets (trials resampled), widened by a
+split-conformal factor per column measured on development runs only (scripts/forecast_eval.py
+--develop, kept in data/forecast_conformal.json), so the band holds the truth as often as it
+says. docs/forecast.md says why, and how well it does on runs it was not developed on.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from importlib import resources
 
 import numpy as np
 import pandas as pd
-from scipy.stats import f as f_dist
-from scipy.stats import qmc
 
-from archrefine.core.config import Config
-from archrefine.core.schedules import rates
-from archrefine.experiments.calibrate import (
-    DEFAULT_BUDGET,
-    LEARNED_PARAMS,
-    LOG_SCALE,
-    PAPER_PARAMS,
-    Calibration,
-    _from_unit,
-    _get,
-    _observe,
-    _residual_table,
-    _simulate,
-    _spread,
-    _to_unit,
-    calibrate,
+from archrefine.experiments.calibrate import DEFAULT_BUDGET
+from archrefine.experiments.fitting import simulate_candidates
+from archrefine.experiments.forecast_fit import (
+    GENERATORS,
+    fit,
+    fit_length,
+    heldout_error,
+    logit_start,
+    posterior_draws,
+    region,
+    screen_starts,
+    start_config,
 )
 from archrefine.experiments.forecast_io import METRICS, Forecast, ForecastError, Observed
 
-#: observed columns a forecast predicts besides METRICS, and how each follows from a trial
-MAPPED = ("mean_accuracy", "code_novelty", "code_diversity")
+#: observed columns a forecast predicts besides METRICS, and the metric each is mapped from
+MAPPED = {"mean_accuracy": "fitness", "code_novelty": "novelty", "code_diversity": "diversity"}
 LEVEL = 0.80  # the band's coverage
-GENERATORS = ("paper", "learned")
-#: the fitted parameters: calibrate's, with bonus_max's bound raised to hold the default (8.0)
-FREE = {
-    "paper": PAPER_PARAMS | {"generator.bonus_max": (0.0, 10.0)},
-    "learned": dict(LEARNED_PARAMS),
-}
 #: per generator: parameter sets forecast besides the fit, points sampled around the fit to
-#: find them, simulated trials per evaluation and per forecast
-DRAW_BUDGET = {"paper": (10, 32, 30), "learned": (2, 4, 2)}
-#: samples around the fit: multiples of its linearized covariance's square root (cycled),
-#: and the finite-difference step of that linearization (in each parameter's [0, 1] range)
-STRETCH = (1.0, 2.0, 4.0)
-STEP = 0.02
-#: fits from the next-best screened starts, kept when inside the confidence region
-ALTERNATIVES = {"paper": 2, "learned": 0}
-#: optimizer iterations per start of the main fit (learned: each costs minutes of CPU)
-FIT_NFEV = {"paper": DEFAULT_BUDGET["paper"][1], "learned": 2}
-#: scrambled-Sobol starting points screened before the fit (a power of two)
-SCREEN = {"paper": 16, "learned": 0}
+#: find them (learned only: the paper model's are posterior draws), simulated trials each
+DRAW_BUDGET = {"paper": (20, 0, 50), "learned": (2, 4, 2)}
+#: the split-conformal widening factors, per column (scripts/forecast_eval.py --develop)
+CONFORMAL = resources.files("archrefine") / "data" / "forecast_conformal.json"
 
 
 def generators_for(obs: Observed, choice: str) -> list[str]:
@@ -91,6 +75,7 @@ def forecast(
     draws: int | None = None,
     screen: int | None = None,
     max_nfev: int | None = None,
+    conformal: Mapping[str, float] | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> Forecast:
     """Fit `generators` to cycles 1..fit_cycles of `obs` and predict every cycle to its end.
@@ -98,41 +83,46 @@ def forecast(
     With more than one generator each is fitted to the fitted cycles but the last two observed
     ones and scored on those two (held-out error: RMS of residuals scaled by each column's
     spread over the fitted cycles); the best is refitted on all of them. The budget (defaults
-    per generator): `trials` simulated per evaluation and per forecast simulation, `draws`
-    parameter sets from the confidence region (`DRAW_BUDGET`), `screen` Sobol starting points
-    (`SCREEN`), `max_nfev` optimizer iterations per start (`FIT_NFEV`).
+    per generator): `trials` simulated per fitting evaluation, `draws` parameter sets behind
+    the band (`DRAW_BUDGET`), `screen` Sobol starting points (forecast_fit.SCREEN),
+    `max_nfev` optimizer iterations per start (forecast_fit.FIT_NFEV). `conformal`: the
+    band's widening factor per column (default: the paper model's, measured on development
+    runs; `{}`: the raw band, as the development runs are forecast).
     """
     note = on_progress or (lambda _msg: None)
     fitted_obs = check_request(obs, fit_cycles)
-    length = _fit_length(obs.config, fit_cycles, obs.cycles)
+    length = fit_length(obs.config, fit_cycles, obs.cycles)
     scales = {g: _scales(obs, trials or DEFAULT_BUDGET[g][0]) for g in GENERATORS}
+
+    def fit_on(frame: pd.DataFrame, g: str):
+        base = start_config(obs.config, g)
+        ranked = screen_starts(frame, base, g, length, seed, trials, screen, note, scales[g])
+        solved = logit_start(frame, base) if g == "paper" else None
+        # the defaults, base_logit solved from cycle 1, the best screened point
+        starts = [base, *([solved] if solved else []), *(c for c in ranked[:1] if c is not base)]
+        return fit(frame, starts, g, length, seed, trials, max_nfev, note, scales[g])
+
     heldout: dict[str, float] = {}
     if len(generators) > 1:
         seen = fitted_obs["cycle"][fitted_obs.drop(columns="cycle").notna().any(axis=1)]
         hold = fitted_obs[fitted_obs["cycle"].isin(seen.iloc[-2:])]
         train = fitted_obs[fitted_obs["cycle"] < seen.iloc[-2]]
         for g in generators:
-            base = _start(obs.config, g)
-            start = _screen(train, base, g, length, seed, trials, screen, note, scales[g])
-            cal = _fit(train, start[0], g, length, seed, trials, max_nfev, note, scales[g])
-            heldout[g] = _heldout_error(cal, hold, fitted_obs)
+            heldout[g] = heldout_error(fit_on(train, g)[0], hold, fitted_obs)
         chosen = min(heldout, key=lambda g: heldout[g])
     else:
         chosen = generators[0]
-    refits, n_region, k = DRAW_BUDGET[chosen]
-    refits, k = (refits if draws is None else draws), (trials or k)
-    base = _start(obs.config, chosen)
-    scale = scales[chosen]
-    starts = _screen(fitted_obs, base, chosen, length, seed, trials, screen, note, scale)
-    cal = _fit(fitted_obs, starts[0], chosen, length, seed, trials, max_nfev, note, scale)
+    n_sets, n_region, k = DRAW_BUDGET[chosen]
+    n_sets, k = (n_sets if draws is None else draws), (trials or k)
+    cal, cov = fit_on(fitted_obs, chosen)
     rng = np.random.default_rng(seed + 7919)
-    region, tried, bound = _region(fitted_obs, cal, chosen, scale, n_region, rng, note)
-    others = []  # other optima: fits from the next-best screened starts, as good as the best
-    for j in range(1, min(ALTERNATIVES[chosen] + 1, len(starts))):
-        other = _fit(fitted_obs, starts[j], chosen, length, seed, trials, max_nfev, note, scale)
-        if _loss(fitted_obs, other.config, scale) <= bound:
-            others.append(other.params)
-    param_sets = [cal.params, *others, *region[:refits]]
+    if cov is not None:  # the paper model: draws from its posterior
+        others, info = posterior_draws(cal, cov, n_sets, rng), {"posterior_draws": n_sets}
+    else:
+        found, tried, _ = region(fitted_obs, cal, chosen, scales[chosen], n_region, rng, note,
+                                 LEVEL)  # fmt: skip
+        others, info = found[:n_sets], {"sampled": tried, "inside": len(found)}
+    param_sets = [cal.params, *others]
     columns = [*METRICS, *(c for c in MAPPED if c in obs.frame)]
     samples: list[np.ndarray] = []  # per parameter set: (resamples, cycles, columns)
     centers: list[np.ndarray] = []
@@ -140,13 +130,20 @@ def forecast(
         note(f"forecast {b + 1}/{len(param_sets)}")
         over = {"trials": k, "seed": seed + 1000 + b, "loop.cycles": obs.cycles}
         config = cal.config.with_overrides(params | over)
-        per_trial = _per_trial(_simulate(config).metrics, cal.maps, columns)
+        per_trial = _per_trial(simulate_candidates(config).metrics, cal.maps, columns)
         centers.append(_nanmean(per_trial, axis=0))
         samples.append(_resample_means(per_trial, obs.trials, 200, rng))
     pooled = np.concatenate(samples)  # (sets · 200, cycles, columns)
-    n_sets = len(param_sets) - 1
-    fc = _assemble(obs, cal, chosen, fit_cycles, heldout, columns, pooled, centers, n_sets, k)
-    fc.info["region"] = {"sampled": tried, "inside": len(region), "other_optima": len(others)}
+    if conformal is None:  # calibrated on the paper model's development runs only
+        conformal = load_conformal() if chosen == "paper" else {}
+    widen = {c: float(conformal.get(MAPPED.get(c, c), 1.0)) for c in columns}
+    # the forecast: the mean of the sets' simulated means (the posterior predictive mean; on
+    # the development runs its final validity erred less than the fit's own simulation)
+    point = _nanmean(np.stack(centers), axis=0)
+    fc = _assemble(obs, cal, chosen, fit_cycles, heldout, columns, pooled, point, widen)
+    fc.info |= {"simulated_trials": k, "parameter_draws": len(others), "conformal": widen}
+    fc.info["fit_final_validity"] = float(centers[0][-1, columns.index("validity")])
+    fc.info["region"] = info
     fc.info["parameter_sets"] = [{p: float(v) for p, v in ps.items()} for ps in param_sets]
     return fc
 
@@ -159,100 +156,40 @@ def _scales(obs: Observed, sim_trials: int) -> dict[str, float]:
     return {c: sd * np.sqrt(1 / obs.trials + 1 / sim_trials) for c, sd in obs.noise.items()}
 
 
-def _start(config: Config, generator: str) -> Config:
-    """The run's config with the fitted parameters at their defaults: the fit never starts from
-    the values that produced the run (a simulated run's config holds them)."""
-    default = Config()
-    over = {k: _get(default, k) for k in FREE[generator]}
-    if generator == "learned":  # the only space it writes
-        over["space.kind"] = "grounded"
-    return config.with_overrides(over)
+def load_conformal() -> dict[str, float]:
+    """The widening factors measured on the development runs ({} before any were measured)."""
+    if not CONFORMAL.is_file():
+        return {}
+    return {c: float(q) for c, q in json.loads(CONFORMAL.read_text())["factor"].items()}
 
 
-def _fit_length(config: Config, fit_cycles: int, horizon: int) -> int:
-    """Cycles each fitting simulation runs: only the fitted ones when the schedule's first
-    rates do not depend on the run's length (constant, cyclic), else the whole run."""
-    same = np.allclose(
-        rates(config.schedule, horizon)[:fit_cycles], rates(config.schedule, fit_cycles)
-    )
-    return fit_cycles if same else horizon
+def conformal_scores(point, lo, hi, observed) -> np.ndarray:
+    """How far the truth lies from the forecast, in units of the raw band's extent on its side
+    (≤ 1: inside the band). A side narrower than a quarter of the band counts as a quarter, so
+    a forecast at the band's edge still has a width to scale."""
+    point, lo, hi, observed = map(np.asarray, (point, lo, hi, observed))
+    quarter = (hi - lo) / 4
+    side = np.where(observed >= point, np.maximum(hi - point, quarter),
+                    np.maximum(point - lo, quarter))  # fmt: skip
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.abs(observed - point) / np.maximum(side, 1e-12)
 
 
-def _screen(frame, base, generator, cycles, seed, trials, n, note, scales) -> list[Config]:
-    """Starting points: the defaults and `SCREEN[generator]` scrambled-Sobol points of the free
-    parameters, best loss on the fitted cycles first (the loss surface has long flat valleys;
-    one start from the defaults often stops far from the data)."""
-    bounds = FREE[generator]
-    keys = list(bounds)
-    lo, hi = np.array([b[0] for b in bounds.values()]), np.array([b[1] for b in bounds.values()])
-    log = np.array([k in LOG_SCALE for k in keys])
-    points = [base]
-    n = SCREEN[generator] if n is None else n
-    if n:
-        unit = qmc.Sobol(len(keys), seed=seed).random(n)
-        values = _from_unit(unit, lo, hi, log)
-        points += [base.with_overrides(dict(zip(keys, map(float, v)))) for v in values]
-    over = {"generator.kind": generator, "trials": trials or DEFAULT_BUDGET[generator][0]}
-    over |= {"seed": seed, "loop.cycles": cycles}
-    losses = []
-    for i, point in enumerate(points):
-        note(f"screening {generator}: {i + 1}/{len(points)}")
-        losses.append(_loss(frame, point.with_overrides(over), scales))
-    return [points[i] for i in np.argsort(losses, kind="stable")]
+def conformal_factor(scores: np.ndarray, level: float = LEVEL) -> float:
+    """Split-conformal quantile: the ⌈(n + 1)·level⌉-th smallest of n scores, so a new case
+    exchangeable with them falls within that many band-widths with probability ≥ level."""
+    s = np.sort(np.asarray(scores, dtype=float)[np.isfinite(scores)])
+    rank = math.ceil((len(s) + 1) * level)
+    return float(s[rank - 1]) if 0 < rank <= len(s) else float("inf")
 
 
-def _loss(frame: pd.DataFrame, config: Config, scales: dict[str, float]) -> float:
-    """calibrate's objective at one point: squared residuals over each column's scale."""
-    r = _residuals(frame, config, scales)
-    return float(r @ r)
-
-
-def _residuals(frame: pd.DataFrame, config: Config, scales: dict[str, float]) -> np.ndarray:
-    """calibrate's scaled residuals at one point (a cycle with nothing valid: a unit miss)."""
-    obs = frame[frame.drop(columns="cycle").notna().any(axis=1)]
-    mapped, _ = _observe(_simulate(config), obs)
-    table = _residual_table(obs, mapped)
-    scale = {c: scales.get(c) or _spread(obs[c]) for c in mapped}
-    r = table["residual"].to_numpy() / table["column"].map(scale).to_numpy()
-    return np.nan_to_num(r, nan=1.0)
-
-
-def _region(frame, cal: Calibration, generator, scales, n, rng, note):
-    """Parameter sets inside the 80% confidence region of nonlinear least squares (Beale's
-    bound: loss ≤ best · (1 + p/(m − p) · F(p, m − p)), m residuals, p parameters), found by
-    sampling the fit's linearized (Gauss–Newton) covariance at `STRETCH` times its size, so
-    the samples run along the poorly determined directions; every loss at the fit's simulation
-    seed, so they compare. Returns the sets (random order) and how many were tried."""
-    bounds = FREE[generator]
-    keys = list(bounds)
-    lo, hi = np.array([b[0] for b in bounds.values()]), np.array([b[1] for b in bounds.values()])
-    log = np.array([k in LOG_SCALE for k in keys])
-    u0 = _to_unit(np.array([cal.params[k] for k in keys]), lo, hi, log)
-
-    def residuals(u: np.ndarray) -> np.ndarray:
-        params = {k: float(v) for k, v in zip(keys, _from_unit(u, lo, hi, log))}
-        return _residuals(frame, cal.config.with_overrides(params), scales)
-
-    r0 = residuals(u0)
-    best, (m, p) = float(r0 @ r0), (len(r0), len(keys))
-    jac = np.empty((m, p))
-    for i in range(p):  # forward differences, stepping into the box
-        note(f"sampling around the fit: derivative {i + 1}/{p}")
-        h = STEP if u0[i] + STEP <= 1 else -STEP
-        jac[:, i] = (residuals(u0 + h * np.eye(p)[i]) - r0) / h
-    cov = np.linalg.pinv(jac.T @ jac, rcond=1e-8) * best / max(m - p, 1)
-    w, v = np.linalg.eigh((cov + cov.T) / 2)
-    root = v * np.sqrt(np.clip(w, 0, None))
-    bound = best * (1 + p / (m - p) * f_dist.ppf(LEVEL, p, m - p)) if m > p else 2 * best
-    inside = []
-    for i in range(n):
-        note(f"sampling around the fit: {i + 1}/{n}")
-        u = np.clip(u0 + STRETCH[i % len(STRETCH)] * root @ rng.standard_normal(p), 0, 1)
-        r = residuals(u)
-        if float(r @ r) <= bound:
-            inside.append({k: float(x) for k, x in zip(keys, _from_unit(u, lo, hi, log))})
-    order = rng.permutation(len(inside))
-    return [inside[i] for i in order], n, bound
+def widened(point, lo, hi, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """The band scaled about the forecast by `factor` (each side, as `conformal_scores` measures
+    it), clipped to [0, 1] where every metric lives."""
+    point, lo, hi = map(np.asarray, (point, lo, hi))
+    quarter = (hi - lo) / 4
+    down, up = np.maximum(point - lo, quarter), np.maximum(hi - point, quarter)
+    return np.clip(point - factor * down, 0, 1), np.clip(point + factor * up, 0, 1)
 
 
 def check_request(obs: Observed, fit_cycles: int) -> pd.DataFrame:
@@ -277,36 +214,6 @@ def check_request(obs: Observed, fit_cycles: int) -> pd.DataFrame:
             "(raise --fit-cycles)"
         )
     return frame.reset_index(drop=True)
-
-
-def _fit(frame, base, generator, cycles, seed, trials, max_nfev, note, scales) -> Calibration:
-    return calibrate(
-        frame,
-        generator=generator,
-        params=FREE[generator],
-        base=base,
-        trials=trials or DEFAULT_BUDGET[generator][0],
-        seed=seed,
-        n_boot=0,
-        max_nfev=max_nfev or FIT_NFEV[generator],
-        cycles=cycles,
-        on_evaluation=lambda n: note(f"fitting {generator}: simulation {n}"),
-        scales=scales,
-    )
-
-
-def _heldout_error(cal: Calibration, hold: pd.DataFrame, scale_from: pd.DataFrame) -> float:
-    """RMS over the held-out cells of (observed − fitted) / the column's observed spread."""
-    errs = []
-    fitted = cal.fitted.set_index("cycle")
-    for col in hold.columns.drop("cycle"):
-        if col not in fitted:
-            continue
-        for cycle, value in zip(hold["cycle"], hold[col]):
-            if pd.notna(value):
-                err = (value - fitted.at[cycle, col]) / _spread(scale_from[col])
-                errs.append(float(err) if np.isfinite(err) else 1.0)
-    return float(np.sqrt(np.mean(np.square(errs)))) if errs else float("inf")
 
 
 def _per_trial(metrics: pd.DataFrame, maps: dict[str, float], columns: list[str]) -> np.ndarray:
@@ -339,17 +246,18 @@ def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
         return np.nanmean(x, axis=axis)
 
 
-def _assemble(obs, cal, chosen, fit_cycles, heldout, columns, pooled, centers, n_draws, k):
-    """The per-cycle table and the two headline numbers, with their bands."""
+def _assemble(obs, cal, chosen, fit_cycles, heldout, columns, pooled, point, widen):
+    """The per-cycle table and the two headline numbers: the fit's forecast (`point`, cycles ×
+    columns), the pooled draws' 10th–90th percentiles widened per column by `widen`."""
     lo_q, hi_q = (1 - LEVEL) / 2, (1 + LEVEL) / 2
-    point = _nanmean(np.stack(centers), axis=0)  # (cycles, columns): the draws' mean
     with warnings.catch_warnings():  # a cycle where no trial has a valid candidate: NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         qs = np.nanquantile(pooled, [lo_q, hi_q], axis=0)
     cycles = np.arange(1, obs.cycles + 1)
     table = pd.DataFrame({"cycle": cycles, "fitted": cycles <= fit_cycles})
     for j, col in enumerate(columns):
-        table[col], table[f"{col}_lo"], table[f"{col}_hi"] = point[:, j], qs[0, :, j], qs[1, :, j]
+        lo, hi = widened(point[:, j], qs[0, :, j], qs[1, :, j], widen[col])
+        table[col], table[f"{col}_lo"], table[f"{col}_hi"] = point[:, j], lo, hi
     observed = obs.frame.set_index("cycle")
     for col in observed.columns:
         table[f"observed_{col}"] = table["cycle"].map(observed[col])
@@ -361,13 +269,15 @@ def _assemble(obs, cal, chosen, fit_cycles, heldout, columns, pooled, centers, n
     with np.errstate(invalid="ignore", divide="ignore"):
         kept = pooled[:, -1, d] / (first if first_is_observed else pooled[:, 0, d])
         kept_point = point[-1, d] / (first if first_is_observed else point[0, d])
+    k_lo, k_hi = np.nanquantile(kept, lo_q), np.nanquantile(kept, hi_q)
+    k_lo, k_hi = widened(kept_point, k_lo, k_hi, widen[columns[d]])
     summary = {
         "final_validity": float(point[-1, v]),
-        "final_validity_lo": float(qs[0, -1, v]),
-        "final_validity_hi": float(qs[1, -1, v]),
+        "final_validity_lo": float(table[f"{columns[v]}_lo"].iloc[-1]),
+        "final_validity_hi": float(table[f"{columns[v]}_hi"].iloc[-1]),
         "diversity_kept": float(kept_point),
-        "diversity_kept_lo": float(np.nanquantile(kept, lo_q)),
-        "diversity_kept_hi": float(np.nanquantile(kept, hi_q)),
+        "diversity_kept_lo": float(k_lo),
+        "diversity_kept_hi": float(k_hi),
     }
     last = observed.index.max()
     if last == obs.cycles and "validity" in observed and first_is_observed:  # a hindcast
@@ -378,8 +288,6 @@ def _assemble(obs, cal, chosen, fit_cycles, heldout, columns, pooled, centers, n
         "input": obs.name,
         "observed_trials": obs.trials,
         "horizon": obs.cycles,
-        "simulated_trials": k,
-        "parameter_draws": n_draws,
         "interval": LEVEL,
         "first_cycle_diversity": "observed" if first_is_observed else "simulated",
     }

@@ -18,10 +18,10 @@ from archrefine.experiments.calibrate import (
     KNOWN_COLUMNS,
     Calibration,
     CalibrationError,
-    _spread,
     calibrate,
     check_trajectory,
 )
+from archrefine.experiments.fitting import spread
 
 LOO_COLUMNS = ["cycle", "column", "observed", "predicted", "residual"]
 
@@ -47,7 +47,7 @@ def leave_one_out(
     obs = obs[obs[use].notna().any(axis=1)].reset_index(drop=True)
     if len(obs) < 3:
         raise CalibrationError(f"leave-one-out needs at least 3 observed cycles, got {len(obs)}")
-    scales = {c: _spread(obs[c]) for c in use} | dict(kwargs.pop("scales", None) or {})
+    scales = {c: spread(obs[c]) for c in use} | dict(kwargs.pop("scales", None) or {})
     kwargs.setdefault("n_boot", 0)
     kwargs["cycles"] = max(int(obs["cycle"].max()), kwargs.get("cycles") or 0)
     rows = []

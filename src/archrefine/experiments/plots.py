@@ -113,7 +113,9 @@ def trajectory(
     g = sel.groupby("cycle")[list(METRICS)]
     mean, std = g.mean(), g.std().fillna(0.0)
     cycles = mean.index.to_numpy()
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), sharex=True)
+    fig, axes = plt.subplots(1, 4, figsize=(12.2, 4.2), sharex=True)
+    # fixed margins that hold the titles: one draw (bbox_inches="tight" measures, then redraws)
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.12, top=0.78, wspace=0.22)
     for ax, key in zip(axes, METRICS):
         bounds = found.boundaries if found else None
         _shade_phases(ax, bounds, int(cycles.max()), label=True, named=named)
@@ -130,8 +132,8 @@ def trajectory(
     trials = sel.trial.nunique()
     spread = "one run" if trials == 1 else f"mean ± std over {trials} trials"
     first, last = (f"{x:g}" for x in (cycles[0], cycles[-1])) if len(cycles) else ("", "")
-    fig.suptitle(f"{title} ({spread}; axes from 0; change from cycle {first} to {last})", y=1.08)
-    save_figure(fig, path)
+    fig.suptitle(f"{title} ({spread}; axes from 0; change from cycle {first} to {last})", y=0.97)
+    save_figure(fig, path, tight=False)
 
 
 def topk(frame: pd.DataFrame, path: Path) -> None:

@@ -39,7 +39,8 @@ def plan(config: Config) -> dict[str, dict[str, dict]]:
     """The paper's four experiments, the schedules experiment with one condition per
     intervention besides (docs/interventions.md; the claims read only the paper's conditions)."""
     experiments = paper_plan(config.loop.population, config.generator.kind)
-    experiments["schedules"] = {**experiments["schedules"], **intervene.conditions()}
+    extra = intervene.conditions(config.generator.kind)
+    experiments["schedules"] = {**experiments["schedules"], **extra}
     return experiments
 
 
@@ -80,7 +81,8 @@ def write(out: Path, config: Config, rep: Reproduction, *, started: float) -> No
     write_json(out / "claims.json", as_records(rep.claims))
     atomic_write_text(out / "claims.md", claims_markdown(rep.claims, config))
     write_json(out / "phases.json", phases_record(rep.phases))
-    write_json(out / "interventions.json", intervene.conditions_table(rep.frame))
+    table = intervene.conditions_table(rep.frame, config.generator.kind)
+    write_json(out / "interventions.json", table)
     draw(
         out,
         rep.frame,
@@ -197,11 +199,12 @@ def _verdict(holds: bool | None) -> str:
     return "not measured" if holds is None else "yes" if holds else "**no**"
 
 
-def _fmt(value) -> str:
+def fmt(value) -> str:
+    """A claim's value in one short line: dicts as k=v, lists in brackets, None as a dash."""
     if isinstance(value, dict):
-        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items() if k != "balance")
+        return ", ".join(f"{k}={fmt(v)}" for k, v in value.items() if k != "balance")
     if isinstance(value, list):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+        return "[" + ", ".join(fmt(v) for v in value) + "]"
     if value is None:
         return "–"
     return f"{value:g}" if isinstance(value, float) else str(value)
@@ -215,14 +218,14 @@ def summary(c: Claim) -> str:
     """The few numbers of a claim's `measured` that decide it (claims.json has all of them)."""
     m = c.measured
     if not isinstance(m, dict):
-        return _fmt(m)
+        return fmt(m)
     try:
         if c.id == "C1":
             shapes = m["shape"]
             failed = [k for k, ok in shapes.items() if not ok]
             return (
-                f"{m['count']} boundaries {_fmt(m.get('boundaries', []))} "
-                f"(90% {_fmt(m.get('ci90', []))}); R² gains {_fmt(m['r2_gain'])}; "
+                f"{m['count']} boundaries {fmt(m.get('boundaries', []))} "
+                f"(90% {fmt(m.get('ci90', []))}); R² gains {fmt(m['r2_gain'])}; "
                 f"phase shapes {len(shapes) - len(failed)}/{len(shapes)}"
                 + (f" (failed: {', '.join(failed)})" if failed else "")
                 + f"; diversity drop in specialization "
@@ -231,30 +234,30 @@ def summary(c: Claim) -> str:
             )
         if c.id == "C2":
             return (
-                f"levels r={_fmt(m['levels_r'])}, changes r={_fmt(m['changes_r'])}, "
-                f"fixed-cycle ρ={_fmt(m['fixed_cycle_rho'])}"
+                f"levels r={fmt(m['levels_r'])}, changes r={fmt(m['changes_r'])}, "
+                f"fixed-cycle ρ={fmt(m['fixed_cycle_rho'])}"
             )
         if c.id == "C3":
             return ", ".join(f"{k.removesuffix('_loss')}={_pct(v)}" for k, v in m.items())
         if c.id == "C4":
             return (
-                f"kept={_fmt(m['kept'])}, validity share={_fmt(m['validity_share'])}; "
-                f"kept by schedule {_fmt(m['kept_by_schedule'])}"
+                f"kept={fmt(m['kept'])}, validity share={fmt(m['validity_share'])}; "
+                f"kept by schedule {fmt(m['kept_by_schedule'])}"
             )
         if c.id == "C6":
             return (
-                f"ρ validity={_fmt(m['rho_validity'])}, fitness={_fmt(m['rho_fitness'])}, "
-                f"diversity={_fmt(m['rho_diversity'])}; best k={m['best_k']} "
-                f"(90% {_fmt(m['best_k_ci90'])})"
+                f"ρ validity={fmt(m['rho_validity'])}, fitness={fmt(m['rho_fitness'])}, "
+                f"diversity={fmt(m['rho_diversity'])}; best k={m['best_k']} "
+                f"(90% {fmt(m['best_k_ci90'])})"
             )
         if c.id == "C7":
             return (
-                f"validity rise {_fmt(m['validity_rise'])}, novelty fall "
-                f"{_fmt(m['novelty_fall'])}, lag {_fmt(m['lag'])} (90% {_fmt(m['lag_ci90'])})"
+                f"validity rise {fmt(m['validity_rise'])}, novelty fall "
+                f"{fmt(m['novelty_fall'])}, lag {fmt(m['lag'])} (90% {fmt(m['lag_ci90'])})"
             )
     except KeyError:
         pass
-    return _fmt({k: v for k, v in m.items() if not isinstance(v, (dict, list))} or m)
+    return fmt({k: v for k, v in m.items() if not isinstance(v, (dict, list))} or m)
 
 
 def claims_markdown(claims: list[Claim], config: Config) -> str:
@@ -277,7 +280,7 @@ def claims_table(claims: list[Claim], title: str) -> str:
     ]
     for c in claims:
         conf = getattr(c, "confidence", None)
-        cells = (c.id, c.claim, _fmt(c.paper), summary(c), c.tolerance, _verdict(c.holds),
+        cells = (c.id, c.claim, fmt(c.paper), summary(c), c.tolerance, _verdict(c.holds),
                  "–" if conf is None else f"{conf:.2f}")  # fmt: skip
         rows.append("| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |")
     held = sum(c.holds is True for c in claims)

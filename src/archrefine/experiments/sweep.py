@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from archrefine.core.config import Config, ConfigError, _parse_value, _set_dotted, load_config
+from archrefine.core.config import Config, ConfigError, load_config
+from archrefine.core.config_base import parse_value, set_dotted
 from archrefine.core.store import (
     StoreError,
     atomic_write_text,
@@ -99,7 +100,7 @@ def parse_sets(sets: list[str]) -> dict[str, list[Any]]:
         values = [v.strip() for v in text.split(",")]
         if not text.strip() or any(not v for v in values):
             raise SweepError(f"--set {item!r}: empty value in the list")
-        grid[key] = [_parse_value(v) for v in values]
+        grid[key] = [parse_value(v) for v in values]
     return grid
 
 
@@ -110,7 +111,7 @@ def expand(base: Config, sets: list[str] | dict[str, list[Any]]) -> list[Point]:
         raise SweepError("a sweep needs at least one --set dotted.key=value1,value2,...")
     for key in grid:
         try:
-            _set_dotted(base.model_dump(), key, None)  # an unknown key or section
+            set_dotted(base.model_dump(), key, None)  # an unknown key or section
         except ConfigError as err:
             raise SweepError(str(err)) from None
     points: list[Point] = []

@@ -1,4 +1,3 @@
-# Over 400 lines: the store's schema, migration and queries must change together.
 """Every candidate of a real run, logged as it is produced, in an SQLite file that survives crashes.
 
 A real cycle costs LLM calls and sandbox minutes, so nothing it produced may be lost when the run
@@ -7,6 +6,9 @@ returns, and a half-written row is never visible. The file is in WAL mode with
 `synchronous=NORMAL`: a crashed *process* loses nothing committed; a power cut may lose the last
 commits but never corrupts the file. Readers (a notebook, `archrefine` plots) can open the file
 while the run writes to it.
+
+Over 400 lines because the store's schema (`COLUMNS`), its migration and its queries must
+change together, and the row checks (`_record`, `_decode`) follow the schema column by column.
 
 Example
 -------
@@ -233,6 +235,13 @@ class CandidateStore:
             return self._db.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
         except sqlite3.DatabaseError as err:
             raise self.damaged(_line(err)) from None
+
+    def cycle_counts(self) -> dict[int, tuple[int, int]]:
+        """{cycle: (candidates, of them still pending)}: what a resume checks against its log.
+
+        Raises sqlite3.DatabaseError on a damaged file (the caller says how to recover)."""
+        sql = "SELECT cycle, COUNT(*), SUM(status = 'pending') FROM candidates GROUP BY cycle"
+        return {c: (n, p) for c, n, p in self._db.execute(sql)}
 
     def _rows(self, where: str = "", params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         sql = f"SELECT {', '.join(COLUMNS)} FROM candidates {where} ORDER BY id"

@@ -12,17 +12,11 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from archrefine.core.config import (
-    SEED_MAX,
-    LearnedConfig,
-    ScheduleConfig,
-    TrackingConfig,
-    _Overridable,
-    _Strict,
-)
+from archrefine.core.config import SEED_MAX, LearnedConfig, ScheduleConfig, TrackingConfig
+from archrefine.core.config_base import OverridableModel, StrictModel
 
 
-class LoraConfig(_Strict):
+class LoraConfig(StrictModel):
     """`hf` only: the LoRA adapter trained each cycle (continuing the previous cycle's)."""
 
     rank: int = Field(8, ge=1, le=1024, description="adapter rank")
@@ -37,7 +31,7 @@ class LoraConfig(_Strict):
     )
 
 
-class RealGeneratorConfig(_Strict):
+class RealGeneratorConfig(StrictModel):
     kind: Literal["learned", "hf", "openai"] = Field(
         "learned", description="learned (built in), hf (local HF model), openai (a server)"
     )
@@ -66,7 +60,7 @@ class RealGeneratorConfig(_Strict):
     learned: LearnedConfig = LearnedConfig()
 
 
-class PromptConfig(_Strict):
+class PromptConfig(StrictModel):
     template: str = Field(
         "", description="prompt template file ($-placeholders; empty: the built-in one)"
     )
@@ -79,7 +73,7 @@ class PromptConfig(_Strict):
     references: int = Field(3, ge=0, le=50, description="reference architectures per prompt")
 
 
-class RealLoopConfig(_Strict):
+class RealLoopConfig(StrictModel):
     cycles: int = Field(22, ge=1, le=10_000, description="refinement cycles")
     population: int = Field(20, ge=1, le=100_000, description="candidates per cycle")
     top_k: int = Field(5, ge=1, description="selected per cycle: references and fine-tune set")
@@ -94,7 +88,7 @@ class RealLoopConfig(_Strict):
         return self
 
 
-class EvaluateConfig(_Strict):
+class EvaluateConfig(StrictModel):
     backend: Literal["local", "ray"] = Field(
         "local", description="local: a warm sandbox pool; ray: one Ray task per candidate"
     )
@@ -120,14 +114,14 @@ class EvaluateConfig(_Strict):
     max_train: int = Field(0, ge=0, description="cap on training images (0: all 1,347)")
 
 
-class NoveltyConfig(_Strict):
+class NoveltyConfig(StrictModel):
     shingle: int = Field(10, ge=1, le=1000, description="code tokens per MinHash shingle")
     num_perm: int = Field(256, ge=16, le=4096, description="MinHash permutations")
     threshold: float = Field(0.9, gt=0, le=1, description="Jaccard at which code is a duplicate")
     seed_known: bool = Field(True, description="seed the archive with KNOWN's sources")
 
 
-class RealConfig(_Overridable):
+class RealConfig(OverridableModel):
     """A real refinement loop: one model, one run; seeds make sampling and training repeatable."""
 
     label: ClassVar[str] = "real-loop config"

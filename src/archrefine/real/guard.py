@@ -201,8 +201,7 @@ def verify_store(
         if problem:
             raise store.damaged(problem)
         try:
-            sql = "SELECT cycle, COUNT(*), SUM(status = 'pending') FROM candidates GROUP BY cycle"
-            counts = {c: (n, p) for c, n, p in store._db.execute(sql)}
+            counts = store.cycle_counts()
         except sqlite3.DatabaseError as err:
             raise store.damaged(one_line(err)) from None
         for c in range(1, completed + 1):

@@ -59,6 +59,8 @@ class _BoundedTransport(httpx.HTTPTransport):
         pool = getattr(self, "_pool", None)
         if pool is None or not hasattr(pool, "_network_backend"):  # pragma: no cover
             raise RuntimeError(f"{_NAME} has changed its transport: cannot bound request time")
+        # httpcore's own attribute (third-party, not archrefine's): httpx.HTTPTransport has no
+        # public way to pass httpcore.ConnectionPool a network_backend
         pool._network_backend = _DeadlineBackend(pool._network_backend)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:

@@ -62,4 +62,7 @@ def _parsed(response: str) -> dict:
     problems = static_check(code)
     if problems:
         return dict(code=code, status="rejected", reason=problems[0])
-    return dict(code=code, fingerprint=fingerprint(code).sha1)
+    try:
+        return dict(code=code, fingerprint=fingerprint(code).sha1)
+    except CodeError as err:  # e.g. too intricate to read: loops nested to a million passes
+        return dict(code=code, status="rejected", reason=str(err))

@@ -71,7 +71,8 @@ class TextGenerator(Protocol):
     def close(self) -> None: ...
 
 
-_BLOCK = re.compile(r"^```[ \t]*(?:python|py)?[ \t]*\n(.*?)^```", re.M | re.S)
+# one run of blanks unless a tag splits it: `[ \t]*(?:python|py)?[ \t]*` backtracked quadratically
+_BLOCK = re.compile(r"^```[ \t]*(?:(?:python|py)[ \t]*)?\n(.*?)^```", re.M | re.S)
 
 
 class LearnedTextGenerator:
@@ -148,7 +149,6 @@ class LearnedTextGenerator:
 def _tokens_in(text: str) -> list[list[int]]:
     """The grounded sequences (padded with `none` to 15) of the code blocks in `text` whose
     structure maps into the grounded vocabulary; blocks that do not map are skipped."""
-    from archrefine.code.code import CodeError
     from archrefine.code.fingerprint import fingerprint
     from archrefine.code.tokens import to_tokens
     from archrefine.space import LENGTH, token_id
@@ -157,8 +157,8 @@ def _tokens_in(text: str) -> list[list[int]]:
     for match in _BLOCK.finditer(text):
         try:
             seq = to_tokens(fingerprint(match.group(1)))
-        except CodeError:
-            continue
+        except Exception:  # noqa: BLE001 - CodeError, or anything hostile text still raises:
+            continue  # a block after the first is never fingerprinted before it reaches here
         if seq is not None:
             out.append(seq + [token_id("none")] * (LENGTH - len(seq)))
     return out

@@ -8,15 +8,19 @@ few tags in labels.
 from __future__ import annotations
 
 import html
+import json
 import math
+from importlib import resources
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
-from plotly.subplots import make_subplots
 
 from archrefine.core.metrics import METRICS
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 EXTRAS = ("best_fitness", "mutation_rate", "loss")
 """Panels drawn after the four metrics when the frame has finite values for them."""
@@ -54,85 +58,113 @@ def trajectory(
     by: str | None = None,
     title: str,
     phases: dict | None = None,
-) -> go.Figure:
+) -> dict[str, Any]:
     """One panel per metric, one line per condition (column `by`; one line when None): the mean
     over trials per cycle, ±1 std band with several trials. Hovering a cycle lists every
-    condition's value; clicking a legend entry toggles that condition in every panel."""
+    condition's value; clicking a legend entry toggles that condition in every panel.
+
+    Written as the plotly figure's JSON data (what `make_subplots` and `add_trace` would build,
+    without their per-property validation, which cost more than the rest of the report)."""
     frame = frame.assign(_condition="all") if by is None else frame.assign(_condition=frame[by])
     names = [str(c) for c in pd.unique(frame["_condition"])]
     frame = frame.assign(_condition=frame["_condition"].astype(str))
     columns = panels(frame)
     stats = summarise(frame, "_condition", columns)
     rows = math.ceil(len(columns) / 2)
-    fig = make_subplots(
-        rows=rows,
-        cols=2,
-        shared_xaxes=True,
-        subplot_titles=[c.replace("_", " ") for c in columns],
-        vertical_spacing=0.12 / rows + 0.04,
-        horizontal_spacing=0.08,
-    )
+    layout = _grid(rows, [c.replace("_", " ") for c in columns])
+    data: list[dict[str, Any]] = []
     bands = len(names) <= MAX_BANDS and frame.groupby("_condition")["trial"].nunique().max() > 1
     for name, color in zip(names, colors(len(names))):
         sel = stats[stats["_condition"] == name]
         label = html.escape(name)
+        x = _values(sel.cycle)
         for i, col in enumerate(columns):
-            row, column = i // 2 + 1, i % 2 + 1
-            mean, std = sel[f"{col}:mean"], sel[f"{col}:std"]
+            axes = _axes(i + 1)
+            mean, std = sel[f"{col}:mean"].to_numpy(float), sel[f"{col}:std"].to_numpy(float)
             if bands and np.isfinite(std).any():
-                _band(fig, sel.cycle, mean, std, color, label, row, column)
+                data += _band(x, mean, std, color, label, axes)
             spread = " ± %{customdata:.3f}" if np.isfinite(std).any() else ""
-            fig.add_trace(
-                go.Scatter(
-                    x=sel.cycle,
-                    y=mean,
-                    customdata=std,
-                    mode="lines+markers",
-                    marker={"size": 5},
-                    line={"color": color, "width": 2},
-                    name=label,
-                    legendgroup=label,
-                    showlegend=i == 0 and by is not None,
-                    hovertemplate=f"{label}: %{{y:.3f}}{spread}<extra>{col}</extra>",
-                ),
-                row=row,
-                col=column,
+            data.append(
+                {
+                    "customdata": _values(std),
+                    "hovertemplate": f"{label}: %{{y:.3f}}{spread}<extra>{col}</extra>",
+                    "legendgroup": label,
+                    "line": {"color": color, "width": 2},
+                    "marker": {"size": 5},
+                    "mode": "lines+markers",
+                    "name": label,
+                    "showlegend": i == 0 and by is not None,
+                    "x": x,
+                    "y": _values(mean),
+                    "type": "scatter",
+                    **axes,
+                }
             )
     if phases:
-        _mark_phases(fig, phases)
+        layout["shapes"] = _phase_shapes(phases, len(columns))
     cycles = int(frame.cycle.max()) if len(frame) else 1
-    fig.update_xaxes(dtick=1 if cycles <= 25 else None)
-    fig.update_xaxes(title_text="cycle", row=rows)
-    fig.update_yaxes(rangemode="tozero")
-    fig.update_layout(
-        title={"text": html.escape(title)},
-        hovermode="x unified",
-        height=260 * rows + 120,
-        template="plotly_white",
-        legend={"title": {"text": html.escape(by or "")}, "groupclick": "togglegroup"},
-        margin={"l": 50, "r": 20, "t": 80, "b": 40},
-    )
-    return fig
+    for n in range(1, 2 * rows + 1):
+        axis = layout[_axis_key("x", n)]
+        if cycles <= 25:
+            axis["dtick"] = 1
+        if n > 2 * rows - 2:  # the bottom row
+            axis["title"] = {"text": "cycle"}
+        layout[_axis_key("y", n)]["rangemode"] = "tozero"
+    layout |= {
+        "title": {"text": html.escape(title)},
+        "hovermode": "x unified",
+        "height": 260 * rows + 120,
+        "template": template("plotly_white"),
+        "legend": {"title": {"text": html.escape(by or "")}, "groupclick": "togglegroup"},
+        "margin": {"l": 50, "r": 20, "t": 80, "b": 40},
+    }
+    return {"data": data, "layout": layout}
 
 
-def _band(fig, x, mean, std, color: str, label: str, row: int, col: int) -> None:
+def _axis_key(letter: str, n: int) -> str:
+    return f"{letter}axis" if n == 1 else f"{letter}axis{n}"
+
+
+def _axes(n: int) -> dict[str, str]:
+    """A trace's axes in subplot `n` (1-based, row by row)."""
+    return {"xaxis": "x" if n == 1 else f"x{n}", "yaxis": "y" if n == 1 else f"y{n}"}
+
+
+def _grid(rows: int, titles: list[str]) -> dict[str, Any]:
+    """The axes and subplot titles `make_subplots(rows, 2, shared_xaxes=True, ...)` lays out:
+    spacing 0.08 across, 0.12 / rows + 0.04 down; each column's x axes match its bottom one,
+    which alone shows tick labels."""
+    h, v = 0.08, 0.12 / rows + 0.04
+    width, height = (1 - h) / 2, (1 - v * (rows - 1)) / rows
+    layout: dict[str, Any] = {}
+    annotations = []
+    for r in range(rows):
+        top = 1 - r * (height + v)
+        for c in range(2):
+            n = 2 * r + c + 1
+            left = c * (width + h)
+            x = {"anchor": _axes(n)["yaxis"], "domain": [left, left + width]}
+            if r < rows - 1:
+                x |= {"matches": f"x{2 * (rows - 1) + c + 1}", "showticklabels": False}
+            layout[_axis_key("x", n)] = x
+            y_domain = [max(top - height, 0.0), top]
+            layout[_axis_key("y", n)] = {"anchor": _axes(n)["xaxis"], "domain": y_domain}
+            if n <= len(titles):
+                annotations.append(
+                    {"font": {"size": 16}, "showarrow": False, "text": titles[n - 1],
+                     "x": left + width / 2, "xanchor": "center", "xref": "paper",
+                     "y": top, "yanchor": "bottom", "yref": "paper"}
+                )  # fmt: skip
+    layout["annotations"] = annotations
+    return layout
+
+
+def _band(x: list, mean, std, color: str, label: str, axes: dict[str, str]) -> list[dict]:
     """A ±1 std band under a line, in its legend group (so it toggles with it)."""
-    fill = _rgba(color, 0.15)
-    for y, extra in ((mean + std, {}), (mean - std, {"fill": "tonexty", "fillcolor": fill})):
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=y,
-                mode="lines",
-                line={"width": 0},
-                hoverinfo="skip",
-                showlegend=False,
-                legendgroup=label,
-                **extra,
-            ),  # fmt: skip
-            row=row,
-            col=col,
-        )
+    fill = {"fill": "tonexty", "fillcolor": _rgba(color, 0.15)}
+    common = {"hoverinfo": "skip", "legendgroup": label, "line": {"width": 0}, "mode": "lines",
+              "showlegend": False, "x": x, "type": "scatter", **axes}  # fmt: skip
+    return [{**common, "y": _values(mean + std)}, {**common, **fill, "y": _values(mean - std)}]
 
 
 def _rgba(color: str, alpha: float) -> str:
@@ -143,22 +175,62 @@ def _rgba(color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def _mark_phases(fig: go.Figure, phases: dict) -> None:
-    """The detected phase boundaries as dashed lines, their 90% intervals shaded."""
+def _phase_shapes(phases: dict, panels: int) -> list[dict[str, Any]]:
+    """The detected phase boundaries as dashed lines in every panel, their 90% intervals
+    shaded."""
     bounds = phases.get("boundaries") or []
     lows, highs = phases.get("low") or [], phases.get("high") or []
+    shapes = []
     for j, b in enumerate(bounds):
+        refs = [(_axes(n)["xaxis"], _axes(n)["yaxis"] + " domain") for n in range(1, panels + 1)]
         if j < len(lows) and j < len(highs) and highs[j] > lows[j]:
-            fig.add_vrect(x0=lows[j], x1=highs[j], fillcolor="#e76f51", opacity=0.12,
-                          line_width=0, row="all", col="all")  # fmt: skip
-        fig.add_vline(x=b, line={"color": "#e76f51", "dash": "dash", "width": 1.5},
-                      row="all", col="all")  # fmt: skip
+            shapes += [{"fillcolor": "#e76f51", "line": {"width": 0}, "opacity": 0.12,
+                        "type": "rect", "x0": lows[j], "x1": highs[j], "xref": xr, "y0": 0,
+                        "y1": 1, "yref": yr} for xr, yr in refs]  # fmt: skip
+        shapes += [{"line": {"color": "#e76f51", "dash": "dash", "width": 1.5}, "type": "line",
+                    "x0": b, "x1": b, "xref": xr, "y0": 0, "y1": 1, "yref": yr}
+                   for xr, yr in refs]  # fmt: skip
+    return shapes
+
+
+def to_json(fig: dict[str, Any] | go.Figure) -> str:
+    """A figure's JSON (its data already, or a plotly Figure), escaped as plotly escapes it:
+    no `</script>` can appear inside."""
+    if not isinstance(fig, dict):  # a loop's candidates
+        import plotly.io as pio
+
+        return pio.to_json(fig, validate=False)
+    spec = json.dumps(fig, separators=(",", ":"), allow_nan=False)
+    for unsafe, safe in (("<", "\\u003c"), (">", "\\u003e"), ("/", "\\u002f")):
+        spec = spec.replace(unsafe, safe)
+    return spec
+
+
+def _values(values) -> list:
+    """A column as JSON values, once: floats (NaN as null, which plotly leaves a gap for)."""
+    array = np.asarray(values, dtype=float)
+    return [None if not math.isfinite(v) else (int(v) if v.is_integer() else v)
+            for v in array.tolist()]  # fmt: skip
+
+
+def template(name: str) -> dict[str, Any]:
+    """A plotly template's JSON, read from plotly's own package data (as plotly reads it)."""
+    if name not in _TEMPLATES:
+        path = resources.files("plotly").joinpath("package_data", "templates", f"{name}.json")
+        _TEMPLATES[name] = json.loads(path.read_text())
+    return _TEMPLATES[name]
+
+
+_TEMPLATES: dict[str, dict[str, Any]] = {}
 
 
 def candidates(cands: pd.DataFrame) -> go.Figure:
     """Every evaluated candidate as a point (accuracy and novelty against cycle), one legend
     entry per status, selected candidates as stars. Each point carries its candidate id, so a
     click opens the candidate in the table below (report.js)."""
+    import plotly.graph_objects as go  # a loop's report only: plotly's validators cost ~0.3 s
+    from plotly.subplots import make_subplots
+
     fig = make_subplots(rows=1, cols=2, subplot_titles=["accuracy", "novelty"],
                         horizontal_spacing=0.08)  # fmt: skip
     statuses = list(pd.unique(cands.status))

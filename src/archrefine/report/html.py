@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from archrefine.core.metrics import METRICS
 from archrefine.core.store import atomic_write_text
 from archrefine.experiments.claims import Claim
-from archrefine.experiments.reproduce import _fmt, summary
+from archrefine.experiments.reproduce import fmt, summary
 from archrefine.report import figures
 from archrefine.report.source import ReportError, RunData, candidate_records, load
 
@@ -150,9 +149,10 @@ def _e(value: Any) -> str:
 
 
 def _figure(fig, div_id: str, *, opens_candidates: bool = False) -> str:
-    """A plotly figure as a div and the one script that draws it (JSON escaped by plotly)."""
+    """A plotly figure (or its JSON data) as a div and the one script that draws it, its JSON
+    escaped as plotly escapes it."""
     attr = " data-opens-candidates" if opens_candidates else ""
-    spec = pio.to_json(fig, validate=False)
+    spec = figures.to_json(fig)
     script = (
         f"(function(){{var f={spec};"
         f'Plotly.newPlot("{div_id}",f.data,f.layout,{json.dumps(PLOT_CONFIG)});}})();'
@@ -236,7 +236,7 @@ def _trajectories(data: RunData) -> list[str]:
 def _num(x: Any) -> str:
     if isinstance(x, (int, float)) and not isinstance(x, bool):
         return f"{x:g}" if isinstance(x, float) and math.isfinite(x) else str(x)
-    return _e(_fmt(x))
+    return _e(fmt(x))
 
 
 def _interval(points: list, lows: list, highs: list) -> str:
@@ -309,7 +309,7 @@ def _claims(data: RunData) -> str:
             else "–"
         )
         rows.append(
-            f"<tr><td>{_e(c.id)}</td><td>{_e(c.claim)}</td><td>{_e(_fmt(c.paper))}</td>"
+            f"<tr><td>{_e(c.id)}</td><td>{_e(c.claim)}</td><td>{_e(fmt(c.paper))}</td>"
             f"<td>{_e(summary(c))}</td><td>{_e(c.tolerance)}</td>"
             f"<td class='{css}' data-value='{_e(word)}'>{_e(word)}</td>"
             f"<td class='num' data-value='{'' if conf is None else conf}'>{bar}</td></tr>"

@@ -1,4 +1,3 @@
-# Over 400 lines: run by path in the sandbox, it stands alone (only _worker_os.py sits beside it).
 """The sandboxed side of `archrefine.sandbox.sandbox`: a warm zygote forking one child per job.
 
 Run only by the sandbox (``python -s -B _worker.py archrefine-sandbox-worker CONFIG_JSON``), never
@@ -11,6 +10,9 @@ trusted harness: it holds the only channel to the host, gives the child just its
 the child and all it started at the deadline, accepts only a flat, bounded report from it, and
 after each job compares its own state with a snapshot (`_worker_os._snapshot`), exiting if a job
 changed it. Depends on the standard library, numpy and torch only.
+
+Over 400 lines because it is run by path inside the sandbox, where it stands alone: only
+`_worker_os.py` is bound beside it, and it imports nothing of archrefine.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import gc
 import json
 import math
 import os
+import random
 import resource
 import secrets
 import select
@@ -36,10 +39,10 @@ from _worker_os import (  # the sibling file, bound next to this one
     _prctl,
     _private_view,
     _reap_all,
-    _remove_tree,
     _safe_json,
     _snapshot,
     _work_full,
+    remove_tree,
 )
 
 MARKER = "archrefine-sandbox-worker"
@@ -199,6 +202,9 @@ def _evaluate(job: dict, result: dict) -> None:
                 data = {k: z[k] for k in ("x", "y", "x_val")}
         seed = int((job.get("train") or {}).get("seed", 0))
         torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed costs ~8 ms
+        random.seed(seed)  # reseeded from the OS at every fork: a candidate using it varied
+        np.random.seed(seed % 2**32)  # noqa: NPY002 - the global one candidates use; it was
+        # seeded from the OS when the worker started, so it too varied between workers
         if job.get("audit", True):
             refusals = _install_policy(os.getcwd())
         stage = "module body"
@@ -314,17 +320,24 @@ def _run_job(job: dict, workroot: str, vm_bytes: int) -> dict:
     os.close(wfd)
     deadline = time.monotonic() + timeout
     pidfd, chunks, size, status, used = os.pidfd_open(pid), [], 0, None, 0.0
+    watch = [rfd, pidfd]
     while status is None:
         left = deadline - time.monotonic()
-        ready = select.select([rfd, pidfd], [], [], max(0.0, left))[0] if left > 0 else []
+        ready = select.select(watch, [], [], max(0.0, left))[0] if left > 0 else []
         if not ready:  # the deadline: SIGKILL the job and everything it started, at once
             os.kill(pid, signal.SIGKILL)
             _reap_all()
             status = -1
             break
-        if rfd in ready and (chunk := os.read(rfd, 1 << 16)) and size <= cap:
-            chunks.append(chunk)
-            size += len(chunk)
+        if rfd in ready:
+            chunk = os.read(rfd, 1 << 16)
+            if size <= cap and chunk:
+                chunks.append(chunk)
+                size += len(chunk)
+            else:  # EOF stays "ready": a job that closed its pipe made us spin a core
+                watch.remove(rfd)
+            if size > cap:  # its outcome is decided (oversized): end it rather than read on
+                os.kill(pid, signal.SIGKILL)
         if pidfd in ready:
             _, status, usage = os.wait4(pid, 0)
             used = usage.ru_utime + usage.ru_stime
@@ -345,7 +358,7 @@ def _run_job(job: dict, workroot: str, vm_bytes: int) -> dict:
     if CONFIG.get("private_work") and reply["status"] != "ok" and _work_full(workroot):
         size_mb = CONFIG.get("work_mb", 256)
         reply.update(status="crashed", reason=f"crashed: work directory full ({size_mb} MB)")
-    removed = _remove_tree(workdir)
+    removed = remove_tree(workdir)
     changed = _snapshot(workroot, *FLAGS) != BASELINE.get("state")
     reply.update(id=job["id"], dirty=not clean or not removed or changed)
     return reply

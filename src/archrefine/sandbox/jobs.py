@@ -9,13 +9,13 @@ import functools
 import json
 import math
 import os
-import re
 import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from archrefine.sandbox._worker_os import json_skeleton
 from archrefine.sandbox.workers import (  # noqa: F401 - re-exported for pool.py and tests
     INSIDE,
     MARKER,
@@ -23,11 +23,11 @@ from archrefine.sandbox.workers import (  # noqa: F401 - re-exported for pool.py
     WORK_MB,
     WORKER,
     Launch,
-    _bwrap_config,
-    _bwrap_problem,
-    _unshare_problem,
+    bwrap_config,
+    bwrap_problem,
     kill_uid,
     launch,
+    unshare_problem,
 )
 
 STATUSES = ("ok", "invalid", "timeout", "crashed", "oom", "forbidden")
@@ -35,7 +35,6 @@ Isolation = Literal["auto", "bwrap", "rlimits"]
 ENV_FORCE = "ARCHREFINE_SANDBOX"  # "rlimits" forces the fallback for isolation="auto"
 MAX_MEMORY_MB = 1 << 24  # 16 TiB: larger limits cannot be meant and overflow rlimits
 REPLY_CAP = 1 << 20  # bytes of a worker's reply line, besides 16 per held-out prediction
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
 class SandboxWarning(UserWarning):
@@ -113,7 +112,7 @@ def parse_reply(raw: bytes, cap: int = REPLY_CAP) -> dict | None:
     """
     if not isinstance(raw, bytes | bytearray) or len(raw) > cap:
         return None
-    skeleton = _STRING.sub(b"", bytes(raw))
+    skeleton = json_skeleton(bytes(raw))  # linear time, whatever the bytes
     if skeleton.count(b"[") + skeleton.count(b"{") > 2:
         return None
     try:
@@ -199,7 +198,8 @@ def make_outcome(
     return Outcome(status, reason or status, params, accuracy, seconds, isolation, log)
 
 
-def _resolve(isolation: str) -> str:
+def resolve_isolation(isolation: str) -> str:
+    """The isolation a job gets for `isolation` here ("bwrap" or "rlimits"), warning on fallback."""
     if isolation not in ("auto", "bwrap", "rlimits"):
         raise ValueError(f"isolation: {isolation!r} is not one of auto, bwrap, rlimits")
     asked, forced = isolation, ""
@@ -208,21 +208,21 @@ def _resolve(isolation: str) -> str:
         if forced not in ("", "auto", "bwrap", "rlimits"):
             raise ValueError(f"{ENV_FORCE}: {forced!r} is not one of auto, bwrap, rlimits")
         isolation = forced if forced in ("bwrap", "rlimits") else "auto"
-    problem = _bwrap_problem() if isolation != "rlimits" else f"{ENV_FORCE}=rlimits"
+    problem = bwrap_problem() if isolation != "rlimits" else f"{ENV_FORCE}=rlimits"
     if isolation == "bwrap" and problem:
         raise SandboxError(f"isolation='bwrap' unavailable: {problem}")
     if asked == "auto" and problem:  # no silent weakening: say so, once, at start
-        _warn_fallback(problem)
+        warn_fallback(problem)
     return "bwrap" if not problem else "rlimits"
 
 
 @functools.cache
-def _warn_fallback(why: str) -> None:
+def warn_fallback(why: str) -> None:
     """Say once per process, on stderr, that candidates get the weaker fallback and why."""
     extra = (
         "own mount, pid, network and ipc namespaces"
-        if not _unshare_problem()
-        else f"no namespaces ({_unshare_problem()})"
+        if not unshare_problem()
+        else f"no namespaces ({unshare_problem()})"
     )
     warnings.warn(
         f"archrefine sandbox: not using bubblewrap ({why}); candidates run under the "

@@ -1,4 +1,3 @@
-# Over 400 lines: spawning, dispatching, reaping and replacing workers are one state machine.
 """A pool of warm sandbox workers, so validating a candidate costs a fork, not a torch import.
 
 Each worker is a confined zygote (see `_worker.py`) that never runs candidate code itself: every
@@ -8,6 +7,9 @@ depends on changed (its limits, parent, work area) and otherwise asks to be repl
 holds the held-out labels, scores predictions, validates every reply, caps each worker's memory
 cgroup per job (when root) and, should a worker not answer half a second after a deadline, die,
 or answer nonsense, kills its whole process group, cgroup and uid and starts a fresh one.
+
+Over 400 lines because spawning, dispatching, reaping and replacing workers are one state
+machine over the same worker records; split, each half would need the other's internals.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from archrefine.sandbox import confine
-from archrefine.sandbox._worker_os import _remove_tree
+from archrefine.sandbox._worker_os import remove_tree
 from archrefine.sandbox.jobs import (
     REPLY_CAP,
     Isolation,
@@ -44,13 +46,13 @@ from archrefine.sandbox.jobs import (
     Outcome,
     SandboxError,
     TrainSpec,
-    _resolve,
     job_options,
     kill_uid,
     launch,
     make_outcome,
     one_line,
     parse_reply,
+    resolve_isolation,
 )
 
 MAX_SOURCE = 1 << 20  # characters of candidate source accepted
@@ -192,7 +194,7 @@ class SandboxPool:
             raise ValueError(f"workers: {workers!r} is not an integer >= 1")
         job_options(timeout_s=timeout_s, memory_mb=memory_mb)  # validates the defaults
         self.timeout_s, self.memory_mb, self.audit = timeout_s, memory_mb, bool(audit)
-        self.mode = _resolve(isolation)
+        self.mode = resolve_isolation(isolation)
         self.devices = confine.gpu_devices() if gpus else []
         if gpus and not self.devices:
             raise SandboxError("gpus: no NVIDIA device nodes (/dev/nvidia0, ...) on this machine")
@@ -426,4 +428,4 @@ def _shutdown(workers: list[_Worker], root: Path) -> None:
     try:  # work directories on the host (the fallback without namespaces) hold what jobs made
         shutil.rmtree(root, ignore_errors=True)
     except RecursionError:  # a tree thousands of levels deep: never an exception in the caller
-        _remove_tree(str(root))
+        remove_tree(str(root))

@@ -38,12 +38,8 @@ from archrefine.sandbox.jobs import (  # noqa: F401 - re-exported: the module's 
     SandboxError,
     SandboxWarning,
     TrainSpec,
-    _bwrap_config,
-    _bwrap_problem,
-    _count,
-    _resolve,
-    _unshare_problem,
-    _warn_fallback,
+    bwrap_config,
+    bwrap_problem,
     job_options,
     kill_uid,
     launch,
@@ -51,6 +47,9 @@ from archrefine.sandbox.jobs import (  # noqa: F401 - re-exported: the module's 
     one_line,
     parse_reply,
     printable_log,
+    resolve_isolation,
+    unshare_problem,
+    warn_fallback,
 )
 from archrefine.sandbox.pool import SandboxPool
 
@@ -74,7 +73,7 @@ def isolation_level(isolation: Isolation = "auto", *, audit: bool = True) -> str
     One of "bwrap+audit", "bwrap", "rlimits+audit", "rlimits"; record it with a run's metadata.
     Raises SandboxError when `isolation="bwrap"` is asked for and bwrap does not work here.
     """
-    return _resolve(isolation) + ("+audit" if audit else "")
+    return resolve_isolation(isolation) + ("+audit" if audit else "")
 
 
 def run_code(

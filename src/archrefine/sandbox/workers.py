@@ -77,7 +77,7 @@ class Launch:
 
 
 @functools.cache
-def _unshare_problem() -> str:
+def unshare_problem() -> str:
     """Why the fallback cannot give workers their own namespaces here ("" when it can)."""
     if os.geteuid() != 0:
         return "not root"
@@ -182,7 +182,7 @@ def _bwrap_prefix(
 
 
 @functools.cache
-def _bwrap_config() -> tuple[bool, str]:
+def bwrap_config() -> tuple[bool, str]:
     """Find a bwrap configuration that works here, once: (disable_userns, problem or "")."""
     if not shutil.which("bwrap"):
         return False, "bwrap is not installed (apt-get install bubblewrap)"
@@ -217,8 +217,9 @@ def _bwrap_config() -> tuple[bool, str]:
     return False, problem
 
 
-def _bwrap_problem() -> str:
-    return _bwrap_config()[1]
+def bwrap_problem() -> str:
+    """Why bubblewrap cannot confine workers here ("" when it can)."""
+    return bwrap_config()[1]
 
 
 # top-level directories the fallback leaves visible (read-only to the dedicated uid): the system
@@ -243,7 +244,7 @@ def launch(mode: str, root: Path, index: int, devices: Sequence[str] = ()) -> La
     if mode == "bwrap":
         cfg.update(workroot=f"{INSIDE}/work", chown=False, unshare_net=False)
         cfg.update(private_work=True, private_ipc=True, work_mb=WORK_MB, mqueue="/dev/mqueue")
-        argv = _bwrap_prefix(str(root / "in"), as_root, _bwrap_config()[0], devices)
+        argv = _bwrap_prefix(str(root / "in"), as_root, bwrap_config()[0], devices)
         argv += [exe, "-s", "-B", f"{INSIDE}/_worker.py", MARKER, json.dumps(cfg)]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         return Launch(argv, env, f"{INSIDE}/in", uid, str(index))
@@ -251,7 +252,7 @@ def launch(mode: str, root: Path, index: int, devices: Sequence[str] = ()) -> La
     work.mkdir(mode=0o700)
     cfg.update(workroot=str(work), chown=as_root, unshare_net=as_root, private_work=False)
     argv = [exe, "-s", "-B", str(WORKER), MARKER]
-    if as_root and not _unshare_problem():  # its own namespaces: private /tmp, /proc, no data
+    if as_root and not unshare_problem():  # its own namespaces: private /tmp, /proc, no data
         prefixes = confine.python_prefixes()
         cfg.update(
             unshare_net=False,

@@ -1,9 +1,12 @@
 """Checkpoints of the simulator's cycle loop, so a run killed at any moment resumes bit-exactly.
 
-A checkpoint is one file, written atomically (temp file, fsync, rename) after every cycle: a magic
-line, the length of a JSON header, the header, then the raw bytes of every array the header lists
-(name, dtype, shape). Nothing in it is pickled, so reading one runs no code. It holds what the
-next cycle reads and nothing else:
+A checkpoint is one file, written atomically (temp file, fsync, rename) at the end of a cycle: a
+magic line, the length of a JSON header, the header, then the raw bytes of every array the header
+lists (name, dtype, shape). Nothing in it is pickled, so reading one runs no code. `Checkpointer`
+writes one every `checkpoint.every_s` seconds (0: every cycle), after the last cycle, and when the
+run stops by an exception (Ctrl-C included) between two of them: it keeps the latest cycle's
+state in memory for that. A `kill -9` leaves the last one written, and the resumed run redoes the
+cycles since. It holds what the next cycle reads and nothing else:
 
 * the header: the cycles completed, the config (TOML) the run belongs to, the numpy
   `bit_generator.state` (every draw of the loop, the space and the paper generator comes from
@@ -22,6 +25,7 @@ replays exactly the same draws, before the saved state overwrites what the cycle
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +57,19 @@ class LoopState:
     known: int = 0  # leading archive rows rebuilt from the seed (the known architectures)
 
 
+@dataclass
+class Capture:
+    """One cycle's state as `Checkpoint.write` needs it. The loop only appends archive rows
+    beyond `filled` and records after `header["cycle"]`, so both are kept by reference."""
+
+    header: dict[str, Any]
+    arrays: dict[str, np.ndarray]  # pool, pool_size, generator/<name>: copies
+    rows: np.ndarray
+    known: int
+    filled: np.ndarray
+    records: list[dict[str, np.ndarray]]
+
+
 class Checkpoint:
     """The checkpoint file at `path` of a run of `config` (needed to save and restore only)."""
 
@@ -64,24 +81,45 @@ class Checkpoint:
         self, state: LoopState, rng: np.random.Generator, generator: Any, fitness: Any = None
     ) -> None:
         """Write the state after `state.cycle` cycles, atomically."""
-        width = int(state.filled.max(initial=0))
-        arrays = {
-            "pool": state.pool,
-            "pool_size": state.pool_size,
-            "archive_rows": state.rows[:, state.known : width],
-            "archive_filled": state.filled,
-        }
-        for key in state.records[0] if state.records else ():
-            arrays[f"records/{key}"] = np.stack([r[key] for r in state.records])
+        self.write(self.capture(state, rng, generator, fitness))
+
+    def capture(
+        self, state: LoopState, rng: np.random.Generator, generator: Any, fitness: Any = None
+    ) -> Capture:
+        """The state after `state.cycle` cycles, held in memory (cheap: the archive and the
+        records are kept by reference, since later cycles only append to them)."""
+        arrays = {"pool": np.array(state.pool), "pool_size": np.array(state.pool_size)}
         if hasattr(generator, "state"):
-            arrays |= {f"generator/{k}": v for k, v in generator.state().items()}
-        blobs = [np.ascontiguousarray(a) for a in arrays.values()]
+            arrays |= {f"generator/{k}": np.array(v) for k, v in generator.state().items()}
         header = {
             "cycle": state.cycle,
             "config": self.config,
             "rng": rng.bit_generator.state,
             "fitness": fitness.state() if hasattr(fitness, "state") else None,
-            "arrays": [[k, b.dtype.str, b.shape] for k, b in zip(arrays, blobs, strict=True)],
+        }
+        return Capture(header, arrays, state.rows, state.known, state.filled.copy(), state.records)
+
+    def write(self, cap: Capture) -> None:
+        """Write a captured state, atomically."""
+        width = int(cap.filled.max(initial=0))
+        rows = cap.rows[:, cap.known : width]
+        beyond = np.arange(cap.known, width)[None, :] >= cap.filled[:, None]
+        if beyond.any() and rows[beyond].any():  # rows a later cycle appended: not yet there
+            rows = rows.copy()
+            rows[beyond] = 0
+        arrays = {
+            "pool": cap.arrays["pool"],
+            "pool_size": cap.arrays["pool_size"],
+            "archive_rows": rows,
+            "archive_filled": cap.filled,
+        }
+        records = cap.records[: cap.header["cycle"]]
+        for key in records[0] if records else ():
+            arrays[f"records/{key}"] = np.stack([r[key] for r in records])
+        arrays |= {k: v for k, v in cap.arrays.items() if k.startswith("generator/")}
+        blobs = [np.ascontiguousarray(a) for a in arrays.values()]
+        header = cap.header | {
+            "arrays": [[k, b.dtype.str, b.shape] for k, b in zip(arrays, blobs, strict=True)]
         }
         text = json.dumps(header).encode()
         parts = [MAGIC, len(text).to_bytes(8, "little"), text, *(b.tobytes() for b in blobs)]
@@ -151,6 +189,35 @@ class Checkpoint:
         except _BROKEN as err:
             raise CheckpointError(f"{self.path}: not a readable checkpoint ({_why(err)})") from None
         return header, found
+
+
+_now = time.monotonic  # a module attribute, so a test can run the clock
+
+
+class Checkpointer:
+    """Decides when a run's checkpoint is written: `every_s` seconds after the last one (0: after
+    every cycle), always after the last cycle, and, through `flush`, when the run stops between
+    two of them. Writing is the costly part (an fsync); holding a cycle's state is not."""
+
+    def __init__(self, checkpoint: Checkpoint, every_s: float, cycles: int):
+        self.checkpoint, self.every_s, self.cycles = checkpoint, every_s, cycles
+        self.since = _now()
+        self.pending: Capture | None = None  # a completed cycle not yet written
+
+    def cycle_done(
+        self, state: LoopState, rng: np.random.Generator, generator: Any, fitness: Any = None
+    ) -> None:
+        """Write the state after `state.cycle` cycles if it is time to, else hold it."""
+        self.pending = self.checkpoint.capture(state, rng, generator, fitness)
+        if state.cycle >= self.cycles or _now() - self.since >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the latest completed cycle's state if the file is behind it."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            self.checkpoint.write(pending)
+            self.since = _now()
 
 
 def _why(err: BaseException) -> str:

@@ -20,10 +20,20 @@ the random generator, so results are unchanged bit for bit.
   tau = T + S·rate + span·(m_c − rate), with T, S the generator's temperature and span.
 * **Replay.** A share of the fine-tuning set is drawn from earlier cycles' selections (within
   `replay_window` cycles), as replaying earlier data keeps a self-consuming loop from narrowing
-  (Bertrand et al. 2024; "accumulate" in Gerstgrasser et al. 2024).
+  (Bertrand et al. 2024). Drawn into k slots, it can never teach more than k rows' tokens.
+* **Accumulate** (Gerstgrasser et al. 2024): the fine-tuning set is the selection *plus* every
+  earlier selection in the window, all rows weighted alike; the step stays the cycle's own
+  fullness, so the data spreads the target without teaching faster.
+* **Elitism** (De Jong 1975): a share of the population are children of the best valid
+  candidate found so far, rewritten at their own low rate: a small exploiting lineage that keeps
+  the best fitness while the rest of the population explores. It costs little diversity because
+  few pairs of candidates are both elite children.
 """
 
 from __future__ import annotations
+
+import importlib.abc
+import sys
 
 import numpy as np
 
@@ -70,16 +80,41 @@ def compact(pool: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return np.take_along_axis(pool, order[..., None], axis=1), mask.sum(axis=1)
 
 
+class _NoTorch(importlib.abc.MetaPathFinder):
+    """Makes `import torch` fail while pyribs loads, as if torch were not installed."""
+
+    def find_spec(self, name: str, path: object, target: object = None) -> None:
+        if name.partition(".")[0] in ("torch", "cupy", "zuko"):
+            raise ImportError(f"{name} is not needed by the simulator")
+        return None
+
+
+def _grid_archive() -> type:
+    """pyribs' `GridArchive`, loaded without torch when the process has not imported it.
+
+    pyribs imports torch whenever it is installed (only for its optional tensor support, guarded
+    by `except ImportError`); in a simulator process that alone adds ~180 MB of peak memory.
+    """
+    blocker = None if "torch" in sys.modules else _NoTorch()
+    if blocker is not None:
+        sys.meta_path.insert(0, blocker)
+    try:
+        from ribs.archives import GridArchive
+    except ImportError:
+        raise ConfigError(
+            "intervention.qd 'map-elites' needs pyribs: pip install 'archrefine[interventions]'"
+        ) from None
+    finally:
+        if blocker is not None:
+            sys.meta_path.remove(blocker)
+    return GridArchive
+
+
 class EliteArchive:
     """One pyribs `GridArchive` per trial over `descriptors`, objective = the selection score."""
 
     def __init__(self, trials: int, length: int, cells: int, space: str, vocab: int, seed: int):
-        try:
-            from ribs.archives import GridArchive
-        except ImportError:
-            raise ConfigError(
-                "intervention.qd 'map-elites' needs pyribs: pip install 'archrefine[interventions]'"
-            ) from None
+        GridArchive = _grid_archive()
 
         self.space, self.vocab = space, vocab
         self.grids = [
@@ -153,11 +188,14 @@ class Steering:
             self.elites = EliteArchive(trials, length, self.cfg.qd_cells, space, vocab, config.seed)
         # islands: island i owns population block `blocks[i]` and template slots `slots[i]`
         isl = self.cfg.islands
-        self.blocks = np.array_split(np.arange(config.loop.population), isl)
         self.slots = np.array_split(np.arange(k), isl)
         self.templates = np.zeros((trials, k, length), dtype=np.int16)
         self.sizes = np.zeros((trials, isl), dtype=int)
         self.history: list[tuple[np.ndarray, np.ndarray]] = []  # earlier selections (replay)
+        self.n_elite = int(round(self.cfg.elite_share * config.loop.population))
+        self.blocks = np.array_split(np.arange(config.loop.population - self.n_elite), isl)
+        self.best_seq = np.zeros((trials, length), dtype=np.int16)  # elitism: best valid so far
+        self.best_fit = np.full(trials, -np.inf)
         self.cycle = 0
         self.stateful = bool(self.cfg.stateful())
 
@@ -173,6 +211,8 @@ class Steering:
         }
         if self.elites is not None:
             out |= {f"elites.{k}": v for k, v in EliteArchiveState.dump(self.elites).items()}
+        if self.n_elite:
+            out |= {"best_seq": self.best_seq, "best_fit": self.best_fit}
         return out
 
     def load_state(self, saved: dict[str, np.ndarray]) -> None:
@@ -183,6 +223,9 @@ class Steering:
         if self.elites is not None:
             elites = {k[len("elites.") :]: v for k, v in saved.items() if k.startswith("elites.")}
             EliteArchiveState.load(self.elites, elites)
+        if self.n_elite:
+            self.best_seq = saved["best_seq"].astype(np.int16)
+            self.best_fit = saved["best_fit"].astype(float)
 
     def bound(self, generator):
         """The generator as a checkpoint sees it: with this steering's state saved beside its
@@ -197,21 +240,41 @@ class Steering:
             tau = self.base.temperature + self.cfg.temperature_span * (rate - r0)
             generator.cfg = self.base.model_copy(update={"temperature": max(tau, 0.01)})
             rate = r0
-        if self.cfg.islands == 1:
+        if self.cfg.islands == 1 and not self.n_elite:
             return generator.propose(pool, pool_size, n, rate, fresh)
-        parts = [
-            generator.propose(self.templates[:, slots], self.sizes[:, i], len(block), rate, fresh)
-            for i, (block, slots) in enumerate(zip(self.blocks, self.slots, strict=True))
-        ]
+        if self.cfg.islands == 1:
+            parts = [generator.propose(pool, pool_size, n - self.n_elite, rate, fresh)]
+        else:
+            parts = [
+                generator.propose(self.templates[:, s], self.sizes[:, i], len(b), rate, fresh)
+                for i, (b, s) in enumerate(zip(self.blocks, self.slots, strict=True))
+            ]
+        if self.n_elite:
+            parts.append(self._elite_children(generator, rate))
         return Candidates(
             np.concatenate([p.seqs for p in parts], axis=1),
             np.concatenate([p.written for p in parts], axis=1),
         )
 
+    def _elite_children(self, generator, rate: float) -> Candidates:
+        """`n_elite` children of each trial's best valid candidate so far, proposed by the
+        generator itself from that one template at `elite_rate` (so they decode as its small
+        rewrites do); written fresh while a trial has found nothing valid, and in cycle 1."""
+        found = np.isfinite(self.best_fit).astype(int)
+        r = self.cfg.elite_rate if np.isfinite(rate) else rate
+        return generator.propose(self.best_seq[:, None, :], found, self.n_elite, r, 0.0)
+
     def select(
         self, seqs: np.ndarray, fit: np.ndarray, nov: np.ndarray, valid: np.ndarray, k: int, rng
     ) -> tuple[np.ndarray, np.ndarray]:
         """The cycle's selection `(pool (trials, k, d), size)`, compact and best first."""
+        if self.n_elite:  # the best valid candidate so far, by fitness (not the selection score)
+            f = np.where(valid, fit, -np.inf)
+            j = f.argmax(axis=1)
+            top = f[np.arange(len(j)), j]
+            better = top > self.best_fit
+            self.best_seq[better] = seqs[better, j[better]]
+            self.best_fit = np.maximum(self.best_fit, top)
         score = scored(fit, nov, self.cfg.selection, self.cfg.novelty_weight)
         if self.elites is not None:
             self.elites.add(seqs, score, valid)
@@ -247,11 +310,13 @@ class Steering:
                 self.templates[t, dst[start : start + m]] = old_t[t, src[:m]]
                 self.sizes[t, j] = max(self.sizes[t, j], start + m)
 
-    def training_set(
-        self, pool: np.ndarray, size: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """What the generator is fine-tuned on: the selection, with `replay` of its k slots
-        drawn (uniformly, with replacement) from earlier cycles' selections."""
+    def training_set(self, pool: np.ndarray, size: np.ndarray, rng: np.random.Generator) -> tuple:
+        """What the generator is fine-tuned on, as `refine`'s arguments: the selection, with
+        `replay` of its k slots drawn (uniformly, with replacement) from earlier cycles'
+        selections; or, with `accumulate`, `(rows, count, signal)`: the selection and every
+        earlier one in the window, with the step the selection's own fullness."""
+        if self.cfg.accumulate:
+            return self._accumulated(pool, size)
         k = pool.shape[1]
         r = int(round(self.cfg.replay * k))
         if r == 0:
@@ -273,6 +338,18 @@ class Steering:
             mixed[t, mixed_size[t] : mixed_size[t] + r] = rows[t, draw]
             mixed_size[t] += r
         return mixed, mixed_size
+
+    def _accumulated(
+        self, pool: np.ndarray, size: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        k, window = pool.shape[1], self.cfg.replay_window
+        earlier = self.history[-window:] if window else self.history
+        self.history.append((pool.copy(), size.copy()))
+        parts = [(pool, size), *earlier[::-1]]  # newest first
+        rows = np.concatenate([p for p, _ in parts], axis=1)
+        have = np.concatenate([np.arange(k)[None, :] < s[:, None] for _, s in parts], axis=1)
+        rows, count = compact(rows, have)
+        return rows, count, size / k
 
 
 class _Bound:

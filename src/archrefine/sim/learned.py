@@ -1,5 +1,3 @@
-# Over 400 lines: the batched model, its kept pre-training runs and the generator share
-# the trial-stacked parameters and the batched Adam.
 """A generator that really learns: a tiny decoder-only transformer per trial (docs/learned.md).
 
 * **One model per trial, one batched call.** Every weight carries a leading trials axis and every
@@ -19,6 +17,8 @@
   adapters on every projection (written directly into the batched layers: peft cannot batch).
 * **Validity is never injected**: `validity` returns None and the grounded space's exact checker
   decides; the model only ever sees which sequences were selected.
+
+The batched transformer itself (parameters, forward, loss, Adam, sampling) is `transformer.py`.
 """
 
 from __future__ import annotations
@@ -27,185 +27,24 @@ import functools
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from archrefine.core.config import LearnedConfig
 from archrefine.sim.base import Candidates
+from archrefine.sim.transformer import (  # noqa: F401 - re-exported: these lived here
+    PROJECTIONS,
+    Adam,
+    Params,
+    forward,
+    init_lora,
+    init_params,
+    one_thread,
+    sample,
+    token_loss,
+)
 
-Params = dict[str, torch.Tensor]
-PROJECTIONS = ("qkv", "out", "up", "down")
 PRETRAIN_BATCH = 32
 PRETRAIN_FIELDS = {"d_model", "layers", "heads", "temperature", "top_p", "pretrain_steps"}
 PRETRAIN_FIELDS |= {"pretrain_noise", "pretrain_lr", "target_validity"}
-
-
-def one_thread(fn):
-    """Run `fn` on one torch thread: these tensors are tiny, and on 2 shared cores two threads
-    measured 4x slower than one. The caller's thread count is restored afterwards."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(before)
-
-    return wrapper
-
-
-# ----------------------------------------------------------------------------- batched model
-
-
-def _lin(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """`x (T, ..., in) @ w (T, in, out)` as one bmm over the trials axis."""
-    t = x.shape[0]
-    return torch.bmm(x.reshape(t, -1, x.shape[-1]), w).view(*x.shape[:-1], w.shape[-1])
-
-
-def _ln(x: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
-    """Layer norm with per-trial affine `wb (T, 2, D)`."""
-    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
-    y = F.layer_norm(x, x.shape[-1:])
-    return y * wb[:, 0].view(shape) + wb[:, 1].view(shape)
-
-
-def init_params(cfg: LearnedConfig, vocab: int, length: int, g: torch.Generator) -> Params:
-    """One model (trials axis of size 1): GPT-2-style init, residual outputs scaled down."""
-    d, layers = cfg.d_model, cfg.layers
-
-    def w(*shape: int, std: float) -> torch.Tensor:
-        return torch.randn(1, *shape, generator=g) * std
-
-    ln = torch.stack([torch.ones(d), torch.zeros(d)])[None]
-    resid = (2 * layers) ** -0.5
-    p = {"emb": w(vocab + 1, d, std=0.02), "pos": w(length, d, std=0.02)}
-    for i in range(layers):
-        p |= {
-            f"{i}.ln1": ln.clone(),
-            f"{i}.qkv": w(d, 3 * d, std=d**-0.5),
-            f"{i}.out": w(d, d, std=d**-0.5 * resid),
-            f"{i}.ln2": ln.clone(),
-            f"{i}.up": w(d, 4 * d, std=d**-0.5),
-            f"{i}.down": w(4 * d, d, std=(4 * d) ** -0.5 * resid),
-        }
-    return p | {"lnf": ln.clone(), "head": w(d, vocab, std=d**-0.5)}
-
-
-def init_lora(cfg: LearnedConfig, base: Params, g: torch.Generator) -> Params:
-    """Adapters `a (T, in, r)` random and `b (T, r, out)` zero, so training starts at `base`."""
-    out: Params = {}
-    for name, w in base.items():
-        if name.split(".")[-1] in PROJECTIONS:
-            t, n_in, n_out = w.shape
-            out[name + ".a"] = torch.randn(t, n_in, cfg.lora_rank, generator=g) * n_in**-0.5
-            out[name + ".b"] = torch.zeros(t, cfg.lora_rank, n_out)
-    return out
-
-
-def forward(
-    p: Params,
-    lora: Params,
-    tokens: torch.Tensor,
-    heads: int,
-    cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-) -> torch.Tensor:
-    """Next-token logits `(T, B, L, V)` for inputs `tokens (T, B, L)` that start with BOS.
-
-    With `cache` (a list, empty at first), keys and values of earlier calls are kept per layer
-    and `tokens` continue the cached prefix, so sampling costs one position per step.
-    """
-    t, b, n = tokens.shape
-    d = p["emb"].shape[-1]
-    start = cache[0][0].shape[-2] if cache else 0
-
-    def weight(name: str) -> torch.Tensor:
-        if name + ".a" in lora:
-            return p[name] + torch.bmm(lora[name + ".a"], lora[name + ".b"])
-        return p[name]
-
-    x = p["emb"][torch.arange(t)[:, None, None], tokens] + p["pos"][:, None, start : start + n]
-    for i in range(sum(k.endswith(".qkv") for k in p)):
-        q, k, v = _lin(_ln(x, p[f"{i}.ln1"]), weight(f"{i}.qkv")).chunk(3, dim=-1)
-        q, k, v = (z.reshape(t * b, n, heads, d // heads).transpose(1, 2) for z in (q, k, v))
-        if cache is not None:
-            if len(cache) > i:
-                k, v = torch.cat([cache[i][0], k], dim=-2), torch.cat([cache[i][1], v], dim=-2)
-                cache[i] = (k, v)
-            else:
-                cache.append((k, v))
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=start == 0 and n > 1)
-        x = x + _lin(att.transpose(1, 2).reshape(t, b, n, d), weight(f"{i}.out"))
-        hidden = F.gelu(_lin(_ln(x, p[f"{i}.ln2"]), weight(f"{i}.up")))
-        x = x + _lin(hidden, weight(f"{i}.down"))
-    return _lin(_ln(x, p["lnf"]), p["head"])
-
-
-def token_loss(p: Params, lora: Params, seqs: torch.Tensor, heads: int) -> torch.Tensor:
-    """Mean next-token cross-entropy per trial, `(T,)`, of `seqs (T, B, L)`."""
-    bos = torch.full_like(seqs[..., :1], p["emb"].shape[1] - 1)
-    logits = forward(p, lora, torch.cat([bos, seqs[..., :-1]], dim=-1), heads)
-    ce = F.cross_entropy(logits.flatten(0, 2), seqs.flatten(), reduction="none")
-    return ce.view(seqs.shape[0], -1).mean(dim=1)
-
-
-class Adam:
-    """Adam over trial-stacked tensors, stepping only the trials marked active (a trial with an
-    empty fine-tuning set must not drift on stale momentum)."""
-
-    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps=1e-8):
-        self.lr, self.betas, self.eps = lr, betas, eps
-        self.m = [torch.zeros_like(q) for q in params]
-        self.v = [torch.zeros_like(q) for q in params]
-        self.t = torch.zeros(params[0].shape[0])
-
-    @torch.no_grad()
-    def step(self, params: list[torch.Tensor], grads, active: torch.Tensor) -> None:
-        b1, b2 = self.betas
-        self.t += active
-        c1, c2 = 1 - b1 ** self.t.clamp(min=1), 1 - b2 ** self.t.clamp(min=1)
-        every = bool(active.all())  # the usual case: the same arithmetic without the masking
-        for q, g, m, v in zip(params, grads, self.m, self.v):
-            view = (-1,) + (1,) * (q.dim() - 1)
-            on = active.view(view)
-            m_new, v_new = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
-            m.copy_(m_new if every else torch.where(on, m_new, m))
-            v.copy_(v_new if every else torch.where(on, v_new, v))
-            upd = self.lr * (m / c1.view(view)) / ((v / c2.view(view)).sqrt() + self.eps)
-            q.sub_(upd if every else torch.where(on, upd, torch.zeros_like(upd)))
-
-
-@torch.no_grad()
-def sample(
-    p: Params,
-    lora: Params,
-    base: torch.Tensor,
-    write: torch.Tensor,
-    cfg: LearnedConfig,
-    g: torch.Generator,
-    temperature: float | None = None,
-) -> torch.Tensor:
-    """Left to right, replace `base (T, n, L)` where `write` with draws from the model given
-    the (already rewritten) prefix, at `temperature` (default `cfg.temperature`) and nucleus
-    `cfg.top_p`."""
-    temperature = cfg.temperature if temperature is None else temperature
-    seqs = base.clone()
-    cache: list[tuple[torch.Tensor, torch.Tensor]] = []
-    step = torch.full_like(seqs[..., :1], p["emb"].shape[1] - 1)  # BOS
-    for i in range(seqs.shape[-1]):
-        logits = forward(p, lora, step, cfg.heads, cache)[..., -1, :]
-        if write[..., i].any():
-            probs = torch.softmax(logits / temperature, dim=-1)
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            keep = sorted_p.cumsum(-1) - sorted_p < cfg.top_p  # smallest set reaching top_p
-            cdf = (sorted_p * keep).cumsum(-1)
-            u = torch.rand(cdf.shape[:-1] + (1,), generator=g) * cdf[..., -1:]
-            rank = (cdf < u).sum(-1, keepdim=True).clamp(max=cdf.shape[-1] - 1)
-            draw = order.gather(-1, rank).squeeze(-1)
-            seqs[..., i] = torch.where(write[..., i], draw, seqs[..., i])
-        step = seqs[..., i : i + 1]
-    return seqs
 
 
 # ----------------------------------------------------------------------------- pre-training
@@ -275,7 +114,25 @@ def _pretrained(cfg_json: str, vocab: int, length: int, seed: int) -> tuple[Para
     run_json = cfg.model_dump_json(include=PRETRAIN_FIELDS - {"target_validity"})
     run = _pretraining(run_json, vocab, length, seed)
     weights, step, validity = run.until(cfg.target_validity)
+    global LAST_PRETRAINING
+    reached = validity >= cfg.target_validity  # else it ran out of steps
+    LAST_PRETRAINING = tuple((s, v) for s, v, _ in run.records if s <= step) if reached else ()
     return dict(weights), step, validity
+
+
+#: the new-best probes `(step, validity)` of this process's last pre-training, up to the one it
+#: stopped at (empty if it ran out of steps): any `target_validity` up to that validity stops at
+#: the first of them that reaches it, so `calibrate` knows which targets give the same run
+LAST_PRETRAINING: tuple[tuple[int, float], ...] = ()
+
+
+def same_stop(records: tuple[tuple[int, float], ...], target: float, other: float) -> bool:
+    """Whether pre-training to `other` stops where the run that kept `records` stopped for
+    `target` (then the two simulations are the same, bit for bit)."""
+    if not records or other > records[-1][1]:
+        return False
+    first = next(s for s, v in records if v >= other)
+    return first == records[-1][0] and records[-1][1] >= target
 
 
 # ----------------------------------------------------------------------------- generator

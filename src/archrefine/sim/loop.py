@@ -6,6 +6,7 @@ Python loops run over cycles only; every step inside a cycle is one numpy operat
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import pandas as pd
 from archrefine.core.config import Config, ScheduleConfig
 from archrefine.core.metrics import METRICS  # noqa: F401  (public here too)
 from archrefine.core.schedules import rates
-from archrefine.sim.checkpoint import Checkpoint, LoopState
+from archrefine.sim.checkpoint import Checkpoint, Checkpointer, LoopState
 from archrefine.sim.interventions import Steering
 from archrefine.sim.landscapes import NKLandscape
 from archrefine.sim.paper import PaperGenerator
@@ -67,11 +68,13 @@ def simulate(
 
     All randomness comes from one `numpy.random.Generator` seeded with `config.seed`, so the same
     config gives the same result on every machine. With `checkpoint`, the loop's whole state is
-    written there (atomically) after every cycle, before `on_cycle` hears of it; with `resume`
-    too, a run continues from that file where it exists (`archrefine.sim.checkpoint`), and its
-    result is identical, bit for bit, to an uninterrupted run's. `on_candidates(cycle, valid,
-    fitness, novelty)` sees each cycle's per-candidate `(trials, population)` arrays, which the
-    metrics average away (calibration needs them); it must not change them.
+    written there (atomically) every `config.checkpoint.every_s` seconds (0: every cycle) before
+    `on_cycle` hears of it, after the last cycle, and when the loop stops by an exception (Ctrl-C
+    included); with `resume` too, a run continues from that file where it exists
+    (`archrefine.sim.checkpoint`), and its result is identical, bit for bit, to an uninterrupted
+    run's. `on_candidates(cycle, valid, fitness, novelty)` sees each cycle's per-candidate
+    `(trials, population)` arrays, which the metrics average away (calibration needs them); it
+    must not change them.
     """
     rng = np.random.default_rng(config.seed)
     world = make_space(config)
@@ -79,10 +82,19 @@ def simulate(
     score = make_fitness(config, world, rng)
     generator = make_generator(config, world, rng)
     known = world.known(trials, rng)
+    saver = None
+    if checkpoint is not None:
+        every = config.checkpoint.every_s
+        saver = Checkpointer(Checkpoint(checkpoint, config), every, config.loop.cycles)
     try:
         records = _cycles(
-            config, world, generator, score, known, rng, on_cycle, checkpoint, resume, on_candidates
+            config, world, generator, score, known, rng, on_cycle, saver, resume, on_candidates
         )
+    except BaseException:
+        if saver is not None:  # the last completed cycle, if the file is behind it
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                saver.flush()
+        raise
     finally:
         if hasattr(score, "close"):  # a worker pool (first-epoch training)
             score.close()
@@ -97,7 +109,7 @@ def _cycles(
     known,
     rng,
     on_cycle,
-    checkpoint=None,
+    saver: Checkpointer | None = None,
     resume=False,
     on_candidates=None,
 ) -> list[dict]:
@@ -112,10 +124,9 @@ def _cycles(
     pool_size = np.zeros(trials, dtype=int)
     # the state shares the archive's arrays, which `Archive.add` fills in place
     state = LoopState(0, pool, pool_size, archive.rows, archive.filled, known=known.shape[1])
-    saver = None if checkpoint is None else Checkpoint(checkpoint, config)
     steer = Steering(config, world.length, world.vocab, generator)
-    if resume and saver is not None and saver.path.exists():
-        saver.restore(state, rng, steer.bound(generator), score)
+    if resume and saver is not None and saver.checkpoint.path.exists():
+        saver.checkpoint.restore(state, rng, steer.bound(generator), score)
     pool, pool_size, records = state.pool, state.pool_size, state.records
     for c in range(state.cycle, loop.cycles):
         cands = steer.propose(generator, pool, pool_size, n, schedule[c], loop.fresh_fraction)
@@ -152,7 +163,7 @@ def _cycles(
         records[-1]["loss"] = getattr(generator, "last_loss", np.full(trials, np.nan)).copy()
         if saver is not None:
             state.cycle, state.pool, state.pool_size = c + 1, pool, pool_size
-            saver.save(state, rng, steer.bound(generator), score)
+            saver.cycle_done(state, rng, steer.bound(generator), score)
         if on_cycle is not None:
             on_cycle(c + 1)
     return records

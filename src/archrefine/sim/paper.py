@@ -148,10 +148,17 @@ class PaperGenerator:
         if self.drift is not None:
             self.drift.load_state(state)
 
-    def refine(self, pool: np.ndarray, pool_size: np.ndarray) -> None:
+    def refine(
+        self, pool: np.ndarray, pool_size: np.ndarray, signal: np.ndarray | None = None
+    ) -> None:
+        """Step toward the first `pool_size` rows of `pool`. The step is `signal` (per trial),
+        by default how full the set is; a set that accumulates earlier selections
+        (`intervention.accumulate`) passes the cycle's own fullness, so more rows spread the
+        target without teaching more per cycle."""
         cfg = self.cfg
         trials, k, d = pool.shape
-        signal = pool_size / k  # how full the fine-tuning set is
+        if signal is None:
+            signal = pool_size / k  # how full the fine-tuning set is
         self.bonus = np.minimum(self.bonus + cfg.bonus_rate * signal, 1.0)
         if self.drift is not None:
             self.drift.update(signal)

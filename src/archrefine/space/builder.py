@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .check import InvalidArchitecture, Shape, _as_tokens, explain
+from .check import InvalidArchitecture, Shape, as_tokens, explain
 from .layers import DROPOUT, Call, layer_call, layer_name, projection_call
 from .vocab import DEFAULT_SPEC, FLAT_KINDS, MAP_KINDS, TOKENS, SpaceSpec, Token
 
@@ -224,7 +224,7 @@ def build(
     checks (so tests can compare the two), and then builds networks whose output may have
     the wrong shape.
     """
-    tokens = _as_tokens(seq)
+    tokens = as_tokens(seq)
     if tokens.ndim != 1:
         raise ValueError(f"expected one sequence (a 1-d array), got shape {tokens.shape}")
     if check and (message := explain(tokens, spec)) is not None:
@@ -245,7 +245,7 @@ def runs(
     `device="meta"` asks PyTorch's shape functions only (no weights, no arithmetic): the same
     verdicts without the memory, for specs whose networks would be too large to run.
     """
-    tokens = _as_tokens(seq)
+    tokens = as_tokens(seq)
     try:
         net = _assemble(tokens, spec, device).eval()
     except InvalidArchitecture:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .vocab import DEFAULT_SPEC, FLAT_KINDS, MAP_KINDS, TOKENS, VOCAB, SpaceSpec
 
-__all__ = ["InvalidArchitecture", "Shape", "explain", "is_valid", "trace"]
+__all__ = ["InvalidArchitecture", "Shape", "as_tokens", "explain", "is_valid", "trace"]
 
 # Failure codes, in the order they are checked at one position.
 OK, NEEDS_SPATIAL, NEEDS_FLAT, TOO_SMALL, INDIVISIBLE = 0, 1, 2, 3, 4
@@ -74,7 +74,8 @@ def _tables(classes: int, dtype: type) -> _Tables:
     )
 
 
-def _as_tokens(seqs: object) -> np.ndarray:
+def as_tokens(seqs: object) -> np.ndarray:
+    """`seqs` as an integer array of token ids (last axis: tokens); one-line errors otherwise."""
     arr = np.asarray(seqs)
     if arr.ndim == 0 or arr.shape[-1] == 0:
         raise ValueError(f"sequences need a last axis of tokens, got shape {arr.shape}")
@@ -200,7 +201,7 @@ def is_valid(seqs: object, spec: SpaceSpec = DEFAULT_SPEC) -> np.ndarray:
     forward pass on a dummy batch returns (batch, classes)", at millions of sequences per
     second on one core.
     """
-    arr = _as_tokens(seqs)
+    arr = as_tokens(seqs)
     flat = arr.reshape(-1, arr.shape[-1])
     result = np.empty(flat.shape[0], bool)
     for start in range(0, flat.shape[0], _CHUNK):
@@ -210,7 +211,7 @@ def is_valid(seqs: object, spec: SpaceSpec = DEFAULT_SPEC) -> np.ndarray:
 
 
 def _one(seq: object, spec: SpaceSpec):
-    arr = _as_tokens(seq)
+    arr = as_tokens(seq)
     if arr.ndim != 1:
         raise ValueError(f"expected one sequence (a 1-d array), got shape {arr.shape}")
     scan = _scan(_columns(arr.reshape(1, -1)), spec, detail=True)

@@ -1,0 +1,85 @@
+"""Where one `archrefine run` process spends its time, stage by stage (run by reproduce.py).
+
+    python benchmarks/_stages.py run --trials 1000 --set schedule.kind=cosine --out DIR --force
+
+Runs the `archrefine` command in this process with timers around the library calls the `run`
+command makes (they are looked up at call time, so wrapping them changes nothing else), and
+prints one JSON object: per stage, wall and CPU seconds. The stages follow the command's order:
+
+* `imports`: from this script's start to the loop (the CLI, the config, numpy, pandas, the
+  simulator's modules; the run directory and config.toml);
+* `simulate`: the loop in a fresh process, numba's import and kernel load included;
+* `metrics`: metrics.parquet; `figure`: trajectory.png, matplotlib's import included;
+* `close`: run.json; `report`: report.html, and the last lines printed.
+
+The interpreter's own start-up is what the parent measures beyond `total`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import resource
+import sys
+import time
+
+START = time.perf_counter()
+MARKS: list[tuple[str, float, float]] = []
+
+
+def mark(name: str) -> None:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    MARKS.append((name, time.perf_counter() - START, usage.ru_utime + usage.ru_stime))
+
+
+def wrap(module: str, name: str) -> None:
+    mod = importlib.import_module(module)
+    inner = getattr(mod, name)
+
+    @functools.wraps(inner)
+    def timed(*args, **kwargs):
+        mark(f"before {name}")
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            mark(f"after {name}")
+
+    setattr(mod, name, timed)
+
+
+def main() -> None:
+    mark("start")
+    from archrefine.cli import app  # the commands, registered
+
+    for module, name in (
+        ("archrefine.sim.loop", "simulate"),
+        ("archrefine.core.store", "write_parquet"),
+        ("archrefine.core.store", "close_run"),
+    ):
+        wrap(module, name)
+    try:
+        app(sys.argv[1:], prog_name="archrefine")
+    except SystemExit as done:
+        if done.code:
+            raise
+    mark("end")
+    at = {name: (wall, cpu) for name, wall, cpu in MARKS}
+    edges = [
+        ("imports", "start", "before simulate"),
+        ("simulate", "before simulate", "after simulate"),
+        ("metrics", "before write_parquet", "after write_parquet"),
+        ("figure", "after write_parquet", "before close_run"),
+        ("close", "before close_run", "after close_run"),
+        ("report", "after close_run", "end"),
+    ]
+    stages = {
+        name: {"wall": at[b][0] - at[a][0], "cpu": at[b][1] - at[a][1]} for name, a, b in edges
+    }
+    stages["total"] = {"wall": at["end"][0], "cpu": at["end"][1]}  # CPU: since the process began
+    stages["start"] = {"cpu": at["start"][1]}  # the interpreter's start-up, before this script
+    print(json.dumps(stages))
+
+
+if __name__ == "__main__":
+    main()

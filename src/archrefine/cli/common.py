@@ -1,0 +1,125 @@
+"""What every command module shares: the app, consoles, options, one-line errors, progress.
+
+Its own module so that each command group (commands.py, real.py, sweep.py, ...) imports these
+public names from here and no command module reaches into another's private ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from archrefine.core.config import ConfigError
+from archrefine.core.store import StoreError
+
+USER_ERRORS = (ConfigError, StoreError)
+"""Problems of input or environment: reported in one line, never as a traceback; with the
+classes of `LAZY_ERRORS`, looked up only once their (heavy) module has loaded: an exception of a
+module that never loaded was never raised."""
+LAZY_ERRORS = {
+    "archrefine.real.candidates": "CandidateStoreError",
+    "archrefine.real.text": "GeneratorUnavailable",
+    "archrefine.sandbox.jobs": "SandboxError",
+}
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """USER_ERRORS plus the lazily loaded modules' error classes."""
+    loaded = [getattr(sys.modules[m], name) for m, name in LAZY_ERRORS.items() if m in sys.modules]
+    return (*USER_ERRORS, *loaded)
+
+
+def one_line_errors(fn):
+    """Bad input ends a command with one line naming the problem, and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MemoryError:
+            print("error: out of memory; lower trials or loop.cycles", file=sys.stderr)
+            raise typer.Exit(2) from None
+        except Exception as err:
+            if not isinstance(err, user_errors()):
+                raise
+            print(f"error: {err}", file=sys.stderr)  # one line, never wrapped
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            from archrefine.core.store import interrupted_message
+
+            print(interrupted_message(), file=sys.stderr)  # names the command that continues
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Simulate and run LLM-driven architecture refinement loops.",
+)
+console = Console(stderr=True)
+out_console = Console()
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: dotted.key=value (repeatable)."),
+]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Reuse a non-empty output directory.")]
+TrackOpt = Annotated[
+    str | None,
+    typer.Option(help="Log the finished run: mlflow or none (default: tracking.backend)."),
+]
+
+
+def tracker(cfg, track: str | None):
+    """The command's experiment tracker (docs/tracking.md), made before anything is written:
+    a missing MLflow stops the command here; later tracking failures are only warnings."""
+    from archrefine.report.tracking import start
+
+    return start(cfg.tracking, track)
+
+
+def need_real_extra() -> None:
+    """The real loop's dependencies are an extra: say so in one line instead of a traceback."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "datasketch", "sklearn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f'the real loop needs {", ".join(missing)}: pip install "torch==2.13.0" '
+            f"-e \".[real]\" (or pip install 'archrefine[real]')"
+        )
+
+
+def progress_bar() -> Progress:
+    """A progress bar on stderr, drawn only on a terminal (never in logs or pipes)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+
+
+def write_report(out: Path) -> None:
+    """report.html beside a finished run's files (docs/report.md); a failure is one warning
+    line, never a failed run: the results are already written."""
+    from archrefine.report.html import write_safely
+
+    if (problem := write_safely(out)) is not None:
+        print(f"warning: report.html not written: {problem}", file=sys.stderr)
+
+
+def main() -> None:
+    """The console-script entry point."""
+    app()

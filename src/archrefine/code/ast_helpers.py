@@ -1,0 +1,137 @@
+"""Small AST helpers that `static_check` (code.py) and the fingerprint reader share.
+
+Their own module so that code.py and fingerprint.py both import these public names and neither
+reaches into the other's private ones. Everything here reads an AST; nothing runs the code.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from collections.abc import Iterator
+
+__all__ = [
+    "UNKNOWN",
+    "CodeError",
+    "arg_node",
+    "bind_literal",
+    "dotted_name",
+    "find_method",
+    "is_sequential",
+    "literal_arg",
+    "literal_value",
+    "parse_source",
+    "preorder",
+    "return_values",
+    "syntax_message",
+]
+
+
+class CodeError(ValueError):
+    """A response holds no usable code, or code that cannot be read; the message is one line."""
+
+
+def syntax_message(err: Exception) -> str:
+    """Why a source cannot be parsed, in one line (a line number where there is one)."""
+    if isinstance(err, SyntaxError) and err.lineno is not None:
+        return f"line {err.lineno}: {err.msg}"
+    if isinstance(err, RecursionError | MemoryError):
+        return "source is nested too deeply to read"
+    return " ".join(str(getattr(err, "msg", None) or err).split())
+
+
+UNKNOWN = object()  # what `literal_value` returns for anything not a known constant
+
+
+def parse_source(source: str) -> ast.Module:
+    """The source's AST; CodeError (one line) when it cannot be read, however it fails."""
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
+        raise CodeError(syntax_message(err)) from None
+
+
+def dotted_name(node: ast.AST) -> str:
+    """`a.b.c` for a chain of attributes on a name; "" for anything else."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and (base := dotted_name(node.value)):
+        return f"{base}.{node.attr}"
+    return ""
+
+
+def find_method(cls: ast.ClassDef, name: str) -> ast.FunctionDef | None:
+    """The method `name` defined directly in the class body, else None."""
+    return next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+
+
+def is_sequential(cls: ast.ClassDef) -> bool:
+    """Whether the class derives from (nn.)Sequential, so needs no forward of its own."""
+    return any(dotted_name(b).split(".")[-1] == "Sequential" for b in cls.bases)
+
+
+def return_values(fn: ast.FunctionDef) -> list[ast.AST]:
+    """Every expression the function returns, in source order."""
+    return [n.value for s in fn.body for n in preorder(s) if isinstance(n, ast.Return) and n.value]
+
+
+def preorder(node: ast.AST) -> Iterator[ast.AST]:
+    """Nodes in source order (ast.walk goes breadth-first)."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        yield from preorder(child)
+
+
+def literal_value(node: ast.AST, consts: dict) -> object:
+    """The value of a constant expression: literals, known names, + - * // on integers."""
+    if isinstance(node, ast.Name):
+        return consts.get(node.id, UNKNOWN)
+    if isinstance(node, ast.Tuple | ast.List):
+        items = [literal_value(e, consts) for e in node.elts]
+        if any(i is UNKNOWN for i in items):
+            return UNKNOWN
+        return tuple(items) if isinstance(node, ast.Tuple) else items
+    if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
+        a, b = literal_value(node.left, consts), literal_value(node.right, consts)
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (a, b))
+        if not ints or (b == 0 and isinstance(node.op, ast.FloorDiv)):
+            return UNKNOWN
+        value = _ARITH[type(node.op)](a, b)
+        return value if abs(value) < 2**63 else UNKNOWN
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return UNKNOWN
+
+
+_ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+          ast.FloorDiv: operator.floordiv}  # fmt: skip
+
+
+def bind_literal(stmt: ast.AST, consts: dict) -> None:
+    """Record `name = <constant expression>` in `consts`, so later arguments can use it."""
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+        target = stmt.targets[0]
+        if isinstance(target, ast.Name) and (v := literal_value(stmt.value, consts)) is not UNKNOWN:
+            consts[target.id] = v
+
+
+def arg_node(call: ast.Call, pos: int, kw: str) -> ast.AST | None:
+    """The expression passed as keyword `kw` or positional `pos`, else None."""
+    node = next((k.value for k in call.keywords if k.arg == kw), None)
+    if node is None and pos < len(call.args) and not isinstance(call.args[pos], ast.Starred):
+        node = call.args[pos]
+    return node
+
+
+def literal_arg(call: ast.Call, pos: int, kw: str, default: object, consts: dict) -> object:
+    """Argument `kw` (or positional `pos`) as a literal; "?" when not a known constant."""
+    node = arg_node(call, pos, kw)
+    if node is None:
+        return default
+    value = literal_value(node, consts)
+    if isinstance(value, tuple | list) and len(value) == 2 and value[0] == value[1]:
+        value = value[0]  # square kernels, strides, paddings: (3, 3) reads as 3
+    if isinstance(value, tuple | list):
+        return tuple(value)
+    return "?" if value is UNKNOWN or isinstance(value, bytes) else value
