@@ -17,6 +17,18 @@ from archrefine.experiments.calibrate_report import write_calibration
 from archrefine.experiments.fitting import simulate_candidates
 from archrefine.sim.loop import simulate
 
+#: a tiny learned model and a short run, so a whole fit takes seconds (test_evaluations.py too)
+TINY_LEARNED = {
+    "generator.learned.d_model": 16,
+    "generator.learned.heads": 2,
+    "generator.learned.layers": 1,
+    "generator.learned.steps": 2,
+    "generator.learned.batch": 8,
+    "generator.learned.pretrain_steps": 20,
+    "loop.population": 20,
+    "loop.top_k": 5,
+}
+
 
 def test_shipped_khalid_trajectory_has_the_published_numbers():
     t = load_trajectory(KHALID).set_index("cycle")
@@ -58,21 +70,11 @@ def test_recording_run_is_the_same_run_as_simulate():
 def test_learned_generator_calibrates_on_the_grounded_space():
     pytest.importorskip("torch")
     t = pd.DataFrame({"cycle": [1, 2, 3], "validity": [0.4, 0.6, 0.5]})
-    tiny = {  # a tiny model and a short run, so the whole fit takes seconds
-        "generator.learned.d_model": 16,
-        "generator.learned.heads": 2,
-        "generator.learned.layers": 1,
-        "generator.learned.steps": 2,
-        "generator.learned.batch": 8,
-        "generator.learned.pretrain_steps": 20,
-        "loop.population": 20,
-        "loop.top_k": 5,
-    }
     cal = calibrate(
         t,
         generator="learned",
         params=["generator.learned.lr", "generator.learned.target_validity"],
-        base=Config().with_overrides(tiny),
+        base=Config().with_overrides(TINY_LEARNED),
         trials=1,
         n_boot=3,
         max_nfev=2,

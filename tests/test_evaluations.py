@@ -61,27 +61,18 @@ def test_a_point_the_objective_calls_the_same_as_a_finished_one_is_not_run():
 def test_a_learned_fit_is_the_same_with_one_worker_and_with_two():
     pytest.importorskip("torch")
     import pandas as pd
+    from test_calibrate import TINY_LEARNED
 
     from archrefine.core.config import Config
     from archrefine.experiments.calibrate import calibrate
 
-    tiny = {  # a tiny model and a short run (as in test_calibrate.py)
-        "generator.learned.d_model": 16,
-        "generator.learned.heads": 2,
-        "generator.learned.layers": 1,
-        "generator.learned.steps": 2,
-        "generator.learned.batch": 8,
-        "generator.learned.pretrain_steps": 20,
-        "loop.population": 20,
-        "loop.top_k": 5,
-    }
     t = pd.DataFrame({"cycle": [1, 2, 3], "validity": [0.4, 0.6, 0.5]})
     fits = [
         calibrate(
             t,
             generator="learned",
             params=["generator.learned.lr", "generator.learned.target_validity"],
-            base=Config().with_overrides(tiny),
+            base=Config().with_overrides(TINY_LEARNED),
             trials=1,
             n_boot=3,
             max_nfev=1,
