@@ -9,10 +9,14 @@ prints one JSON object: per stage, wall and CPU seconds. The stages follow the c
 * `imports`: from this script's start to the loop (the CLI, the config, numpy, pandas, the
   simulator's modules; the run directory and config.toml);
 * `simulate`: the loop in a fresh process, numba's import and kernel load included;
-* `metrics`: metrics.parquet; `figure`: trajectory.png, matplotlib's import included;
-* `close`: run.json; `report`: report.html, and the last lines printed.
+* `metrics`: metrics.parquet; `figure`: trajectory.png: the wait for the helper process that
+  `run` forks before the loop (`archrefine.cli.beside`: it imports matplotlib during the loop,
+  then draws), or the drawing itself where it runs in this process;
+* `close`: run.json; `report`: report.html (the helper's, waited for), and the last lines
+  printed.
 
-The interpreter's own start-up is what the parent measures beyond `total`.
+The interpreter's own start-up is what the parent measures beyond `total`; `helper` is the CPU
+of the helper process (this process's waited-for children), on the other core.
 """
 
 from __future__ import annotations
@@ -78,6 +82,8 @@ def main() -> None:
     }
     stages["total"] = {"wall": at["end"][0], "cpu": at["end"][1]}  # CPU: since the process began
     stages["start"] = {"cpu": at["start"][1]}  # the interpreter's start-up, before this script
+    helper = resource.getrusage(resource.RUSAGE_CHILDREN)
+    stages["helper"] = {"cpu": helper.ru_utime + helper.ru_stime}
     print(json.dumps(stages))
 
 

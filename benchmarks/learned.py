@@ -3,12 +3,15 @@ whole 22-cycle run, for 1 trial and for 10 trials batched in one model stack.
 
     python benchmarks/learned.py      # prints the figures and updates benchmarks/RESULTS.md
     python benchmarks/learned.py --calibrate [--max-nfev 3]   # only "## learned calibrate"
+    python benchmarks/learned.py --stacking   # only "## learned stacking"
 
 Targets from issue 4: one cycle ≤ 1 s on CPU; a 22-cycle, 10-trial run ≤ 3 minutes. Issue 14:
 `archrefine calibrate --generator learned` ≥ 3x faster: the same fit (Khalid et al.'s trajectory,
 2 trials, the CLI's budget) as whole processes, back to back: the code of `BASELINE` (before
 issue 14), today's with one worker and today's with one per core (a Jacobian's columns and the
-starts at once); the fitted parameters must agree.
+starts at once); the fitted parameters must agree. `--stacking` times one fine-tuning step with
+1 to 16 models stacked on the trials axis: whether running several simulations as one batched
+model (the same arithmetic over a longer trials axis) would pay.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ CHILD = """
 import json, sys
 from archrefine.experiments.calibrate import KHALID, calibrate, load_trajectory
 cal = calibrate(load_trajectory(KHALID), generator="learned", **json.loads(sys.argv[1]))
-print("RESULT " + json.dumps({"params": cal.params, "evaluations": cal.info.get("evaluations")}))
+fit = {"params": cal.params, "interval": cal.interval, "rmse": cal.rmse}
+print("RESULT " + json.dumps(fit | {"evaluations": cal.info.get("evaluations")}))
 """
 
 
@@ -92,7 +96,7 @@ def calibrate_section(max_nfev: int | None, baseline: str) -> str:
             load = os.getloadavg()[0]
             seconds, fit = _whole_process(kwargs, src)
             rows.append((label, workers, seconds, fit["evaluations"], load, os.getloadavg()[0]))
-            fits.append(fit["params"])
+            fits.append({k: fit[k] for k in ("params", "interval", "rmse")})
             print(f"{label}, workers={workers}: {seconds:.0f} s", flush=True)
     same = all(f == fits[0] for f in fits)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -112,7 +116,64 @@ def calibrate_section(max_nfev: int | None, baseline: str) -> str:
             for c, w, t, n, a, b in rows
         ],
         "",
-        f"Fitted parameters identical in all three: {'yes' if same else '**no**'}. " + NOTE,
+        "Fitted parameters, their bootstrap intervals and the RMSE identical in all three: "
+        f"{'yes' if same else '**no**'}. " + NOTE,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def stacking_section(rounds: int = 5, steps: int = 10) -> str:
+    """Milliseconds per fine-tuning step (forward, backward, Adam; the learned defaults: batch
+    32 of 15 tokens, one torch thread) for T models stacked on the trials axis, per model, the
+    sizes interleaved round by round so that a change of load hits every size alike."""
+    import torch
+
+    from archrefine.core.config import LearnedConfig
+    from archrefine.sim.transformer import Adam, init_params, one_thread, token_loss
+
+    cfg, g = LearnedConfig(), torch.Generator().manual_seed(0)
+    one = init_params(cfg, 30, 15, g)
+    sizes, setups = (1, 2, 4, 8, 16), {}
+    for t in sizes:
+        p = {k: v.expand(t, *v.shape[1:]).clone().requires_grad_() for k, v in one.items()}
+        data = torch.randint(30, (t, cfg.batch, 15), generator=g)
+        setups[t] = (p, Adam(list(p.values()), cfg.lr), data, torch.ones(t, dtype=torch.bool))
+
+    @one_thread
+    def run(t: int, n: int) -> float:
+        p, opt, data, on = setups[t]
+        start = time.perf_counter()
+        for _ in range(n):
+            params = list(p.values())
+            loss = token_loss(p, {}, data, cfg.heads)
+            opt.step(params, torch.autograd.grad(loss.sum(), params), on)
+        return time.perf_counter() - start
+
+    total = dict.fromkeys(sizes, 0.0)
+    for t in sizes:
+        run(t, 2)  # warm-up
+    load = os.getloadavg()[0]
+    for _ in range(rounds):
+        for t in sizes:
+            total[t] += run(t, steps)
+    per = {t: total[t] / (rounds * steps) * 1e3 for t in sizes}
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "## learned stacking\n",
+        f"{stamp} · {machine()} · load average {load:.1f} → {os.getloadavg()[0]:.1f} · "
+        f"`python benchmarks/learned.py --stacking`: one fine-tuning step (forward, backward, "
+        f"Adam) of the default model, batch {cfg.batch}, one torch thread, T models stacked on "
+        f"the trials axis, {rounds} interleaved rounds of {steps} steps\n",
+        "| models stacked (T) | ms per step | ms per model-step | per model-step ÷ at T = 2 |",
+        "|---|---|---|---|",
+        *[
+            f"| {t} | {per[t]:.1f} | {per[t] / t:.2f} | {per[t] / t / (per[2] / 2):.2f} |"
+            for t in sizes
+        ],
+        "",
+        "A calibrate evaluation runs T = 2 (2 trials); stacking N such simulations would run "
+        "T = 2N. A ratio near or above 1 at larger T means the step is bound by its arithmetic, "
+        "not by per-operation overhead, and stacking saves nothing.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -122,7 +183,13 @@ def main() -> None:
     parser.add_argument("--calibrate", action="store_true", help="only the calibrate section")
     parser.add_argument("--max-nfev", type=int, default=None, help="calibrate's budget per start")
     parser.add_argument("--baseline", default=BASELINE, help="the commit timed as 'before'")
+    parser.add_argument("--stacking", action="store_true", help="only the stacking section")
     args = parser.parse_args()
+    if args.stacking:
+        section = stacking_section()
+        print(section)
+        update_results("learned stacking", section)
+        return
     if args.calibrate:
         section = calibrate_section(args.max_nfev, args.baseline)
         print(section)

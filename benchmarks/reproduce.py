@@ -2,6 +2,7 @@
 
     python benchmarks/reproduce.py            # prints the figures and updates benchmarks/RESULTS.md
     python benchmarks/reproduce.py --trials 200 --big 2000   # a quicker, smaller check
+    python benchmarks/reproduce.py --memory-only   # only `reproduce`'s memory and the imports rows
 
 * `archrefine run` against `peer_deap.py` (the same loop written plainly with DEAP), both as
   whole processes (interpreter start, imports, the loop, writing results) at paper scale with
@@ -16,9 +17,9 @@
   `simulate` called twice in a fresh process, with and without numba (CPU seconds): what the
   first call costs beyond the loop.
 * `archrefine --help` start-up (median of 5), `archrefine reproduce` at 100 trials (wall; peak
-  RSS of the largest single process of its tree, from the kernel's `ru_maxrss`, and the peak of
-  the tree's summed RSS, sampled from /proc every 50 ms) and `archrefine run` at 10,000 trials
-  (peak RSS).
+  RSS of the largest single process of its tree, from the kernel's `ru_maxrss`, and the peaks of
+  the tree's summed RSS and summed PSS, sampled from /proc every 50 ms) and `archrefine run` at
+  10,000 trials (peak RSS).
 * The batched loop against `reference_loop.py`, the project's own per-candidate version of the
   model, in process: the old "267×"-style figure, kept with that label (it is not a DEAP user's
   loop, which is faster).
@@ -43,11 +44,13 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _results import machine, update_results  # noqa: E402
+from _results import RESULTS, machine, update_results  # noqa: E402
 
 
-def tree_rss(root: int) -> int:
-    """Summed resident set (bytes) of process `root` and its descendants, from /proc."""
+def tree_rss(root: int) -> tuple[int, int, dict[int, int]]:
+    """Summed resident set and proportional set (bytes) of process `root` and its descendants,
+    and each one's resident set, from /proc. RSS counts a page shared by forked processes once
+    in each of them; PSS divides it among them, so their PSS adds up to what the tree holds."""
     parents: dict[int, int] = {}
     rss: dict[int, int] = {}
     for entry in os.scandir("/proc"):
@@ -60,29 +63,43 @@ def tree_rss(root: int) -> int:
             continue
         pid = int(entry.name)
         parents[pid], rss[pid] = int(fields[1]), int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-    total, frontier = 0, [root]
+    total, pss, each, frontier = 0, 0, {}, [root]
     while frontier:
         pid = frontier.pop()
-        total += rss.get(pid, 0)
+        each[pid] = rss.get(pid, 0)
+        total += each[pid]
+        pss += _pss(pid)
         frontier += [c for c, parent in parents.items() if parent == pid]
-    return total
+    return total, pss, each
+
+
+def _pss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            return next((int(x.split()[1]) * 1024 for x in fh if x.startswith("Pss:")), 0)
+    except OSError:  # gone meanwhile, or a kernel without smaps_rollup
+        return 0
 
 
 def timed(cmd: list[str], tree: bool = False, capture: bool = False) -> dict[str, Any]:
     """Run `cmd` to completion: wall seconds, the child's CPU seconds and peak RSS (MB). Peak RSS
     is the largest single process of the tree (the child or one of its waited-for children:
     Linux's `ru_maxrss` of a waited-for child is the max, not the sum). With `tree`, also
-    `tree_rss`: the peak of the whole tree's summed RSS, sampled every 50 ms. With `capture`,
+    `tree_rss` and `tree_pss`: the peaks of the whole tree's summed RSS and PSS, and `procs`:
+    each process's peak RSS (the command's first), all sampled every 50 ms. With `capture`,
     `stdout`: what it printed."""
     with tempfile.TemporaryFile() as log:
         start = time.perf_counter()
         out = subprocess.PIPE if capture else subprocess.DEVNULL
         proc = subprocess.Popen(cmd, stdout=out, stderr=log)
-        peak, done = [0], threading.Event()
+        peak, each, done = [0, 0], {proc.pid: 0}, threading.Event()
 
         def sample() -> None:
             while not done.wait(0.05):
-                peak[0] = max(peak[0], tree_rss(proc.pid))
+                total, pss, now = tree_rss(proc.pid)
+                peak[:] = max(peak[0], total), max(peak[1], pss)
+                for pid, rss in now.items():
+                    each[pid] = max(each.get(pid, 0), rss)
 
         sampler = threading.Thread(target=sample, daemon=True)
         if tree:
@@ -99,7 +116,8 @@ def timed(cmd: list[str], tree: bool = False, capture: bool = False) -> dict[str
             err = log.read().decode(errors="replace").strip()[-500:]
             raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err}")
     return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss": usage.ru_maxrss / 1024,
-            "tree_rss": peak[0] / 2**20, "stdout": printed}  # fmt: skip
+            "tree_rss": peak[0] / 2**20, "tree_pss": peak[1] / 2**20,
+            "procs": [x / 2**20 for x in each.values()], "stdout": printed}  # fmt: skip
 
 
 def archrefine(args: list[str]) -> list[str]:
@@ -185,12 +203,14 @@ def versus_deap(trials: int, tmp: str) -> list[str]:
     steps = stages(trials, "selected", f"{tmp}/stages")
     names = {
         "start": "interpreter start-up",
-        "imports": "imports (CLI, config, numpy, pandas, the simulator), run directory",
-        "simulate": "`simulate`, numba's import and kernel load included",
+        "imports": "imports (CLI, config, numpy, pandas, the simulator), run directory, helper "
+        "forked",
+        "simulate": "`simulate` (numba loaded by a background thread; fitness and novelty on a "
+        "second thread)",
         "metrics": "metrics.parquet",
-        "figure": "trajectory.png (matplotlib's import included)",
+        "figure": "trajectory.png (the helper draws it: the wait for it)",
         "close": "run.json",
-        "report": "report.html",
+        "report": "report.html (the helper writes it: the wait for it)",
     }
     lines += [
         "",
@@ -203,8 +223,10 @@ def versus_deap(trials: int, tmp: str) -> list[str]:
             f"| {label} | {steps[k]['wall']:.2f} s | {steps[k]['cpu']:.2f} s |"
             for k, label in names.items()
         ),
+        f"| the helper process (its own CPU, on the other core) | – | "
+        f"{steps['helper']['cpu']:.2f} s |",
         f"| total | {steps['total']['wall'] + steps['start']['wall']:.2f} s | "
-        f"{steps['total']['cpu']:.2f} s |",
+        f"{steps['total']['cpu'] + steps['helper']['cpu']:.2f} s |",
         "",
         "`simulate` called twice in one fresh process, CPU seconds of the first call / the "
         "second (the loop alone, candidates per CPU-second), with numba and with "
@@ -219,29 +241,77 @@ def versus_deap(trials: int, tmp: str) -> list[str]:
     return lines
 
 
+REPRODUCE_ROW = "| `archrefine reproduce` (100 trials"
+
+
+def reproduce_memory(tmp: str) -> str:
+    """The `reproduce` row: wall time, the largest process's peak RSS, the tree's peak summed
+    RSS and PSS (its workers: one per core)."""
+    rep = timed(archrefine(["reproduce", "--out", f"{tmp}/rep", "--force"]), tree=True)
+    main, *others = (round(x) for x in rep["procs"])
+    return (
+        f"{REPRODUCE_ROW}, 4 experiments, figures, {os.cpu_count()} cores) | "
+        f"{rep['wall']:.1f} s, peak RSS {rep['rss']:.0f} MB (largest process); the whole tree's "
+        f"summed RSS peaked at {rep['tree_rss']:.0f} MB, its PSS (shared pages counted once) at "
+        f"{rep['tree_pss']:.0f} MB; sampled peaks: main process {main} MB, the "
+        f"{len(others)} others {', '.join(map(str, sorted(others, reverse=True)))} MB | < 300 MB |"
+    )
+
+
+def memory_only() -> None:
+    """`--memory-only`: measure `reproduce` and the imports alone and replace their rows of
+    RESULTS.md's section."""
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        row = reproduce_memory(tmp)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    row = row.replace(" | < 300 MB |", f" ({stamp}, load {load:.1f}, `--memory-only`) | < 300 MB |")
+    text = RESULTS.read_text()
+    for prefix, new in ((REPRODUCE_ROW, row), (IMPORTS_ROW, imports_row())):
+        print(new)
+        old = next((x for x in text.splitlines() if x.startswith(prefix)), None)
+        if old is None:
+            raise SystemExit("RESULTS.md has no such row yet: run the whole benchmark once")
+        text = text.replace(old, new)
+    RESULTS.write_text(text)
+
+
 def startup_and_memory(big: int, tmp: str) -> list[str]:
     helps = [timed(archrefine(["--help"])) for _ in range(5)]
-    rep = timed(archrefine(["reproduce", "--out", f"{tmp}/rep", "--force"]), tree=True)
+    rep_row = reproduce_memory(tmp)
     large = timed(run_cmd(f"{tmp}/big", big, "selected"))
-    base = timed([sys.executable, "-c", "import numpy, pandas"])
-    ribs = ""
-    if importlib.util.find_spec("ribs") is not None:  # the `interventions` extra
-        found = timed([sys.executable, "-c", "import ribs.archives"])
-        ribs = f"; `import ribs.archives` (MAP-Elites): {found['rss']:.0f} MB"
     return [
         "| measure | value | target |",
         "|---|---|---|",
         "| `archrefine --help` start-up (median of 5) | "
         f"{statistics.median(h['wall'] for h in helps):.2f} s wall, "
         f"{statistics.median(h['cpu'] for h in helps):.2f} s CPU | < 0.5 s |",
-        f"| `archrefine reproduce` (100 trials, 4 experiments, figures) | {rep['wall']:.1f} s, "
-        f"peak RSS {rep['rss']:.0f} MB (largest process; the tree's sum peaked at "
-        f"{rep['tree_rss']:.0f} MB) | < 300 MB |",
+        rep_row,
         f"| `archrefine run --trials {big}` | {large['wall']:.1f} s, peak RSS "
         f"{large['rss']:.0f} MB | < 4 GB at 10,000 |",
-        f"| peak RSS of a fresh interpreter that imports … | `numpy, pandas`: {base['rss']:.0f} MB"
-        f"{ribs} | – |",
+        imports_row(),
     ]
+
+
+IMPORTS_ROW = "| peak RSS of a fresh interpreter that imports"
+LEAN_GRID = "import numpy, pandas; from archrefine.sim.elites import EliteArchive; " + (
+    "EliteArchive(1, 15, 10, 'abstract', 30, 0)"
+)
+
+
+def imports_row() -> str:
+    """What imports alone cost: numpy and pandas, pyribs' whole package, and the simulator's
+    MAP-Elites grid (`sim/elites.py` loads only pyribs' grid module)."""
+    base = timed([sys.executable, "-c", "import numpy, pandas"])
+    ribs = ""
+    if importlib.util.find_spec("ribs") is not None:  # the `interventions` extra
+        found = timed([sys.executable, "-c", "import ribs.archives"])
+        lean = timed([sys.executable, "-c", LEAN_GRID])
+        ribs = (
+            f"; `import ribs.archives`: {found['rss']:.0f} MB; numpy, pandas and the "
+            f"simulator's MAP-Elites grid (`sim/elites.py`): {lean['rss']:.0f} MB"
+        )
+    return f"{IMPORTS_ROW} … | `numpy, pandas`: {base['rss']:.0f} MB{ribs} | – |"
 
 
 def reference_ratio() -> list[str]:
@@ -270,7 +340,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=1000, help="trials of the DEAP comparison")
     parser.add_argument("--big", type=int, default=10000, help="trials of the memory run")
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only `reproduce`'s memory row (a minute)"
+    )
     args = parser.parse_args()
+    if args.memory_only:
+        memory_only()
+        return
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         versus = versus_deap(args.trials, tmp)

@@ -4,7 +4,9 @@
         --columns validity,mean_accuracy --loo --out runs/rf-paper
     archrefine calibrate src/archrefine/data/khalid2026.csv --generator drift \
         --columns validity,mean_accuracy --loo --out runs/rf-drift
-    python scripts/rise_and_fall.py runs/rf-paper runs/rf-drift
+    python scripts/drift_loo.py --out runs/drift-loo
+    python scripts/rise_and_fall.py runs/rf-paper runs/rf-drift \
+        --variants runs/drift-loo/variants.json
 
 Reads each directory's params.json, fitted.csv, residuals.csv and loo.csv (nothing is
 simulated here) and writes docs/figures/rise-and-fall.png: observed values, each model's fitted
@@ -87,7 +89,7 @@ def baselines(run: dict) -> str:
     )
 
 
-def figure(runs: dict[str, dict], path: Path) -> None:
+def figure(runs: dict[str, dict], path: Path, variants: list[dict] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,7 +98,7 @@ def figure(runs: dict[str, dict], path: Path) -> None:
     from archrefine.core.store import atomic_write_bytes
 
     colors = dict(zip(runs, ("tab:grey", "tab:red")))
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.6 if variants else 4.4))
     for ax, col in zip(axes, COLUMNS):
         obs = next(iter(runs.values()))["residuals"]
         obs = obs[obs["column"] == col]
@@ -110,11 +112,16 @@ def figure(runs: dict[str, dict], path: Path) -> None:
             )
             held = run["loo"][run["loo"]["column"] == col]
             ax.plot(held["cycle"], held["predicted"], "x", color=colors[name], ms=8)
+        for i, var in enumerate((variants or []) if col == "validity" else []):
+            held = var["heldout_validity"]  # scripts/drift_loo.py: other drift fits, held out
+            x = np.array([int(c) for c in held]) + 0.25 * (i + 1)
+            ax.plot(x, list(held.values()), "+", ms=6, label=f"{var['variant']} (LOO "
+                    f"{var['loo_rmse']['validity']:.3f})")  # fmt: skip
         ax.plot(obs["cycle"], obs["observed"], "o", color="black", label="Khalid et al. 2026")
         ax.set_title(col.replace("_", " "), fontsize=10)
         ax.set_xlabel("cycle (x: predicted with that cycle left out)")
-        ax.set_xlim(0.5, 22.5)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.set_xlim(0.5, 24.0 if variants else 22.5)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -128,9 +135,13 @@ def main() -> None:
     parser.add_argument("paper", type=Path, help="calibration of --generator paper, with --loo")
     parser.add_argument("drift", type=Path, help="calibration of --generator drift, with --loo")
     parser.add_argument("--out", type=Path, default=FIGURE, help="figure path")
+    parser.add_argument(
+        "--variants", type=Path, help="variants.json of scripts/drift_loo.py, drawn as + marks"
+    )
     args = parser.parse_args()
     runs = {"paper model": load(args.paper), "with drift": load(args.drift)}
-    figure(runs, args.out)
+    variants = json.loads(args.variants.read_text()) if args.variants else None
+    figure(runs, args.out, variants)
     print(tables(runs))
     print()
     print(baselines(runs["paper model"]))

@@ -103,3 +103,13 @@ def test_reproduce_adds_interventions_without_changing_the_claims():
     table = iv.conditions_table(frame)
     assert table["constant"]["validity_share"] == 1.0 and table["constant"]["fitness_gain"] == 0
     assert set(iv.CONDITIONS) <= set(table)
+
+
+def test_a_reference_without_valid_candidates_gives_nan_not_an_error():
+    """A tiny run whose constant schedule never wrote a valid candidate: the validity share is
+    undefined (NaN, so the goal is not met), and nothing raises."""
+    run = {"kept": 0.9, "peak_validity": 0.0, "best_fitness": 0.1}
+    obj = iv.objectives(run, {"kept": 1.0, "peak_validity": 0.0, "best_fitness": 0.1})
+    assert np.isnan(obj["validity_share"]) and not iv.meets_goal(obj)
+    ok = iv.objectives(run | {"peak_validity": 0.5}, {"peak_validity": 0.25, "best_fitness": 0.0})
+    assert ok["validity_share"] == 2.0 and ok["fitness_gain"] == pytest.approx(0.1)

@@ -243,27 +243,29 @@ def run(
         (out / CHECKPOINT).unlink(missing_ok=True)  # --force starts afresh
         started, done = time.time(), 0
         atomic_write_text(out / "config.toml", cfg.to_toml())
+    from archrefine.cli.beside import Beside  # draws the figure and report beside the loop
     from archrefine.core.store import close_run, write_parquet
     from archrefine.sim.loop import simulate
 
-    with progress_bar() as progress:
-        task = progress.add_task("cycles", total=cfg.loop.cycles, completed=done)
-        result = simulate(
-            cfg,
-            on_cycle=lambda c: progress.update(task, completed=c),
-            checkpoint=out / CHECKPOINT,
-            resume=resume is not None,
-        )
-    write_parquet(out / "metrics.parquet", result.metrics)
-    files = ["config.toml", "metrics.parquet", CHECKPOINT]
-    if not no_figures:
-        from archrefine.experiments import plots  # matplotlib: ~0.4 s of import
-
-        plots.trajectory(result.metrics, out / "trajectory.png")
-        files.insert(2, "trajectory.png")
-    close_run(out, files=files, started=started)
-    if not no_figures:
-        write_report(out)
+    with Beside(out, start=not no_figures) as beside:
+        with progress_bar() as progress:
+            task = progress.add_task("cycles", total=cfg.loop.cycles, completed=done)
+            result = simulate(
+                cfg,
+                on_cycle=lambda c: progress.update(task, completed=c),
+                checkpoint=out / CHECKPOINT,
+                resume=resume is not None,
+            )
+        files = ["config.toml", "metrics.parquet", CHECKPOINT]
+        if not no_figures:
+            beside.draw(result.metrics)
+        write_parquet(out / "metrics.parquet", result.metrics)
+        if not no_figures:
+            beside.figure(result.metrics)
+            files.insert(2, "trajectory.png")
+        close_run(out, files=files, started=started)
+        if not no_figures:
+            beside.report()
     last = result.mean().iloc[-1]
     out_console.print("final cycle: " + ", ".join(f"{k} {v:.3f}" for k, v in last.items()))
     console.print(f"wrote {out}/")
@@ -331,6 +333,10 @@ def calibrate(
     cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     if cols and (missing := [c for c in cols if c not in observed.columns]):
         raise cal.CalibrationError(f"--columns: {', '.join(missing)} not in {trajectory}")
+    if loo:  # every refit needs fewer free parameters than observed values: check before fitting
+        from archrefine.experiments.loo import check_folds
+
+        check_folds(observed, generator=generator, columns=cols)
     out = out or default_dir("calibrate")
     meta = {"trajectory": str(trajectory), "generator": generator, "trials": trials, "seed": seed}
     meta |= {"columns": cols, "loo": loo}

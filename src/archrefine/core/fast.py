@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -24,7 +26,8 @@ def available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
-_LOADED: list[SimpleNamespace] = []  # the kernels, once built
+_LOADED: list[SimpleNamespace] = []  # the kernels, once built and called once
+_LOCK = threading.Lock()
 
 
 def loaded() -> bool:
@@ -35,14 +38,52 @@ def loaded() -> bool:
 def kernels() -> SimpleNamespace | None:
     """The compiled kernels, or None without numba. The first call costs numba's import and
     start-up (~0.5 s of CPU on the 2-core Xeon, docs/performance.md), so callers load them only
-    for work that repays it (`archrefine.core.knn.choose`)."""
+    for work that repays it (`archrefine.core.knn.choose`), or ahead, beside other work
+    (`preload`)."""
     if not _LOADED:
         if not available():
             return None
+        with _LOCK:  # one load, also when `preload`'s thread and a caller ask at once
+            if not _LOADED:
+                _LOADED.append(_warm(_build(_import_numba())))
+    return _LOADED[0]
+
+
+def preload() -> None:
+    """Load the kernels in a background thread, for a run that will need them: numba's import
+    and the loading of each cached kernel then run while the caller's numpy work (which releases
+    the GIL) goes on, instead of stopping the loop when its first large kNN comes. Nothing
+    waits for it; `loaded()` turns true when it is done, and results never depend on when."""
+    if not _LOADED and available():
+        threading.Thread(target=kernels, name="archrefine-numba", daemon=True).start()
+
+
+def _import_numba():
+    """numba, without the scipy it imports only to check its version (`numba/__init__.py`) and
+    to learn whether BLAS is there for `np.dot` in compiled code
+    (`numba.np.arraymath._check_blas`): ~0.15–0.3 s of CPU. None of these kernels uses
+    BLAS, numba runs without scipy (it falls back to its own loops), and a process that has
+    imported scipy already keeps it; the block lasts only for these imports."""
+    if "scipy" in sys.modules or "numba" in sys.modules:
         import numba
 
-        _LOADED.append(_build(numba))
-    return _LOADED[0]
+        return numba
+    sys.modules["scipy"] = None  # type: ignore[assignment]  # `import scipy` raises ImportError
+    try:
+        import numba
+        import numba.np.arraymath  # noqa: F401  (the first compiled call would import it)
+    finally:
+        del sys.modules["scipy"]
+    return numba
+
+
+def _warm(compiled: SimpleNamespace) -> SimpleNamespace:
+    """Call each kernel once on tiny inputs of the types the callers pass, so numba loads every
+    compiled version from its cache now (the first call of each costs most of its start-up)."""
+    words = np.zeros((1, 1, 2), np.uint64)
+    compiled.knn_sums(words, words.reshape(1, 2, 1), np.ones(1, np.int64), 1, 15, 4096)
+    compiled.sample_categorical(np.ones((1, 1, 2)), np.zeros((1, 1, 1)))
+    return compiled
 
 
 def _build(numba) -> SimpleNamespace:

@@ -109,6 +109,18 @@ def choose(seqs: np.ndarray, archive: np.ndarray) -> str:
     return "numpy"
 
 
+def preload(trials: int, queries: int, rows: int, vocab: int) -> None:
+    """Start loading numba in the background (`fast.preload`) when `auto` will pick it for
+    `trials` × `queries` against up to `rows` archive rows of tokens < `vocab`: the simulator
+    calls this before its first cycle, so the load overlaps the early cycles, which `auto`
+    leaves to numpy or faiss until the archive has grown."""
+    if fast.loaded() or vocab > 256 or trials * queries * rows < NUMBA_PAIRS:
+        return
+    if queries * rows >= PARALLEL and has_faiss():  # `choose` keeps such calls on faiss
+        return
+    fast.preload()
+
+
 @functools.cache
 def has_faiss() -> bool:
     try:

@@ -21,7 +21,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from archrefine.core.config import Config
-from archrefine.experiments.evaluations import Evaluations, default_workers
+from archrefine.experiments.evaluations import Evaluations, FitStart, default_workers
 from archrefine.experiments.fitting import (  # noqa: F401 - re-exported, as before the split
     ACCURACY_CUT,
     COLUMNS,
@@ -235,13 +235,16 @@ def calibrate(
         and (peak := _peak_start(obs, base, keys, lo, hi, starts[-1])) is not None
     ):
         starts.append(peak)
-    parallel = {"workers": evals.map} if _HAS_WORKERS else {}
 
-    def run(u0: np.ndarray):
+    def solve(fun, u0: np.ndarray, budget: int, columns):
         return least_squares(
-            residuals, u0, bounds=(0, 1), diff_step=DIFF_STEP, max_nfev=max_nfev,
-            x_scale=1.0, **parallel,
+            fun, u0, bounds=(0, 1), diff_step=DIFF_STEP, max_nfev=budget, x_scale=1.0,
+            **({"workers": columns} if _HAS_WORKERS else {}),
         )  # fmt: skip
+
+    def run(u0: np.ndarray):  # a start skips the Jacobian after its last step (FitStart)
+        start = FitStart(residuals, evals, max_nfev)
+        return solve(start, u0, max_nfev, start.map), start
 
     try:
         for u0 in starts if workers > 1 else ():  # every start's first point at once: no
@@ -252,8 +255,11 @@ def calibrate(
                 fits = list(threads.map(run, starts))
         else:
             fits = [run(u0) for u0 in starts]
-        u = (fit := min(fits, key=lambda f: f.cost)).x  # the first of equals, as before
-        u = u if (fit.fun**2).sum() <= (r0**2).sum() else starts[0]
+        fit, kept = min(fits, key=lambda f: f[0].cost)  # the first of equals, as before
+        if kept.skipped and n_boot >= 2:  # the Jacobian least_squares ended with, for the
+            # bootstrap (which reads none below 2 resamples: forecast's fits skip it)
+            fit.jac = solve(residuals, fit.x, 1, evals.map).jac
+        u = fit.x if (fit.fun**2).sum() <= (r0**2).sum() else starts[0]
         sim = evals(u)[1]  # simulated already during the fit: not run again
     finally:
         evals.close()

@@ -39,6 +39,28 @@ def interval(draws: np.ndarray, level: float = 0.9) -> list[float | None] | None
     return [num(lo), num(hi)]
 
 
+def ranks(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Average ranks along `axis` (1-based; tied values share the mean of their ranks; a slice
+    holding a NaN is all NaN): `scipy.stats.rankdata`'s numbers, which are exact half-integers,
+    without importing scipy.stats (~60 MB) into a process that draws fig. 2."""
+    x = np.moveaxis(np.asarray(x), axis, -1)
+    n = x.shape[-1]
+    order = np.argsort(x, axis=-1, kind="stable")
+    y = np.take_along_axis(x, order, axis=-1)
+    first = np.ones(y.shape, dtype=bool)  # where a run of equal values starts
+    first[..., 1:] = y[..., :-1] != y[..., 1:]
+    last = np.ones(y.shape, dtype=bool)
+    last[..., :-1] = first[..., 1:]
+    pos = np.arange(n)
+    start = np.maximum.accumulate(np.where(first, pos, 0), axis=-1)
+    end = np.minimum.accumulate(np.where(last, pos, n)[..., ::-1], axis=-1)[..., ::-1]
+    out = np.empty(y.shape, dtype=float)
+    np.put_along_axis(out, order, (start + end) / 2 + 1, axis=-1)
+    if out.size and x.dtype.kind in "fc":
+        out[np.isnan(x).any(axis=-1)] = np.nan
+    return np.moveaxis(out, -1, axis)
+
+
 def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pearson r along the last axis (NaN where either side is constant)."""
     a = a - a.mean(axis=-1, keepdims=True)
@@ -121,11 +143,9 @@ def inverse_check(vm: np.ndarray, nm: np.ndarray, v_rows: np.ndarray | None, n_r
     holds = (levels <= C2_LEVELS) & (changes <= C2_CHANGES)
     fixed = None
     if v_rows is not None:
-        from scipy.stats import rankdata  # scipy loads when a claim is checked, not to plot
-
         rho = pearson(
-            np.moveaxis(rankdata(v_rows, axis=1), 1, -1),
-            np.moveaxis(rankdata(n_rows, axis=1), 1, -1),
+            np.moveaxis(ranks(v_rows, axis=1), 1, -1),
+            np.moveaxis(ranks(n_rows, axis=1), 1, -1),
         )  # (rows, cycles): Spearman ρ across trials at each cycle
         with np.errstate(all="ignore"):
             fixed = np.array([np.nanmedian(r) if np.isfinite(r).any() else np.nan for r in rho])
@@ -150,11 +170,12 @@ def cyclic_check(div: dict[str, np.ndarray], val: dict[str, np.ndarray], period:
     """C4 over the last `period` cycles: cyclic kept and validity share, and cyclic keeping more
     diversity than every other schedule."""
     w = slice(-min(period, next(iter(div.values())).shape[-1]), None)
-    kept_c = {s: d[:, w] / d[:, :1] for s, d in div.items()}
-    kept = {s: k.mean(-1) for s, k in kept_c.items()}
-    vmean = {s: v[:, w].mean(-1) for s, v in val.items()}
-    share = vmean["cyclic"] / np.max(np.stack(list(vmean.values())), axis=0)
-    share_c = val["cyclic"][:, w] / np.max(np.stack([v[:, w] for v in val.values()]), axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # nothing kept or valid: no claim
+        kept_c = {s: d[:, w] / d[:, :1] for s, d in div.items()}
+        kept = {s: k.mean(-1) for s, k in kept_c.items()}
+        vmean = {s: v[:, w].mean(-1) for s, v in val.items()}
+        share = vmean["cyclic"] / np.max(np.stack(list(vmean.values())), axis=0)
+        share_c = val["cyclic"][:, w] / np.max(np.stack([v[:, w] for v in val.values()]), axis=0)
     best = np.logical_and.reduce([kept["cyclic"] > k for s, k in kept.items() if s != "cyclic"])
     holds = (np.abs(kept["cyclic"] - C4_KEPT) <= C4_TOL) & (share >= C4_SHARE) & best
     measured = {
@@ -170,23 +191,23 @@ def cyclic_check(div: dict[str, np.ndarray], val: dict[str, np.ndarray], period:
 
 def cosine_check(div: np.ndarray) -> Check:
     """C5: cosine's final ÷ first diversity."""
-    kept = div[:, -1] / div[:, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):  # no diversity at cycle 1: no claim
+        kept = div[:, -1] / div[:, 0]
     return {"kept": num(kept[0])}, np.abs(kept - C5_KEPT) <= C5_TOL
 
 
 def balance(validity: np.ndarray, kept: np.ndarray) -> np.ndarray:
     """Harmonic mean of (final validity / best final validity) and (diversity kept), along the
     last axis (the k grid)."""
-    v = validity / validity.max(axis=-1, keepdims=True)
-    return 2 * v * kept / (v + kept)
+    with np.errstate(divide="ignore", invalid="ignore"):  # nothing valid, nothing kept: NaN
+        v = validity / validity.max(axis=-1, keepdims=True)
+        return 2 * v * kept / (v + kept)
 
 
 def selection_check(ks: np.ndarray, v: np.ndarray, f: np.ndarray, d: np.ndarray) -> Check:
     """C6 on final validity, fitness `(rows, k)` and diversity `(rows, k, cycles)`."""
-    from scipy.stats import rankdata
-
-    rk = rankdata(ks)
-    rho = {key: pearson(np.broadcast_to(rk, x.shape), rankdata(x, axis=-1)) for key, x in
+    rk = ranks(ks)
+    rho = {key: pearson(np.broadcast_to(rk, x.shape), ranks(x, axis=-1)) for key, x in
            (("validity", v), ("fitness", f), ("diversity", d[..., -1]))}  # fmt: skip
     trends = (
         (rho["validity"] <= -C6_RHO) & (rho["fitness"] <= -C6_RHO) & (rho["diversity"] >= C6_RHO)

@@ -4,7 +4,8 @@
 map); each column is an independent simulation, so a process pool computes them at once, and
 several optimizer starts can share the pool from threads. Every point is computed once, in
 whichever process, and the objective is deterministic (common random numbers, one torch thread
-per evaluation), so the fit is the same number for any worker count.
+per evaluation), so the fit is the same number for any worker count. `FitStart` is one start's
+view of the shared evaluations; it skips the Jacobian that only ends up in a result.
 """
 
 from __future__ import annotations
@@ -111,3 +112,42 @@ class Evaluations:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class FitStart:
+    """One `least_squares` start over shared `Evaluations`: its objective and its `workers` map.
+
+    `least_squares` computes a Jacobian after every accepted step, also after the step that spends
+    the last of its `max_nfev` function evaluations; that Jacobian only ends up in the result
+    (`fit.jac`), and a fit with several starts reads it only for the start it keeps. So once
+    this start has asked for `max_nfev` points of its own, a Jacobian's columns are not computed
+    (zeros stand in: they cannot change the fit's x, cost or residuals, only `fit.jac`,
+    `fit.grad` and `fit.status`) and `skipped` says so; the caller computes the kept start's
+    Jacobian afterwards, the same numbers. Use `map` only with scipy >= 1.16, which sends
+    every finite-difference column (and nothing else) through it.
+    """
+
+    def __init__(self, fun: Callable[[np.ndarray], np.ndarray], evals: Evaluations, max_nfev: int):
+        self.fun, self.evals, self.max_nfev = fun, evals, max_nfev
+        self.calls, self.skipped = 0, False
+        self._columns = False  # inside `map`: the objective is asked for a Jacobian's column
+        self._size = 0
+
+    def __call__(self, u: np.ndarray) -> np.ndarray:
+        if not self._columns:
+            self.calls += 1
+        out = self.fun(u)
+        self._size = len(out)
+        return out
+
+    def map(self, func: Callable[[np.ndarray], Any], xs: Iterable[np.ndarray]) -> list[Any]:
+        """`Evaluations.map` for a Jacobian's columns, or zeros once the budget is spent."""
+        xs = list(xs)
+        if self.calls >= self.max_nfev:  # no step will follow: only the result would read it
+            self.skipped = True
+            return [np.zeros(self._size) for _ in xs]
+        self._columns = True
+        try:
+            return self.evals.map(func, xs)
+        finally:
+            self._columns = False

@@ -78,10 +78,12 @@ def measure(frame: pd.DataFrame) -> dict[str, float]:
 
 
 def objectives(run: dict[str, float], ref: dict[str, float]) -> dict[str, float]:
-    """`run`'s three objectives against the reference (constant schedule) `ref`."""
+    """`run`'s three objectives against the reference (constant schedule) `ref`; NaN where the
+    reference never wrote a valid candidate (tiny runs), rather than a ZeroDivisionError."""
+    peak = ref["peak_validity"]
     return {
         "kept": run["kept"],
-        "validity_share": run["peak_validity"] / ref["peak_validity"],
+        "validity_share": run["peak_validity"] / peak if peak > 0 else float("nan"),
         "fitness_gain": run["best_fitness"] - ref["best_fitness"],
     }
 
@@ -300,17 +302,19 @@ def draw(result: Search, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     t = result.trials
+    plural = "s" if int(result.meta.get("seeds", 1)) > 1 else ""
+    search, fresh_label = f"search seed{plural}", f"fresh seed{plural}"
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     sc = ax.scatter(t.validity_share, t.kept, c=t.fitness_gain, cmap="coolwarm_r", s=18,
                     vmin=-abs(t.fitness_gain).max(), vmax=abs(t.fitness_gain).max())  # fmt: skip
-    fig.colorbar(sc, ax=ax, label="best-fitness gain vs constant (search seed)")
+    fig.colorbar(sc, ax=ax, label=f"best-fitness gain vs constant ({search})")
     on = t[t.on_front]
     ax.scatter(on.validity_share, on.kept, s=70, facecolors="none", edgecolors="k",
-               label="Pareto front (search seed)")  # fmt: skip
+               label=f"Pareto front ({search})")  # fmt: skip
     fresh = [f["fresh"] for f in result.front]
     if fresh:
         ax.scatter([f["validity_share"] for f in fresh], [f["kept"] for f in fresh], marker="x",
-                   color="tab:green", label="front re-measured (fresh seed)")  # fmt: skip
+                   color="tab:green", label=f"front re-measured ({fresh_label})")  # fmt: skip
     ax.axhline(GOAL["kept"], ls="--", color="0.4", lw=1)
     ax.axvline(GOAL["validity_share"], ls="--", color="0.4", lw=1, label="goal")
     ax.set_xlabel("peak validity ÷ constant schedule's")

@@ -20,10 +20,46 @@ from archrefine.experiments.calibrate import (
     CalibrationError,
     calibrate,
     check_trajectory,
+    free_params,
 )
-from archrefine.experiments.fitting import spread
+from archrefine.experiments.fitting import SCALED, spread
 
 LOO_COLUMNS = ["cycle", "column", "observed", "predicted", "residual"]
+#: coefficients `fitting.observe` fits per observed column besides the generator's parameters
+MAP_COEFFICIENTS = {"mean_accuracy": 2, "novel_admitted": 1} | dict.fromkeys(SCALED, 1)
+
+
+def _observed(trajectory: pd.DataFrame, columns: Sequence[str] | None):
+    obs = check_trajectory(trajectory)
+    use = [c for c in (columns or KNOWN_COLUMNS) if c in obs.columns]
+    obs = obs[["cycle", *use]]
+    obs = obs[obs[use].notna().any(axis=1)].reset_index(drop=True)
+    if len(obs) < 3:
+        raise CalibrationError(f"leave-one-out needs at least 3 observed cycles, got {len(obs)}")
+    return obs, use
+
+
+def check_folds(
+    trajectory: pd.DataFrame,
+    *,
+    generator: str = "paper",
+    columns: Sequence[str] | None = None,
+    params: Any = None,
+) -> None:
+    """Raise `CalibrationError` unless every refit has fewer free parameters (the generator's
+    and the observation maps') than observed values: with as many, a refit can pass through
+    every value it sees and its prediction of the left-out cycle is unconstrained. Cheap: call
+    it before the fit."""
+    obs, use = _observed(trajectory, columns)
+    for cycle in obs["cycle"]:
+        train = obs[obs["cycle"] != cycle]
+        keep = [c for c in use if train[c].notna().any()]
+        free = len(free_params(generator, params)) + sum(MAP_COEFFICIENTS.get(c, 0) for c in keep)
+        if (values := int(train[keep].notna().sum().sum())) <= free:
+            raise CalibrationError(
+                f"leave-one-out: without cycle {cycle}, {values} observed values are left for "
+                f"{free} free parameters; fit more columns or fewer parameters"
+            )
 
 
 def leave_one_out(
@@ -37,16 +73,13 @@ def leave_one_out(
 
     Every refit simulates the full run length and weighs each column by the spread of the
     *whole* trajectory, so folds differ only in the cycle they lack; the held-out values are
-    predicted with the refit's own observation maps. Returns the per-value table (cycle,
-    column, observed, predicted, residual = observed − predicted) and the RMSE per column.
+    predicted with the refit's own observation maps (`check_folds` first). Returns the
+    per-value table (cycle, column, observed, predicted, residual = observed − predicted) and
+    the RMSE per column.
     `on_fold(done, total)` is called after each refit.
     """
-    obs = check_trajectory(trajectory)
-    use = [c for c in (columns or KNOWN_COLUMNS) if c in obs.columns]
-    obs = obs[["cycle", *use]]
-    obs = obs[obs[use].notna().any(axis=1)].reset_index(drop=True)
-    if len(obs) < 3:
-        raise CalibrationError(f"leave-one-out needs at least 3 observed cycles, got {len(obs)}")
+    obs, use = _observed(trajectory, columns)
+    check_folds(obs, generator=kwargs.get("generator", "paper"), params=kwargs.get("params"))
     scales = {c: spread(obs[c]) for c in use} | dict(kwargs.pop("scales", None) or {})
     kwargs.setdefault("n_boot", 0)
     kwargs["cycles"] = max(int(obs["cycle"].max()), kwargs.get("cycles") or 0)

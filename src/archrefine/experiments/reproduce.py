@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +24,7 @@ from archrefine.experiments.claims import (
     paper_plan,
     phase_source,
 )
-from archrefine.experiments.runner import count_unique, run_plan
+from archrefine.experiments.runner import call_held, count_unique, forked_pool, in_child, run_plan
 
 FIGURES = ("fig1_trajectory.png", "fig2_topk.png", "fig3_phases.png", "fig4_schedules.png")
 COMPARE = "fig5_compare.png"  # only when the generator is not the paper's
@@ -56,13 +58,27 @@ def reproduce(
     on_done: Callable[[], None] | None = None,
     n_boot: int = 200,
 ) -> Reproduction:
-    """Run the four experiments and check the claims; no I/O."""
+    """Run the four experiments and check the claims; no I/O. With more than one process
+    (`workers`, default one per core) the claims are checked in a short-lived process of their
+    own: scipy and ruptures (~60 MB) and the bootstrap arrays never enter this one, which goes
+    on to write the files and the report."""
     frame = run_plan(
         config,
         plan(config),
         workers=workers,
         on_done=on_done,
     )
+    check = in_child if (workers or os.cpu_count() or 1) > 1 else _call
+    found, claims = check(_analysis, frame, config, n_boot)
+    return Reproduction(frame, found, claims)
+
+
+def _call(fn: Callable, *args):
+    return fn(*args)
+
+
+def _analysis(frame: pd.DataFrame, config: Config, n_boot: int) -> tuple[Phases, list[Claim]]:
+    """The phases found and the claims checked on `frame`."""
     found = detect(frame, config.schedule.kind, n_boot=n_boot, seed=config.seed)
     claims = evaluate(
         frame,
@@ -72,18 +88,14 @@ def reproduce(
         n_boot=n_boot,
         seed=config.seed,
     )
-    return Reproduction(frame, found, claims)
+    return found, claims
 
 
 def write(out: Path, config: Config, rep: Reproduction, *, started: float) -> None:
-    """Write data first, then claims and figures; `run.json` is marked complete last."""
-    write_parquet(out / "metrics.parquet", rep.frame)
-    write_json(out / "claims.json", as_records(rep.claims))
-    atomic_write_text(out / "claims.md", claims_markdown(rep.claims, config))
-    write_json(out / "phases.json", phases_record(rep.phases))
-    table = intervene.conditions_table(rep.frame, config.generator.kind)
-    write_json(out / "interventions.json", table)
-    draw(
+    """Write data, claims and figures; `run.json` is marked complete last. The figures' processes
+    start first and draw while this one writes the data: forked before the writing, they do not
+    inherit its memory (pyarrow's buffers)."""
+    with drawing(
         out,
         rep.frame,
         rep.phases,
@@ -91,7 +103,14 @@ def write(out: Path, config: Config, rep: Reproduction, *, started: float) -> No
         generator=config.generator.kind,
         period=config.schedule.period,
         named=phases_found(rep.claims),
-    )
+    ):
+        write_parquet(out / "metrics.parquet", rep.frame)
+        _release_arrow_memory()
+        write_json(out / "claims.json", as_records(rep.claims))
+        atomic_write_text(out / "claims.md", claims_markdown(rep.claims, config))
+        write_json(out / "phases.json", phases_record(rep.phases))
+        table = intervene.conditions_table(rep.frame, config.generator.kind)
+        write_json(out / "interventions.json", table)
     close_run(
         out,
         files=[
@@ -106,6 +125,14 @@ def write(out: Path, config: Config, rep: Reproduction, *, started: float) -> No
         ],
         started=started,
     )
+
+
+def _release_arrow_memory() -> None:
+    """Hand pyarrow's freed buffers back to the system: its allocator (mimalloc, jemalloc) keeps
+    them for reuse, ~40 MB after writing metrics.parquet, which the report would build on."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 def phases_record(found: Phases) -> dict:
@@ -133,7 +160,14 @@ def phases_found(claims: list[Claim] | list[dict]) -> bool | None:
     return None
 
 
-def draw(
+def draw(out: Path, frame: pd.DataFrame, found: Phases, schedule_kind: str, **kw) -> None:
+    """Draw the four figures (see `drawing`, whose options `kw` are)."""
+    with drawing(out, frame, found, schedule_kind, **kw):
+        pass
+
+
+@contextmanager
+def drawing(
     out: Path,
     frame: pd.DataFrame,
     found: Phases,
@@ -143,9 +177,10 @@ def draw(
     generator: str = "this run",
     period: int = 4,
     named: bool | None = None,
-) -> None:
-    """Draw the four figures, in parallel processes (matplotlib is single-threaded); phases are
-    named only when C1 held (`named`, see `phases_found`)."""
+) -> Iterator[None]:
+    """Draw the four figures while the body runs, in parallel forked processes (matplotlib is
+    single-threaded; the frames reach them by fork, unpickled), and wait for them on leaving;
+    phases are named only when C1 held (`named`, see `phases_found`)."""
     traj = frame[(frame.experiment == "trajectory") & (frame.condition == "baseline")]
     exp, cond = phase_source(frame, schedule_kind)
     phase_run = frame[(frame.experiment == exp) & (frame.condition == cond)]
@@ -170,12 +205,16 @@ def draw(
                 {},
             )
         )
-    if workers <= 1:
-        for name, args, kw in jobs:
-            _plot(name, *args, **kw)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for future in [pool.submit(_plot, name, *args, **kw) for name, args, kw in jobs]:
+    calls = [(partial(_plot, name, **kw), args) for name, args, kw in jobs]
+    with forked_pool(workers, calls) if workers > 1 else nullcontext() as pool:
+        if pool is None:
+            yield
+            for fn, args in calls:
+                fn(*args)
+            return
+        futures = [pool.submit(call_held, i) for i in range(len(calls))]
+        yield
+        for future in futures:
             future.result()
 
 

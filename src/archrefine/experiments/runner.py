@@ -8,8 +8,9 @@ conditions whose resolved configs coincide are simulated once.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import pandas as pd
@@ -19,6 +20,7 @@ from archrefine.sim.loop import simulate
 
 Plan = dict[str, dict[str, dict]]  # experiment → condition → dotted overrides
 Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 def _run(config: Config) -> pd.DataFrame:
@@ -104,3 +106,43 @@ def each_in_processes(
         finally:
             for future in pending:
                 future.cancel()
+
+
+def in_child(fn: Callable[..., Result], *args: Any) -> Result:
+    """`fn(*args)` in one short-lived process: what it imports and allocates leaves with that
+    process, so the caller's peak memory does not grow by it. Forked where the platform can
+    (the child inherits `args`, nothing is pickled but the result); elsewhere, in this process."""
+    with forked_pool(1, [(fn, args)]) as pool:
+        if pool is None:
+            return fn(*args)
+        return pool.submit(call_held, 0).result()
+
+
+_HELD: list[tuple[Callable, tuple]] = []  # a forked pool's calls, inherited (never pickled)
+
+
+@contextmanager
+def forked_pool(workers: int, calls: list[tuple[Callable, tuple]]) -> Iterator[Any]:
+    """A pool of `workers` forked processes that hold `calls` (`call_held(i)` runs the i-th) as
+    they were when it started: large arguments reach them by fork, not through a pipe, so
+    neither this process nor the children keep a pickled copy. None where fork is missing."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        yield None
+        return
+    context = mp.get_context("fork")
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_hold, initargs=(calls,)
+    ) as pool:
+        yield pool
+
+
+def _hold(calls: list[tuple[Callable, tuple]]) -> None:
+    _HELD[:] = calls
+
+
+def call_held(i: int) -> Any:
+    """The i-th call a `forked_pool` holds, in one of its processes."""
+    fn, args = _HELD[i]
+    return fn(*args)

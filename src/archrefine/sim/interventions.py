@@ -32,146 +32,18 @@ the random generator, so results are unchanged bit for bit.
 
 from __future__ import annotations
 
-import importlib.abc
-import sys
-
 import numpy as np
 
-from archrefine.core.config import Config, ConfigError
+from archrefine.core.config import Config
 from archrefine.sim.base import Candidates
+from archrefine.sim.elites import EliteArchive, EliteArchiveState
 from archrefine.sim.selection import scored, top_k
-
-DESCRIPTORS = {
-    "grounded": ("depth: layers before the head", "width: mean output width / 128"),
-    "abstract": ("mean token / (V − 1)", "distinct tokens / d"),
-}
-
-
-def descriptors(seqs: np.ndarray, space: str, vocab: int) -> np.ndarray:
-    """Two descriptors per sequence `(..., d) → (..., 2)`, each in [0, 1] (docs/interventions.md).
-
-    Grounded networks: depth (tokens with weights before the first head, over d) × width (the
-    mean output width of the layers that set one, over 128). Other spaces have no structure to
-    read, so two token statistics stand in: the mean token id and the share of distinct tokens.
-    """
-    d = seqs.shape[-1]
-    if space == "grounded":
-        from archrefine.space.vocab import TOKENS  # the space layer sits below sim
-
-        kinds = np.array([t.kind for t in TOKENS])
-        weighted = np.array([bool(t.prefix) for t in TOKENS])
-        out = np.array([max(t.out, 0) for t in TOKENS], dtype=float)
-        head = np.cumsum(kinds[seqs] == "head", axis=-1)
-        before = (head == 0) | ((head == 1) & (kinds[seqs] == "head"))
-        layer = weighted[seqs] & before
-        width_set = layer & (out[seqs] > 0)
-        depth = layer.sum(axis=-1) / d
-        with np.errstate(invalid="ignore"):
-            width = (out[seqs] * width_set).sum(axis=-1) / width_set.sum(axis=-1) / 128
-        return np.stack([depth, np.nan_to_num(width)], axis=-1)
-    ordered = np.sort(seqs, axis=-1)
-    distinct = 1 + (np.diff(ordered, axis=-1) != 0).sum(axis=-1)
-    return np.stack([seqs.mean(axis=-1) / max(vocab - 1, 1), distinct / d], axis=-1)
 
 
 def compact(pool: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows of `pool (trials, k, d)` where `mask (trials, k)`, moved to the front (order kept)."""
     order = np.argsort(~mask, axis=1, kind="stable")
     return np.take_along_axis(pool, order[..., None], axis=1), mask.sum(axis=1)
-
-
-class _NoTorch(importlib.abc.MetaPathFinder):
-    """Makes `import torch` fail while pyribs loads, as if torch were not installed."""
-
-    def find_spec(self, name: str, path: object, target: object = None) -> None:
-        if name.partition(".")[0] in ("torch", "cupy", "zuko"):
-            raise ImportError(f"{name} is not needed by the simulator")
-        return None
-
-
-def _grid_archive() -> type:
-    """pyribs' `GridArchive`, loaded without torch when the process has not imported it.
-
-    pyribs imports torch whenever it is installed (only for its optional tensor support, guarded
-    by `except ImportError`); in a simulator process that alone adds ~180 MB of peak memory.
-    """
-    blocker = None if "torch" in sys.modules else _NoTorch()
-    if blocker is not None:
-        sys.meta_path.insert(0, blocker)
-    try:
-        from ribs.archives import GridArchive
-    except ImportError:
-        raise ConfigError(
-            "intervention.qd 'map-elites' needs pyribs: pip install 'archrefine[interventions]'"
-        ) from None
-    finally:
-        if blocker is not None:
-            sys.meta_path.remove(blocker)
-    return GridArchive
-
-
-class EliteArchive:
-    """One pyribs `GridArchive` per trial over `descriptors`, objective = the selection score."""
-
-    def __init__(self, trials: int, length: int, cells: int, space: str, vocab: int, seed: int):
-        GridArchive = _grid_archive()
-
-        self.space, self.vocab = space, vocab
-        self.grids = [
-            GridArchive(
-                solution_dim=length,
-                dims=[cells, cells],
-                ranges=[(0.0, 1.0 + 1e-9)] * 2,
-                seed=seed + t,
-                dtype=np.float64,
-            )
-            for t in range(trials)
-        ]
-
-    def add(self, seqs: np.ndarray, score: np.ndarray, valid: np.ndarray) -> None:
-        desc = descriptors(seqs, self.space, self.vocab)
-        for t, grid in enumerate(self.grids):
-            keep = valid[t]
-            if keep.any():
-                grid.add(seqs[t][keep].astype(np.float64), score[t][keep], desc[t][keep])
-
-    def select(self, k: int, d: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """k elites per trial drawn uniformly without replacement (all of them when fewer)."""
-        pool = np.zeros((len(self.grids), k, d), dtype=np.int16)
-        size = np.zeros(len(self.grids), dtype=int)
-        for t, grid in enumerate(self.grids):
-            data = grid.data(["solution", "index"])
-            if len(data["index"]) == 0:
-                continue
-            elites = data["solution"][np.argsort(data["index"])]  # by cell, not insertion order
-            pick = rng.permutation(len(elites))[:k]
-            pool[t, : len(pick)] = np.rint(elites[pick]).astype(np.int16)
-            size[t] = len(pick)
-        return pool, size
-
-
-class EliteArchiveState:
-    """Save and restore an `EliteArchive` as plain arrays (checkpoints pickle nothing)."""
-
-    @staticmethod
-    def dump(arc: EliteArchive) -> dict[str, np.ndarray]:
-        data = [g.data() for g in arc.grids]
-        return {
-            "count": np.array([len(x["objective"]) for x in data]),
-            "solution": np.concatenate([x["solution"] for x in data]),
-            "objective": np.concatenate([x["objective"] for x in data]),
-            "measures": np.concatenate([x["measures"] for x in data]),
-        }
-
-    @staticmethod
-    def load(arc: EliteArchive, saved: dict[str, np.ndarray]) -> None:
-        """Re-add the saved elites to empty grids: each lands in its own cell as before."""
-        ends = np.cumsum(saved["count"])
-        for t, grid in enumerate(arc.grids):
-            grid.clear()
-            part = slice(ends[t] - saved["count"][t], ends[t])
-            if saved["count"][t]:
-                grid.add(saved["solution"][part], saved["objective"][part], saved["measures"][part])
 
 
 class Steering:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from archrefine.core import knn
 from archrefine.core.config import Config, ScheduleConfig
 from archrefine.core.metrics import METRICS  # noqa: F401  (public here too)
 from archrefine.core.schedules import rates
@@ -21,7 +23,7 @@ from archrefine.sim.checkpoint import Checkpoint, Checkpointer, LoopState
 from archrefine.sim.interventions import Steering
 from archrefine.sim.landscapes import NKLandscape
 from archrefine.sim.paper import PaperGenerator
-from archrefine.sim.spaces import make_space
+from archrefine.sim.spaces import AbstractSpace, make_space
 
 EXTRA = ("best_fitness", "mutation_rate", "pool_size", "bonus", "loss")
 
@@ -118,6 +120,8 @@ def _cycles(
     d = known.shape[2]
     per_cycle = {"all": n, "valid": n, "selected": loop.top_k}[loop.archive]
     archive = Archive(known, per_cycle * loop.cycles)
+    if not getattr(world, "canonical", False):  # novelty by the kNN of `core/knn.py`
+        knn.preload(trials, n, known.shape[1] + per_cycle * (loop.cycles - 1), world.vocab)
     schedule = rates(config.schedule, loop.cycles)
     shown = recorded_rates(config.schedule, loop.cycles)
     pool = np.zeros((trials, loop.top_k, d), dtype=np.int16)
@@ -128,45 +132,84 @@ def _cycles(
     if resume and saver is not None and saver.checkpoint.path.exists():
         saver.checkpoint.restore(state, rng, steer.bound(generator), score)
     pool, pool_size, records = state.pool, state.pool_size, state.records
-    for c in range(state.cycle, loop.cycles):
-        cands = steer.propose(generator, pool, pool_size, n, schedule[c], loop.fresh_fraction)
-        seqs = cands.seqs
-        valid = world.validity(cands, generator, rng)
-        fit = score(seqs)
-        nov = world.novelty(seqs, archive.rows, archive.filled, loop.novelty_k)
-        if on_candidates is not None:
-            on_candidates(c + 1, valid, fit, nov)
-        n_valid = valid.sum(axis=1)
-        with np.errstate(invalid="ignore"):
-            mean_fit = np.where(valid, fit, 0.0).sum(axis=1) / n_valid
-        records.append(
-            {
-                "validity": n_valid / n,
-                "novelty": nov.mean(axis=1),
-                "diversity": world.diversity(seqs),
-                "fitness": np.where(n_valid > 0, mean_fit, np.nan),
-                "best_fitness": np.where(valid, fit, -np.inf).max(axis=1),
-                "mutation_rate": np.full(trials, shown[c]),
-                "bonus": getattr(generator, "bonus", np.full(trials, np.nan)).copy(),
-            }
-        )
-        new_pool, new_size = steer.select(seqs, fit, nov, valid, loop.top_k, rng)
-        keep_old = new_size == 0  # nothing valid: the templates stay as they were
-        pool = np.where(keep_old[:, None, None], pool, new_pool)
-        pool_size = np.where(keep_old, pool_size, new_size)
-        records[-1]["pool_size"] = pool_size.copy()
-        if loop.archive == "selected":
-            archive.add(new_pool, np.arange(loop.top_k)[None, :] < new_size[:, None])
-        else:
-            archive.add(seqs, valid if loop.archive == "valid" else np.ones_like(valid))
-        generator.refine(*steer.training_set(new_pool, new_size, rng))
-        records[-1]["loss"] = getattr(generator, "last_loss", np.full(trials, np.nan)).copy()
-        if saver is not None:
-            state.cycle, state.pool, state.pool_size = c + 1, pool, pool_size
-            saver.cycle_done(state, rng, steer.bound(generator), score)
-        if on_cycle is not None:
-            on_cycle(c + 1)
+    beside = _Beside(trials * n * d >= BESIDE and not hasattr(score, "close"))
+    # the generator's validity model, where the space asks it (the abstract space)
+    costs = hasattr(generator, "start_costs") and type(world).validity is AbstractSpace.validity
+    try:
+        for c in range(state.cycle, loop.cycles):
+            if beside.pool is not None and costs:
+                generator.start_costs(beside.run)  # validity's costs beside the proposal
+            cands = steer.propose(generator, pool, pool_size, n, schedule[c], loop.fresh_fraction)
+            seqs = cands.seqs
+            scored = beside.run(_score, score, world, seqs, archive, loop.novelty_k)
+            valid = world.validity(cands, generator, rng)  # the cycle's only random draws
+            diversity = world.diversity(seqs)
+            fit, nov = scored()
+            if on_candidates is not None:
+                on_candidates(c + 1, valid, fit, nov)
+            n_valid = valid.sum(axis=1)
+            with np.errstate(invalid="ignore"):
+                mean_fit = np.where(valid, fit, 0.0).sum(axis=1) / n_valid
+            records.append(
+                {
+                    "validity": n_valid / n,
+                    "novelty": nov.mean(axis=1),
+                    "diversity": diversity,
+                    "fitness": np.where(n_valid > 0, mean_fit, np.nan),
+                    "best_fitness": np.where(valid, fit, -np.inf).max(axis=1),
+                    "mutation_rate": np.full(trials, shown[c]),
+                    "bonus": getattr(generator, "bonus", np.full(trials, np.nan)).copy(),
+                }
+            )
+            new_pool, new_size = steer.select(seqs, fit, nov, valid, loop.top_k, rng)
+            keep_old = new_size == 0  # nothing valid: the templates stay as they were
+            pool = np.where(keep_old[:, None, None], pool, new_pool)
+            pool_size = np.where(keep_old, pool_size, new_size)
+            records[-1]["pool_size"] = pool_size.copy()
+            if loop.archive == "selected":
+                archive.add(new_pool, np.arange(loop.top_k)[None, :] < new_size[:, None])
+            else:
+                archive.add(seqs, valid if loop.archive == "valid" else np.ones_like(valid))
+            generator.refine(*steer.training_set(new_pool, new_size, rng))
+            records[-1]["loss"] = getattr(generator, "last_loss", np.full(trials, np.nan)).copy()
+            if saver is not None:
+                state.cycle, state.pool, state.pool_size = c + 1, pool, pool_size
+                saver.cycle_done(state, rng, steer.bound(generator), score)
+            if on_cycle is not None:
+                on_cycle(c + 1)
+    finally:
+        beside.close()
     return records
+
+
+BESIDE = 100_000  # candidate tokens per cycle from which `_Beside` uses a helper thread
+
+
+class _Beside:
+    """A helper thread that computes validity's costs while the loop's thread proposes, then
+    fitness and novelty while it draws validity and computes diversity: none of these uses
+    random numbers, each only reads arrays that nothing writes meanwhile, and numpy's loops and
+    the numba kNN release the GIL, so on two cores the steps overlap and the numbers stay the
+    same. Off (`use` false) where a cycle is too small to repay the hand-off, and for a fitness
+    with its own worker pool."""
+
+    def __init__(self, use: bool):
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="archrefine-score") if use else None
+
+    def run(self, fn: Callable, *args) -> Callable[[], tuple]:
+        """Start `fn(*args)`; calling what comes back waits for its result (or raises its error)."""
+        if self.pool is None:
+            done = fn(*args)
+            return lambda: done
+        return self.pool.submit(fn, *args).result
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _score(score, world, seqs, archive: Archive, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return score(seqs), world.novelty(seqs, archive.rows, archive.filled, k)
 
 
 def recorded_rates(schedule: ScheduleConfig, cycles: int) -> np.ndarray:

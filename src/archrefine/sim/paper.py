@@ -37,6 +37,8 @@ Mechanisms (docs/model.md gives the equations and the reasons for each parameter
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from archrefine.core import fast
@@ -49,10 +51,10 @@ from archrefine.sim.drift import Drift
 def sample_categorical(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Inverse-CDF draws: `cdf (trials, d, V)`, `u (trials, n, d)` → tokens `(trials, n, d)`.
 
-    The token is the number of CDF steps below u. With numba (the `fast` extra) a binary search
-    per draw finds it; without, it is counted one vocabulary entry at a time so memory stays at
-    trials·n·d (measured faster than one broadcast or a flat searchsorted). Both make the same
-    comparisons on the same numbers, so the tokens are identical (tests/test_knn.py).
+    The token is the number of CDF steps below u. With numba (the `fast` extra) a compiled loop
+    counts them per draw; without, they are counted one vocabulary entry at a time so memory
+    stays at trials·n·d (measured faster than one broadcast or a flat searchsorted). Both make
+    the same comparisons on the same numbers, so the tokens are identical (tests/test_knn.py).
     """
     if fast.loaded():  # loaded by the kNN when the run is large enough to repay numba's start
         return fast.kernels().sample_categorical(np.ascontiguousarray(cdf), np.ascontiguousarray(u))
@@ -82,6 +84,7 @@ class PaperGenerator:
         self.prior = self.initial.copy()
         self.bonus = np.zeros(trials)
         self.drift = Drift(config.drift, trials) if config.drift > 0 else None  # sim/drift.py
+        self._costs: tuple | None = None  # `start_costs`: (prior, bonus, its result's getter)
 
     def sampling(self, rate: float) -> np.ndarray:
         """The distribution the generator decodes from at mutation rate `rate`: the prior at
@@ -115,21 +118,40 @@ class PaperGenerator:
         keep_fresh = (np.arange(n)[None, :] < np.round(share * n)[:, None])[..., None]
         return Candidates(np.where(keep_fresh, draws, children), keep_fresh | mutate)
 
+    def start_costs(self, run: Callable[..., Callable[[], np.ndarray]]) -> None:
+        """Have `run` (the simulator's helper thread) compute the validity costs of the current
+        prior and bonus while this thread proposes: they depend on nothing a proposal draws."""
+        state = self._cost_inputs()
+        self._costs = (*state[:2], run(self._validity_costs, *state))
+
+    def _cost_inputs(self) -> tuple:
+        penalty = None if self.drift is None else self.drift.penalty()
+        return self.prior, self.bonus, penalty
+
+    def _validity_costs(self, prior, bonus, penalty) -> np.ndarray:
+        """-log sigmoid of every token's log-odds `(trials, d, V)`: a token's log-odds depend
+        only on (trial, position, token), so this per entry of the prior (trials·d·V) is cheaper
+        than per candidate token (trials·n·d)."""
+        cfg = self.cfg
+        with np.errstate(divide="ignore"):  # a token the format forbids: log 0
+            logit = (
+                cfg.base_logit
+                + cfg.bonus_max * bonus[:, None, None]
+                + cfg.familiarity * np.log(self.vocab * prior)
+            )
+        if penalty is not None:
+            logit = logit - penalty[:, None, None]
+        return np.logaddexp(0.0, -logit)  # -log sigmoid, computed stably
+
     def validity(self, cands: Candidates) -> np.ndarray:
         cfg = self.cfg
         seqs = cands.seqs
         trials, n, d = seqs.shape
-        # a token's log-odds depend only on (trial, position, token): the -log sigmoid of every
-        # entry of the prior (trials·d·V) is cheaper than of every candidate token (trials·n·d)
-        with np.errstate(divide="ignore"):  # a token the format forbids: log 0
-            logit = (
-                cfg.base_logit
-                + cfg.bonus_max * self.bonus[:, None, None]
-                + cfg.familiarity * np.log(self.vocab * self.prior)
-            )
-        if self.drift is not None:
-            logit = logit - self.drift.penalty()[:, None, None]
-        cost = np.logaddexp(0.0, -logit)  # -log sigmoid, computed stably
+        started, self._costs = self._costs, None
+        if started is not None and started[0] is self.prior and started[1] is self.bonus:
+            cost = started[2]()  # `start_costs` for this very state (refine replaces both)
+        else:
+            cost = self._validity_costs(*self._cost_inputs())
         flat = seqs + (np.arange(trials * d, dtype=np.int32) * self.vocab).reshape(trials, 1, d)
         written_cost = np.take(cost.reshape(-1), flat) * cands.written
         return cfg.ceiling * np.exp(-written_cost.sum(axis=2))
