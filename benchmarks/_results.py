@@ -29,4 +29,6 @@ def update_results(name: str, section: str) -> None:
         text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text)
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text.rstrip("\n") + "\n")
+    from archrefine.core.store import atomic_write_text  # a killed benchmark leaves the old file
+
+    atomic_write_text(RESULTS, text.rstrip("\n") + "\n")

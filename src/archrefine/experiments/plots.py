@@ -158,7 +158,9 @@ def topk(frame: pd.DataFrame, path: Path) -> None:
     v = np.array([c.validity.iloc[-1] for c in fc])
     kept = np.array([retained(c) for c in fc])
     score = balance(v, kept)
-    axes[1].plot(ks, v / v.max(), "o-", color=COLORS["validity"], label="validity / best")
+    with np.errstate(invalid="ignore", divide="ignore"):  # a tiny run with no valid candidate
+        v_share = v / v.max()
+    axes[1].plot(ks, v_share, "o-", color=COLORS["validity"], label="validity / best")
     axes[1].plot(ks, kept, "o-", color=COLORS["diversity"], label="diversity kept")
     axes[1].plot(ks, score, "s-", color="black", lw=2, label="balance (harmonic mean)")
     c6 = selection(frame)
