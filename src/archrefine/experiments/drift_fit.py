@@ -29,7 +29,7 @@ from scipy.optimize import least_squares
 from scipy.stats import qmc
 
 from archrefine.core.config import Config
-from archrefine.experiments.calibrate import DIFF_STEP, CalibrationError, check_trajectory
+from archrefine.experiments.calibrate import DIFF_STEP, CalibrationError
 from archrefine.experiments.fitting import (
     Simulated,
     config_value,
@@ -37,10 +37,12 @@ from archrefine.experiments.fitting import (
     from_unit,
     observe,
     residual_table,
+    rmse_by_column,
     simulate_candidates,
     spread,
     to_unit,
 )
+from archrefine.experiments.loo import LOO_COLUMNS, observed_cycles, thin_fold
 
 #: the drift model's parameters and bounds: calibrate's DRIFT_PARAMS with bonus_max's bound
 #: raised to hold its default (8.0), as forecast_fit does for the paper model
@@ -143,10 +145,7 @@ def fit_drift(
     return DriftFit(
         params={k: float(v) for k, v in zip(problem.keys, values)} | dict(variant.fixed),
         fitted=fitted_frame(sim, mapped),
-        rmse={
-            c: float(np.sqrt(np.mean(g["residual"].to_numpy(dtype=float) ** 2)))
-            for c, g in table.groupby("column", sort=False)
-        },
+        rmse=rmse_by_column(table),
         loss=float(data @ data),
     )
 
@@ -169,26 +168,21 @@ def drift_loo(
     refit would have as many free parameters (the model's and the accuracy map's two) as
     observed values.
     """
-    obs = check_trajectory(trajectory)
-    if missing := [c for c in columns if c not in obs.columns]:
+    obs, use = observed_cycles(trajectory, columns)
+    if missing := [c for c in columns if c not in use]:
         raise CalibrationError(f"columns: {', '.join(missing)} not in the trajectory")
-    obs = obs[["cycle", *columns]]
-    obs = obs[obs[list(columns)].notna().any(axis=1)].reset_index(drop=True)
-    if len(obs) < 3:
-        raise CalibrationError(f"leave-one-out needs at least 3 observed cycles, got {len(obs)}")
     scales = {c: spread(obs[c]) for c in columns}
     cycles = int(obs["cycle"].max())
     base = (base or Config()).with_overrides(
         {"generator.kind": "paper", "trials": trials, "seed": seed, "loop.cycles": cycles}
     )
     free = len([k for k in BOX if k not in variant.fixed]) + 2 * ("mean_accuracy" in columns)
-    for cycle in obs["cycle"]:  # before any simulation
-        train = obs[obs["cycle"] != cycle]
-        if (values := int(train[list(columns)].notna().sum().sum())) <= free:
-            raise CalibrationError(
-                f"variant {variant.name!r}: {free} free parameters for {values} observed values "
-                f"without cycle {cycle}; fix more parameters"
-            )
+    if (thin := thin_fold(obs, columns, lambda keep: free)) is not None:  # before any simulation
+        cycle, values, _ = thin
+        raise CalibrationError(
+            f"variant {variant.name!r}: {free} free parameters for {values} observed values "
+            f"without cycle {cycle}; fix more parameters"
+        )
     full = fit_drift(obs, variant, base, scales, max_nfev)
     rows = []
     for cycle in obs["cycle"]:
@@ -199,9 +193,5 @@ def drift_loo(
             if pd.notna(held[col]):
                 predicted = float(fit.fitted[col].iloc[cycle - 1])
                 rows.append((int(cycle), col, float(held[col]), predicted, held[col] - predicted))
-    table = pd.DataFrame(rows, columns=["cycle", "column", "observed", "predicted", "residual"])
-    rmse = {
-        c: float(np.sqrt(np.mean(g["residual"].to_numpy(dtype=float) ** 2)))
-        for c, g in table.groupby("column", sort=False)
-    }
-    return full, table, rmse
+    table = pd.DataFrame(rows, columns=LOO_COLUMNS)
+    return full, table, rmse_by_column(table)

@@ -29,7 +29,11 @@ LOO_COLUMNS = ["cycle", "column", "observed", "predicted", "residual"]
 MAP_COEFFICIENTS = {"mean_accuracy": 2, "novel_admitted": 1} | dict.fromkeys(SCALED, 1)
 
 
-def _observed(trajectory: pd.DataFrame, columns: Sequence[str] | None):
+def observed_cycles(
+    trajectory: pd.DataFrame, columns: Sequence[str] | None
+) -> tuple[pd.DataFrame, list[str]]:
+    """The cycles with at least one observed value among `columns` (default: every known column
+    the trajectory has), and those columns; at least 3 such cycles or `CalibrationError`."""
     obs = check_trajectory(trajectory)
     use = [c for c in (columns or KNOWN_COLUMNS) if c in obs.columns]
     obs = obs[["cycle", *use]]
@@ -37,6 +41,20 @@ def _observed(trajectory: pd.DataFrame, columns: Sequence[str] | None):
     if len(obs) < 3:
         raise CalibrationError(f"leave-one-out needs at least 3 observed cycles, got {len(obs)}")
     return obs, use
+
+
+def thin_fold(
+    obs: pd.DataFrame, use: Sequence[str], free: Callable[[list[str]], int]
+) -> tuple[int, int, int] | None:
+    """The first fold whose refit keeps no more observed values than free parameters — `free`
+    counts them from the columns the refit still observes — as (cycle left out, values, free);
+    None where every fold keeps more."""
+    for cycle in obs["cycle"]:
+        train = obs[obs["cycle"] != cycle]
+        keep = [c for c in use if train[c].notna().any()]
+        if (values := int(train[keep].notna().sum().sum())) <= (n := free(keep)):
+            return int(cycle), values, n
+    return None
 
 
 def check_folds(
@@ -50,16 +68,15 @@ def check_folds(
     and the observation maps') than observed values: with as many, a refit can pass through
     every value it sees and its prediction of the left-out cycle is unconstrained. Cheap: call
     it before the fit."""
-    obs, use = _observed(trajectory, columns)
-    for cycle in obs["cycle"]:
-        train = obs[obs["cycle"] != cycle]
-        keep = [c for c in use if train[c].notna().any()]
-        free = len(free_params(generator, params)) + sum(MAP_COEFFICIENTS.get(c, 0) for c in keep)
-        if (values := int(train[keep].notna().sum().sum())) <= free:
-            raise CalibrationError(
-                f"leave-one-out: without cycle {cycle}, {values} observed values are left for "
-                f"{free} free parameters; fit more columns or fewer parameters"
-            )
+    obs, use = observed_cycles(trajectory, columns)
+    n_model = len(free_params(generator, params))
+    thin = thin_fold(obs, use, lambda keep: n_model + sum(MAP_COEFFICIENTS.get(c, 0) for c in keep))
+    if thin is not None:
+        cycle, values, free = thin
+        raise CalibrationError(
+            f"leave-one-out: without cycle {cycle}, {values} observed values are left for "
+            f"{free} free parameters; fit more columns or fewer parameters"
+        )
 
 
 def leave_one_out(
@@ -78,7 +95,7 @@ def leave_one_out(
     the RMSE per column.
     `on_fold(done, total)` is called after each refit.
     """
-    obs, use = _observed(trajectory, columns)
+    obs, use = observed_cycles(trajectory, columns)
     check_folds(obs, generator=kwargs.get("generator", "paper"), params=kwargs.get("params"))
     scales = {c: spread(obs[c]) for c in use} | dict(kwargs.pop("scales", None) or {})
     kwargs.setdefault("n_boot", 0)

@@ -68,13 +68,11 @@ def reproduce(
         workers=workers,
         on_done=on_done,
     )
-    check = in_child if (workers or os.cpu_count() or 1) > 1 else _call
-    found, claims = check(_analysis, frame, config, n_boot)
+    if (workers or os.cpu_count() or 1) > 1:
+        found, claims = in_child(_analysis, frame, config, n_boot)
+    else:
+        found, claims = _analysis(frame, config, n_boot)
     return Reproduction(frame, found, claims)
-
-
-def _call(fn: Callable, *args):
-    return fn(*args)
 
 
 def _analysis(frame: pd.DataFrame, config: Config, n_boot: int) -> tuple[Phases, list[Claim]]:
