@@ -12,15 +12,18 @@ prints one JSON object: per stage, wall and CPU seconds. The stages follow the c
 * `metrics`: metrics.parquet; `figure`: trajectory.png: the wait for the helper process that
   `run` forks before the loop (`archrefine.cli.beside`: it imports matplotlib during the loop,
   then draws), or the drawing itself where it runs in this process;
-* `close`: run.json; `report`: report.html (the helper's, waited for), and the last lines
-  printed.
+* `close`: run.json; `report`: report.html (the helper's, waited for), the last lines
+  printed and the exit callbacks.
 
-The interpreter's own start-up is what the parent measures beyond `total`; `helper` is the CPU
-of the helper process (this process's waited-for children), on the other core.
+The command ends as the console script does (`archrefine.cli.main`: exit callbacks, then the
+process ends without the interpreter's teardown). The interpreter's start-up and that end are
+what the parent measures beyond `total`; `helper` is the CPU of the helper process (this
+process's waited-for children), on the other core.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib
 import json
@@ -54,7 +57,7 @@ def wrap(module: str, name: str) -> None:
 
 def main() -> None:
     mark("start")
-    from archrefine.cli import app  # the commands, registered
+    from archrefine.cli import main as archrefine  # the commands, registered
 
     for module, name in (
         ("archrefine.sim.loop", "simulate"),
@@ -62,13 +65,17 @@ def main() -> None:
         ("archrefine.core.store", "close_run"),
     ):
         wrap(module, name)
-    try:
-        app(sys.argv[1:], prog_name="archrefine")
-    except SystemExit as done:
-        if done.code:
-            raise
+    atexit.register(report)  # the console script runs the exit callbacks, then ends at once
+    sys.argv = ["archrefine", *sys.argv[1:]]
+    archrefine()
+
+
+def report() -> None:
+    """Print the stages as JSON, once the command is done (nothing where it failed)."""
     mark("end")
     at = {name: (wall, cpu) for name, wall, cpu in MARKS}
+    if "after close_run" not in at:
+        return
     edges = [
         ("imports", "start", "before simulate"),
         ("simulate", "before simulate", "after simulate"),

@@ -2,8 +2,9 @@
 whole 22-cycle run, for 1 trial and for 10 trials batched in one model stack.
 
     python benchmarks/learned.py      # prints the figures and updates benchmarks/RESULTS.md
-    python benchmarks/learned.py --calibrate [--max-nfev 3]   # only "## learned calibrate"
+    python benchmarks/learned.py --calibrate [--max-nfev 3] [--repeat 2]   # "## learned calibrate"
     python benchmarks/learned.py --stacking   # only "## learned stacking"
+    python benchmarks/learned_profile.py      # "## learned profile": where the time goes
 
 Targets from issue 4: one cycle ≤ 1 s on CPU; a 22-cycle, 10-trial run ≤ 3 minutes. Issue 14:
 `archrefine calibrate --generator learned` ≥ 3x faster: the same fit (Khalid et al.'s trajectory,
@@ -20,6 +21,8 @@ import argparse
 import io
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -36,9 +39,9 @@ from archrefine.experiments.evaluations import default_workers
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"space.kind": "grounded", "generator.kind": "learned"}
 NOTE = (
-    "On a machine busy with other work the worker processes also take a larger share of the "
-    "shared cores than one process does, so a ratio measured under load overstates what an "
-    "idle machine gives; there the parallel part is bounded by the core count."
+    "Two workers gain only where the second core is free: under other work they compete with "
+    "it for the same cores, and a round of two simulations waits for the slower "
+    "(docs/performance.md has runs at both)."
 )
 
 
@@ -62,27 +65,56 @@ print("RESULT " + json.dumps(fit | {"evaluations": cal.info.get("evaluations")})
 """
 
 
-def _whole_process(kwargs: dict, src: Path | None) -> tuple[float, dict]:
-    """Wall seconds of one `calibrate` in a fresh interpreter (imports, worker processes and
-    pre-training included), with `src` first on the path (the baseline's tree) when given."""
+def _subreaper() -> bool:
+    """Make this process adopt its orphaned descendants (Linux), so that the CPU time of a
+    child's fork server and of the workers it forked is counted: they are not the child's own
+    children, and the fork server outlives the child by a moment."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def _reap() -> None:
+    """Wait for every adopted descendant, so its CPU time joins RUSAGE_CHILDREN."""
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
+def _whole_process(kwargs: dict, src: Path | None, tree: bool) -> tuple[float, float | None, dict]:
+    """Wall and CPU seconds (user + system, the whole process tree: worker processes too where
+    `tree`, else None where there were any) of one `calibrate` in a fresh interpreter (imports,
+    worker processes and pre-training included), with `src` first on the path (the baseline's
+    tree) when given."""
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(kwargs)],
         env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     seconds = time.perf_counter() - start
+    _reap()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return seconds, json.loads(line[len("RESULT ") :])
+    counted = tree or kwargs.get("workers", 1) == 1
+    return seconds, cpu if counted else None, json.loads(line[len("RESULT ") :])
 
 
-def calibrate_section(max_nfev: int | None, baseline: str) -> str:
+def calibrate_section(max_nfev: int | None, baseline: str, repeat: int = 1) -> str:
     """The whole learned fit as whole processes, back to back: the baseline commit's code,
-    today's code with one worker, and today's with one worker per core."""
+    today's code with one worker, and today's with one worker per core; `repeat` rounds, every
+    other one in reverse order, so that a change of load falls on every variant alike."""
     budget = {} if max_nfev is None else {"max_nfev": max_nfev}
-    rows, fits = [], []
+    rows, fits, tree = [], [], _subreaper()
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(
             ["git", "archive", baseline, "src/archrefine"], cwd=ROOT, capture_output=True,
@@ -92,13 +124,23 @@ def calibrate_section(max_nfev: int | None, baseline: str) -> str:
             tar.extractall(tmp, filter="data")
         runs = [(f"`{baseline}` (before)", 1, budget, Path(tmp) / "src")]
         runs += [("today", w, budget | {"workers": w}, None) for w in (1, default_workers())]
-        for label, workers, kwargs, src in runs:
-            load = os.getloadavg()[0]
-            seconds, fit = _whole_process(kwargs, src)
-            rows.append((label, workers, seconds, fit["evaluations"], load, os.getloadavg()[0]))
-            fits.append({k: fit[k] for k in ("params", "interval", "rmse")})
-            print(f"{label}, workers={workers}: {seconds:.0f} s", flush=True)
+        for r in range(repeat):
+            for label, workers, kwargs, src in runs if r % 2 == 0 else runs[::-1]:
+                load = os.getloadavg()[0]
+                seconds, cpu, fit = _whole_process(kwargs, src, tree)
+                end = os.getloadavg()[0]
+                rows.append((r + 1, label, workers, seconds, cpu, fit["evaluations"], load, end))
+                fits.append({k: fit[k] for k in ("params", "interval", "rmse")})
+                print(f"{label}, workers={workers}: {seconds:.0f} s, CPU {cpu} s", flush=True)
     same = all(f == fits[0] for f in fits)
+    med = {
+        (label, w): (
+            statistics.median(x[3] for x in rows if x[1:3] == (label, w)),
+            _median([x[4] for x in rows if x[1:3] == (label, w)]),
+        )
+        for label, w, _, _ in runs
+    }
+    wall0, cpu0 = med[runs[0][0], 1]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = "the CLI's budget" if max_nfev is None else f"max_nfev={max_nfev}"
     lines = [
@@ -106,20 +148,52 @@ def calibrate_section(max_nfev: int | None, baseline: str) -> str:
         f"{stamp} · {machine()} · load average {os.getloadavg()[0]:.1f} at the end (other "
         "work on the machine slows every run) · `python benchmarks/learned.py --calibrate"
         + ("" if max_nfev is None else f" --max-nfev {max_nfev}")
+        + ("" if repeat == 1 else f" --repeat {repeat}")
         + f'`: `calibrate(khalid2026.csv, generator="learned")`, 2 trials, {text}, each a '
-        "whole process (interpreter, imports, worker processes, pre-training), back to back\n",
-        "| code | workers | seconds | simulations | load average (start → end) | speed-up |",
-        "|---|---|---|---|---|---|",
+        "whole process (interpreter, imports, worker processes, pre-training), back to back"
+        + ("" if repeat == 1 else f", {repeat} rounds, every other one in reverse order")
+        + "\n",
+        "| round | code | workers | seconds | CPU seconds | simulations | load average "
+        "(start → end) |",
+        "|---|---|---|---|---|---|---|",
         *[
-            f"| {c} | {w} | {t:.0f} | {n if n is not None else '–'} | {a:.1f} → {b:.1f} "
-            f"| {rows[0][2] / t:.2f}× |"
-            for c, w, t, n, a, b in rows
+            f"| {r} | {c} | {w} | {t:.0f} | {_cpu(cpu)} | {n if n is not None else '–'} "
+            f"| {a:.1f} → {b:.1f} |"
+            for r, c, w, t, cpu, n, a, b in rows
         ],
         "",
-        "Fitted parameters, their bootstrap intervals and the RMSE identical in all three: "
-        f"{'yes' if same else '**no**'}. " + NOTE,
+        "| code | workers | seconds (median) | CPU seconds (median) | speed-up (wall) "
+        "| CPU ÷ before |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {c} | {w} | {t:.0f} | {_cpu(cpu)} | **{wall0 / t:.2f}×** "
+            f"| {_cpu_ratio(cpu, cpu0)} |"
+            for (c, w), (t, cpu) in med.items()
+        ],
+        "",
+        "Fitted parameters, their bootstrap intervals and the RMSE identical in every run: "
+        f"{'yes' if same else '**no**'}. CPU seconds: user + system of the whole process tree"
+        + (
+            " (the fork server and its workers adopted and counted)"
+            if tree
+            else " (one worker only: the workers' time cannot be collected here)"
+        )
+        + "; other work on the machine moves them far less than the wall time. "
+        + NOTE,
     ]
     return "\n".join(lines) + "\n"
+
+
+def _median(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else statistics.median(values)
+
+
+def _cpu(cpu: float | None) -> str:
+    return "–" if cpu is None else f"{cpu:.0f}"
+
+
+def _cpu_ratio(cpu: float | None, before: float | None) -> str:
+    return "–" if cpu is None or before is None else f"{cpu / before:.2f}"
 
 
 def stacking_section(rounds: int = 5, steps: int = 10) -> str:
@@ -183,6 +257,7 @@ def main() -> None:
     parser.add_argument("--calibrate", action="store_true", help="only the calibrate section")
     parser.add_argument("--max-nfev", type=int, default=None, help="calibrate's budget per start")
     parser.add_argument("--baseline", default=BASELINE, help="the commit timed as 'before'")
+    parser.add_argument("--repeat", type=int, default=1, help="calibrate: rounds of the three")
     parser.add_argument("--stacking", action="store_true", help="only the stacking section")
     args = parser.parse_args()
     if args.stacking:
@@ -191,7 +266,7 @@ def main() -> None:
         update_results("learned stacking", section)
         return
     if args.calibrate:
-        section = calibrate_section(args.max_nfev, args.baseline)
+        section = calibrate_section(args.max_nfev, args.baseline, args.repeat)
         print(section)
         update_results("learned calibrate", section)
         return

@@ -133,7 +133,8 @@ def run_cmd(out: str, trials: int, archive: str, *extra: str) -> list[str]:
 
 def stages(trials: int, archive: str, out: str) -> dict[str, dict[str, float]]:
     """A default `run`, timed stage by stage in its own process (`_stages.py`); `start` is
-    the interpreter's start-up (the process's wall time beyond the script's, its CPU before)."""
+    the interpreter's start-up and exit (the process's wall time beyond the script's, its CPU
+    before)."""
     cmd = run_cmd(out, trials, archive)
     whole = timed([sys.executable, str(HERE / "_stages.py"), *cmd[3:]], capture=True)
     found = json.loads(whole["stdout"].strip().splitlines()[-1])
@@ -202,7 +203,7 @@ def versus_deap(trials: int, tmp: str) -> list[str]:
                       first_and_second(trials, archive, False)))  # fmt: skip
     steps = stages(trials, "selected", f"{tmp}/stages")
     names = {
-        "start": "interpreter start-up",
+        "start": "interpreter start-up and exit",
         "imports": "imports (CLI, config, numpy, pandas, the simulator), run directory, helper "
         "forked",
         "simulate": "`simulate` (numba loaded by a background thread; fitness and novelty on a "

@@ -4,23 +4,24 @@
     python scripts/forecast_eval.py --out runs/forecast-eval [--loop runs/loop-learned] \
         [--docs docs/forecast.md]
 
-The split. *Development* (`--develop`): `DEV_RUNS` runs of the paper model at the default
-schedule, k and space, seeds from 100, each with generator parameters drawn from the forecast's
-own prior (normal around the defaults, forecast_fit.PRIOR_SD of each range; draws whose run
-never becomes valid are skipped). Each is forecast
-with the raw band; how far the truth lay outside it, per column over the forecast cycles, gives
-the split-conformal widening factors written to src/archrefine/data/forecast_conformal.json —
-the only thing tuned. *Evaluation* (the default): `RUNS`, which nothing was tuned on — other
-seeds (11–21), the three other schedules, k = 2 and 30, the grounded space, two parameter
-settings away from the defaults, the learned generator, and with `--loop` a real loop's
-directory — each forecast from its first `--fit-cycles` cycles exactly as `archrefine forecast
-RUN` does (generator `auto`), and compared with what the run went on to do: final validity and
-diversity kept (final ÷ first-cycle diversity), errors in percentage points, whether the 80% band
-held the truth. Writes eval.json and eval.md under --out (each run's forecast.json/png in its
-folder); with --docs, replaces the table between `<!-- forecast-eval:start -->` and
-`<!-- forecast-eval:end -->` (`forecast-dev:` markers for --develop). On a busy machine split
-the work and combine: `--only 0 1 2 --tag _a` (and so on, in parallel), then
-`--rows-from runs/forecast-eval/eval_*.json --docs docs/forecast.md`.
+The split. *Development* (`--develop`): `DEV_RUNS` runs of the paper model in the abstract
+space, seeds from 200, each with generator parameters drawn from a normal twice as wide as the
+forecast's own prior, the four schedules and k = 5, 10, 20 in rotation, population 30, 50 or 80
+(experiments/forecast_conformal.py; draws whose run never becomes valid are skipped). Each is
+forecast with the raw band; how far the truth lay outside it, per column over the forecast
+cycles, gives the split-conformal widening factors written to
+src/archrefine/data/forecast_conformal.json — the only thing tuned — and each factor is
+cross-validated by leaving one development run out. *Evaluation* (the default): `RUNS`, which
+nothing was tuned on — other seeds (11–21), the three other schedules, k = 2 and 30, the
+grounded space, two parameter settings away from the defaults, the learned generator, and with
+`--loop` a real loop's directory — each forecast from its first `--fit-cycles` cycles exactly as
+`archrefine forecast RUN` does (generator `auto`), and compared with what the run went on to do:
+final validity and diversity kept (final ÷ first-cycle diversity), errors in percentage points,
+whether the 80% band held the truth. Writes eval.json and eval.md under --out (each run's
+forecast.json/png in its folder); with --docs, replaces the table between
+`<!-- forecast-eval:start -->` and `<!-- forecast-eval:end -->` (`forecast-dev:` markers for
+--develop). On a busy machine split the work and combine: `--only 0 1 2 --tag _a` (and so on, in
+parallel), then `--rows-from runs/forecast-eval/eval_*.json --docs docs/forecast.md`.
 """
 
 from __future__ import annotations
@@ -35,18 +36,20 @@ from pathlib import Path
 
 import numpy as np
 
-from archrefine.core.config import Config
 from archrefine.core.store import atomic_write_text, write_json
 from archrefine.experiments import forecast as fc
 from archrefine.experiments import forecast_io
-from archrefine.experiments.fitting import from_unit
+from archrefine.experiments.forecast_conformal import (
+    DEV_SPREAD,
+    dev_draw,
+    dev_runs,
+    leave_one_run_out,
+)
 from archrefine.experiments.forecast_fit import PRIOR_SD, box, prior_centre
-from archrefine.sim.loop import simulate
 
-DEV_RUNS = 10
-LIVE = 0.05
+DEV_RUNS = 20
 
-#: the evaluation runs: nothing was tuned on them (the development runs are `dev_runs()`)
+#: the evaluation runs: nothing was tuned on them (the development runs: `dev_runs`)
 RUNS: list[tuple[str, list[str]]] = [
     ("default, seed 11", ["seed=11"]),
     ("default, seed 12", ["seed=12"]),
@@ -64,29 +67,6 @@ RUNS: list[tuple[str, list[str]]] = [
     ("learned generator (grounded, 4 trials)",
      ["seed=21", "generator.kind=learned", "space.kind=grounded", "trials=4"]),
 ]  # fmt: skip
-
-
-def dev_runs() -> list[tuple[str, list[str]]]:
-    """The development runs: default schedule, k and space; parameters drawn from the prior,
-    keeping draws whose run becomes valid at all (final validity ≥ `LIVE` in a 20-trial
-    simulation; a loop that never writes valid code is nobody's forecast)."""
-    rng = np.random.default_rng(2026)
-    keys, lo, hi, log = box("paper")
-    out: list[tuple[str, list[str]]] = []
-    seed = 99
-    while len(out) < DEV_RUNS:
-        seed += 1
-        u = np.clip(prior_centre("paper") + PRIOR_SD * rng.standard_normal(len(keys)), 0, 1)
-        values = from_unit(u, lo, hi, log)
-        over = {k: float(f"{v:.4g}") for k, v in zip(keys, values)}
-        trial = Config(trials=20, seed=seed).with_overrides(over)
-        if simulate(trial).mean()["validity"].iloc[-1] < LIVE:
-            continue
-        short = ", ".join(f"{k.split('.')[1]} {v:.3g}" for k, v in over.items())
-        out.append(
-            (f"seed {seed}: {short}", [f"seed={seed}", *(f"{k}={v}" for k, v in over.items())])
-        )
-    return out
 
 
 def make_run(out: Path, sets: list[str]) -> None:
@@ -149,7 +129,22 @@ def evaluate(name: str, run: Path, fit_cycles: int, out: Path, develop: bool = F
         "seconds": seconds,
         "cpu_seconds": cpu,
     }
-    if develop:
+    if develop:  # the raw band per cycle, so other calibrations can be judged without refitting
+        row["raw"] = {
+            c: {k: later[f"{c}{k}"].tolist() for k in ("", "_lo", "_hi")}
+            | {"observed": later[f"observed_{c}"].tolist()}
+            for c in cols
+        }
+        row["fit_loss"] = {
+            "loss": result.calibration.info.get("loss"),
+            "residuals": len(result.calibration.residuals),
+        }
+        row["kept_score"] = float(
+            fc.conformal_scores(
+                s["diversity_kept"], s["diversity_kept_lo"], s["diversity_kept_hi"],
+                s["observed_diversity_kept"],
+            )
+        )  # fmt: skip
         row["scores"] = {
             c: fc.conformal_scores(
                 later[c], later[f"{c}_lo"], later[f"{c}_hi"], later[f"observed_{c}"]
@@ -205,6 +200,12 @@ def table(rows: list[dict], fit_cycles: int, command: str, develop: bool = False
         f"forecast cycles it held validity {cov_v:.0%} of the time and diversity "
         f"{np.mean(cov_d):.0%}.",
     ]
+    if develop:  # which point: the posterior predictive mean, or the MAP fit's own simulation
+        mae_fit = np.mean([abs(r["fit_validity_error_pp"]) for r in rows])
+        lines.append(
+            f"Final validity's mean absolute error: {mae_v:.1f} pp for the forecast (the mean "
+            f"over the parameter sets), {mae_fit:.1f} pp for the MAP fit's own simulation."
+        )
     for label, keep in (("paper only", False), ("paper and learned", True)):
         cpu = [r["cpu_seconds"] for r in rows if bool(r["heldout_error"]) == keep]
         if cpu:
@@ -215,17 +216,47 @@ def table(rows: list[dict], fit_cycles: int, command: str, develop: bool = False
     return "\n".join(lines)
 
 
+def raw_band(raw: dict) -> tuple[np.ndarray, ...]:
+    """A development row's raw band over its forecast cycles: point, lo, hi, observed."""
+    return tuple(np.asarray(raw[k], dtype=float) for k in ("", "_lo", "_hi", "observed"))
+
+
+def beyond_two_widths(n: int = 20000) -> dict[str, float]:
+    """Per parameter, the share of development draws more than 2 prior widths from the centre
+    (the prior itself: 4.6%, less what the box clips)."""
+    keys = box("paper")[0]
+    u = dev_draw(np.random.default_rng(0), n)
+    far = np.abs(u - prior_centre("paper")) > 2 * PRIOR_SD
+    return {k.split(".")[1]: float(f) for k, f in zip(keys, far.mean(axis=0))}
+
+
 def conformal(rows: list[dict], fit_cycles: int, command: str) -> dict:
     """The widening factor per column from the development runs' scores (all forecast cycles
     of every run pooled), and how they were made."""
     cols = sorted({c for r in rows for c in r["scores"]})
     scores = {c: np.concatenate([r["scores"][c] for r in rows if c in r["scores"]]) for c in cols}
+    scores["diversity_kept"] = np.array([r["kept_score"] for r in rows])
+    bands = {c: [raw_band(r["raw"][c]) for r in rows] for c in cols}
+    bands["diversity_kept"] = [
+        tuple(np.array([x]) for x in (r["diversity_kept"], *r["diversity_kept_band"],
+                                      r["observed_diversity_kept"]))
+        for r in rows
+    ]  # fmt: skip
+    # the alternative judged here, not adopted unless it does better: scores normalized by the
+    # fit's loss per residual (≥ 1), so the band would widen where the fit is unsure
+    unsure = [np.sqrt(max(1.0, r["fit_loss"]["loss"] / r["fit_loss"]["residuals"])) for r in rows]
+    cv = {c: leave_one_run_out(b, fc.LEVEL) for c, b in bands.items()}
+    cv_unsure = {c: leave_one_run_out(b, fc.LEVEL, unsure) for c, b in bands.items()}
     return {
         "level": fc.LEVEL,
-        "factor": {c: fc.conformal_factor(scores[c], fc.LEVEL) for c in cols},
-        "scores": {c: int(np.isfinite(scores[c]).sum()) for c in cols},
+        "factor": {c: fc.conformal_factor(scores[c], fc.LEVEL) for c in scores},
+        "scores": {c: int(np.isfinite(scores[c]).sum()) for c in scores},
+        "cross_validated": cv,
+        "cross_validated_loss_normalized": cv_unsure,
         "fit_cycles": fit_cycles,
         "prior_sd": PRIOR_SD,
+        "dev_spread": DEV_SPREAD,
+        "beyond_two_prior_widths": beyond_two_widths(),
         "runs": [r["run"] for r in rows],
         "command": command,
     }
@@ -246,7 +277,7 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of eval.json/eval.md (split work)")
     ap.add_argument("--rows-from", type=Path, nargs="*", help="eval*.json to combine, no runs")
     args = ap.parse_args()
-    runs, prefix = (dev_runs(), "dev") if args.develop else (RUNS, "run")
+    runs, prefix = (dev_runs(DEV_RUNS), "dev") if args.develop else (RUNS, "run")
     args.out = args.out or Path("runs/forecast-dev" if args.develop else "runs/forecast-eval")
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -274,11 +305,33 @@ def main() -> None:
     if args.develop and len(rows) == len(runs):  # the whole development set: the factors
         factors = conformal(rows, args.fit_cycles, command)
         write_json(Path(str(fc.CONFORMAL)), factors)
+        per_cycle = max(factors["scores"].values())
         text += "\n\nConformal widening factors (written to src/archrefine/data/" + (
             "forecast_conformal.json): "
             + ", ".join(f"{c} {q:.2f}" for c, q in factors["factor"].items())
-            + f" (from {min(factors['scores'].values())}–{max(factors['scores'].values())} "
-            "scores per column: every forecast cycle of every development run)."
+            + f" (from {per_cycle} scores per column: every forecast cycle of every development "
+            "run; diversity kept: "
+            f"one score per run, {factors['scores']['diversity_kept']}). Leaving one development "
+            "run out (its raw band widened by the factor from the others' scores), the band held "
+            + "; ".join(
+                f"{c} {v['cycles']:.0%} of the time, the final cycle on {v['final']:.0%} of runs"
+                for c, v in factors["cross_validated"].items()
+                if c != "diversity_kept"
+            )
+            + f"; diversity kept on {factors['cross_validated']['diversity_kept']['final']:.0%}. "
+            "Development draws beyond 2 prior widths from the defaults: "
+            + ", ".join(f"{k} {v:.0%}" for k, v in factors["beyond_two_prior_widths"].items())
+            + ". "
+            "Scores normalized by the fit's loss per residual (the band widening where the fit is "
+            "unsure; not used), judged the same way: mean widened width of "
+            + ", ".join(
+                f"{c} {factors['cross_validated'][c]['width']:.4f} plain against "
+                f"{v['width']:.4f} normalized (held {factors['cross_validated'][c]['cycles']:.0%} "
+                f"against {v['cycles']:.0%})"
+                for c, v in factors["cross_validated_loss_normalized"].items()
+                if c in ("validity", "diversity")
+            )
+            + "."
         )
     write_json(args.out / f"eval{args.tag}.json", rows)
     atomic_write_text(args.out / f"eval{args.tag}.md", text + "\n")

@@ -236,3 +236,44 @@ def test_targets_that_stop_at_the_same_probe_give_the_same_pretrained_model():
         assert same_stop(records, cfg.target_validity, other) == same
         assert same == (lower < other <= validity)
     assert not same_stop((), 0.4, 0.4)
+
+
+class _ConcatCache:
+    """The key-value cache `KVCache` replaced: the prefix concatenated at every position."""
+
+    def __init__(self):
+        self.filled, self.layers = 0, []
+
+    def extend(self, layer, k, v):
+        if layer < len(self.layers):
+            k = torch.cat([self.layers[layer][0], k], dim=-2)
+            v = torch.cat([self.layers[layer][1], v], dim=-2)
+            self.layers[layer] = (k, v)
+        else:
+            self.layers.append((k, v))
+        return k, v
+
+
+def test_the_preallocated_cache_decodes_bit_for_bit_as_concatenation_did():
+    from archrefine.sim.transformer import KVCache, forward, init_params, sample
+
+    cfg, g = LearnedConfig(d_model=16, heads=2), torch.Generator().manual_seed(3)
+    one = init_params(cfg, len(VOCAB), LENGTH, g)
+    p = {k: v.expand(2, *v.shape[1:]).clone() for k, v in one.items()}
+    tokens = torch.randint(len(VOCAB), (2, 5, LENGTH), generator=g)
+    tokens[..., 0] = len(VOCAB)  # BOS
+    new, old = KVCache(LENGTH), _ConcatCache()
+    with torch.no_grad():
+        for i in range(LENGTH):
+            step = tokens[..., i : i + 1]
+            a, b = forward(p, {}, step, cfg.heads, new), forward(p, {}, step, cfg.heads, old)
+            assert torch.equal(a, b)
+        whole = forward(p, {}, tokens, cfg.heads)
+    assert new.filled == old.filled == LENGTH
+    assert torch.allclose(a[..., -1, :], whole[..., -1, :], atol=1e-5)  # and it is a cache
+    # sampling under inference mode draws what it drew under no_grad
+    base, write = torch.zeros(2, 7, LENGTH, dtype=torch.long), torch.ones(2, 7, LENGTH, dtype=bool)
+    drawn = sample(p, {}, base, write, cfg, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain = sample.__wrapped__(p, {}, base, write, cfg, torch.Generator().manual_seed(1))
+    assert torch.equal(drawn, plain)

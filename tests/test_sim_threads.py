@@ -19,10 +19,13 @@ from archrefine.sim import loop
         {"loop.archive": "valid", "generator.drift": 0.1},
         {"intervention.islands": 3, "intervention.replay": 0.3},
         {"intervention.accumulate": True, "intervention.selection": "novelty"},
+        {"generator.temperature_span": 0.5, "intervention.elite_share": 0.2},
+        {"intervention.mutation": "temperature", "intervention.temperature_span": 1.5},
     ],
 )
 def test_work_beside_the_loop_gives_identical_metrics(monkeypatch, over) -> None:
-    """Fitness, novelty and validity's costs on the helper thread: the same numbers."""
+    """Fitness, novelty (in slices both threads take), validity's costs and the decoding
+    distribution on the helper thread: the same numbers."""
     cfg = Config(trials=12, seed=4).with_overrides(over)
     monkeypatch.setattr(loop, "BESIDE", 10**12)  # never beside
     alone = simulate(cfg).metrics

@@ -308,7 +308,11 @@ def _reopen(directory: Path, *, config, set_, out, force) -> tuple[Config, Path,
 def calibrate(
     trajectory: Annotated[Path, typer.Argument(help="Observed per-cycle trajectory CSV.")],
     generator: Annotated[
-        str, typer.Option(help="Generator to fit: paper, learned, or drift (paper + drift).")
+        str,
+        typer.Option(
+            help="Generator to fit: paper, learned, drift (paper + drift) or drift-set (drift, the "
+            "bonus growing with the fine-tuning set)."
+        ),
     ] = "paper",
     out: OutOpt = None,
     trials: Annotated[

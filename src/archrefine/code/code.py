@@ -45,10 +45,14 @@ _OPEN_FENCE = re.compile(r"^[ \t]*```([^\n]*)\n", re.M)
 _TAG = re.compile(r"[ \t]*([\w+.-]*)")
 
 
-def extract_code(response: str) -> str:
+def extract_code(response: str, *, max_unfenced: int | None = None) -> str:
     """The code in an LLM `response`: the first ```python block, else the first ``` block,
     else the whole text if it parses as Python. A block cut off by the token limit (no closing
-    fence) counts as running to the end. Raises CodeError when there is none."""
+    fence) counts as running to the end. Raises CodeError when there is none.
+
+    `max_unfenced`: the longest text without a fence that is parsed at all (`ast.parse` costs
+    ~0.75 GB and 2 s per MB of valid Python: a 30 MB reply would take the caller's process down).
+    """
     if not isinstance(response, str) or not response.strip():
         raise CodeError("empty response")
     blocks = [(_tag(info), body) for info, body in _FENCE.findall(response)]
@@ -60,6 +64,11 @@ def extract_code(response: str) -> str:
         if not code.strip():
             raise CodeError(f"the ```{tag} block is empty")
         return code + "\n"
+    if max_unfenced is not None and len(response) > max_unfenced:
+        raise CodeError(
+            f"no ``` code block, and the text ({len(response):,} characters) is too long to "
+            f"read as Python (limit {max_unfenced:,})"
+        )
     try:
         ast.parse(response)
     except (SyntaxError, ValueError, RecursionError, MemoryError) as err:

@@ -115,6 +115,11 @@ class GeneratorConfig(StrictModel):
         description="per-token log-odds lost per full fine-tuning round on its own outputs "
         "(self-consumption drift, docs/rise-and-fall.md; 0 = off)",
     )
+    bonus_growth: Literal["round", "set"] = Field(
+        "round",
+        description="bonus per round: bonus_rate per full selection (round), or times the "
+        "accumulated fine-tuning set's size in selections (set; docs/rise-and-fall.md)",
+    )
     learned: LearnedConfig = LearnedConfig()
 
 
@@ -283,6 +288,8 @@ class Config(OverridableModel):
             )
         if self.generator.kind == "learned" and self.space.kind != "grounded":
             raise ValueError("generator.kind 'learned' needs space.kind = 'grounded'")
+        if self.generator.bonus_growth == "set" and self.generator.kind != "paper":
+            raise ValueError("generator.bonus_growth 'set' needs generator.kind 'paper'")
         kind, space = self.fitness.kind, self.space.kind
         if kind == "benchmark" and space != "nasbench-graph":
             raise ValueError("fitness.kind 'benchmark' needs space.kind = 'nasbench-graph'")

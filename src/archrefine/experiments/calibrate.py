@@ -7,6 +7,8 @@ scale of many Bernoulli draws though flat at the scale of one. A bounded
 (`diff_step`, 5% of each parameter's range) sees that smooth shape instead of the flat steps.
 docs/calibration.md gives the mapping of each observed column and the reasons. What the fit shares
 with forecast and leave-one-out (simulate, map onto the observed columns, compare) is `fitting.py`.
+Over 400 lines because each generator's starts (cycle 1's logit, the slow learning rate, drift's
+peak start) are read off the data here, beside the fit they start.
 """
 
 from __future__ import annotations
@@ -76,6 +78,16 @@ DRIFT_PARAMS: dict[str, tuple[float, float]] = {
 }
 DRIFT_START = 0.1  # the peak start's drift when the observed rate does not fall after its peak
 
+#: `generator="drift-set"`: drift with a bonus that grows with the accumulated fine-tuning set
+#: (`generator.bonus_growth = "set"`); three free, bonus_max at its default, bonus_rate on a log
+#: scale (docs/rise-and-fall.md, "A rise that accelerates": chosen before any fit)
+DRIFT_SET_PARAMS: dict[str, tuple[float, float]] = {
+    "generator.base_logit": (-1.0, 6.0),
+    "generator.bonus_rate": (0.001, 0.5),
+    "generator.drift": (0.0, 1.0),
+}
+DRIFTS = ("drift", "drift-set")  # the paper generator with self-consumption drift
+
 #: parameters searched on a log scale (the optimizer moves their logarithm)
 LOG_SCALE = {"generator.learned.lr", "generator.learned.pretrain_lr"}
 
@@ -85,7 +97,7 @@ SLOW_LR = 2e-5
 
 #: defaults for `trials` and `max_nfev` where the caller gives none: each learned evaluation
 #: pre-trains and fine-tunes transformers for every cycle (about 10 s per run of 2 trials)
-DEFAULT_BUDGET = {"paper": (30, 30), "learned": (2, 3), "drift": (30, 30)}
+DEFAULT_BUDGET = {"paper": (30, 30), "learned": (2, 3), "drift": (30, 30), "drift-set": (30, 30)}
 
 DIFF_STEP = 0.05  # finite-difference step, as a share of each parameter's range
 
@@ -110,8 +122,15 @@ class Calibration:
 def free_params(generator: str, params=None) -> dict[str, tuple[float, float]]:
     """The parameters `calibrate` fits, `{key: (lo, hi)}`; raises for an unsupported generator."""
     if generator not in DEFAULT_BUDGET:
-        raise CalibrationError(f"generator: {generator!r} is not one of paper, learned, drift")
-    defaults = {"paper": PAPER_PARAMS, "learned": LEARNED_PARAMS, "drift": DRIFT_PARAMS}[generator]
+        raise CalibrationError(
+            f"generator: {generator!r} is not one of paper, learned, drift, drift-set"
+        )
+    defaults = {
+        "paper": PAPER_PARAMS,
+        "learned": LEARNED_PARAMS,
+        "drift": DRIFT_PARAMS,
+        "drift-set": DRIFT_SET_PARAMS,
+    }[generator]
     if params is None:
         return dict(defaults)
     if isinstance(params, Mapping):
@@ -195,17 +214,19 @@ def calibrate(
     obs = obs[obs[use].notna().any(axis=1)].reset_index(drop=True)
     base = (base or Config()).with_overrides(
         {
-            "generator.kind": "paper" if generator == "drift" else generator,
+            "generator.kind": "paper" if generator in DRIFTS else generator,
             "trials": trials,
             "seed": seed,
             "loop.cycles": max(int(obs["cycle"].max()), cycles or 0),
         }
         | ({"space.kind": "grounded"} if generator == "learned" else {})
+        | ({"generator.bonus_growth": "set"} if generator == "drift-set" else {})
     )
     keys = list(bounds)
     lo = np.array([bounds[k][0] for k in keys])
     hi = np.array([bounds[k][1] for k in keys])
-    log = np.array([k in LOG_SCALE for k in keys])
+    log_scale = LOG_SCALE | ({"generator.bonus_rate"} if generator == "drift-set" else set())
+    log = np.array([k in log_scale for k in keys])
     start = np.array([float(config_value(base, k)) for k in keys])
     scale = {c: (scales or {}).get(c) or spread(obs[c]) for c in use}
     objective = _Objective(base, tuple(keys), lo, hi, log, obs, scale)
@@ -213,13 +234,14 @@ def calibrate(
     if workers is None:
         workers = default_workers() if generator == "learned" else 1
     same = _same_pretraining(objective) if generator == "learned" else None
-    evals = Evaluations(objective, workers, on_evaluation, same)  # each point once (memoized)
+    preload = ["archrefine.sim.learned"] if generator == "learned" else []  # torch, once
+    evals = Evaluations(objective, workers, on_evaluation, same, preload)  # each point once
 
     def residuals(u: np.ndarray) -> np.ndarray:
         return evals(u)[0].copy()
 
     starts = [to_unit(start, lo, hi, log)]
-    x = _first_cycle_logit(obs, base, earliest=generator == "drift")
+    x = _first_cycle_logit(obs, base, earliest=generator in DRIFTS)
     if x is not None and "generator.base_logit" in keys:
         i = keys.index("generator.base_logit")  # cycle 1 is all fresh from a uniform prior:
         u1 = starts[0].copy()  # its validity is ceiling · σ(base_logit)^d, solved for base_logit
@@ -231,8 +253,8 @@ def calibrate(
         u1[i] = to_unit(np.array([SLOW_LR]), lo[i : i + 1], hi[i : i + 1], log[i : i + 1])[0]
         starts.append(u1)
     if (
-        generator == "drift"
-        and (peak := _peak_start(obs, base, keys, lo, hi, starts[-1])) is not None
+        generator in DRIFTS
+        and (peak := _peak_start(obs, base, keys, lo, hi, starts[-1], log)) is not None
     ):
         starts.append(peak)
 
@@ -330,7 +352,7 @@ def _same_pretraining(objective: _Objective):
     if key not in objective.keys:
         return None
     i = objective.keys.index(key)
-    from archrefine.sim.learned import same_stop
+    from archrefine.sim.stops import same_stop  # no torch in this process (sim/stops.py)
 
     def same_as(u: np.ndarray, point: np.ndarray, value: tuple) -> bool:
         other = np.arange(len(u)) != i
@@ -343,13 +365,15 @@ def _same_pretraining(objective: _Objective):
 
 
 def _peak_start(
-    obs: pd.DataFrame, base: Config, keys: list[str], lo, hi, u: np.ndarray
+    obs: pd.DataFrame, base: Config, keys: list[str], lo, hi, u: np.ndarray, log=None
 ) -> np.ndarray | None:
     """Drift's third start, by matching the model's per-token log-odds to the observed rise and
     fall: the bonus completes at the observed validity peak p (one full round per cycle), the
     drift is the log-odds lost per cycle from p to the last cycle, bonus_max and base_logit
     give the rise from the first observed cycle to p. A start only (each valid rate read as
-    ceiling · σ(L)^d, as if every token were written); None without an interior peak."""
+    ceiling · σ(L)^d, as if every token were written); None without an interior peak. With
+    `bonus_growth = "set"` round j teaches j steps, so the bonus completes at p when
+    bonus_rate = 2 / (p (p − 1))."""
     if "validity" not in obs or base.space.kind != "abstract":
         return None
     v = obs.dropna(subset=["validity"])
@@ -362,8 +386,9 @@ def _peak_start(
     logit = np.log(q / (1 - q))
     drift = (logit[peak] - logit[last]) / (last - peak)
     rise = (logit[peak] - logit[first]) / (peak - first)  # net log-odds gained per cycle
+    growing = base.generator.bonus_growth == "set"
     values = {
-        "generator.bonus_rate": 1 / (peak - 1),
+        "generator.bonus_rate": 2 / (peak * (peak - 1)) if growing else 1 / (peak - 1),
         "generator.drift": drift if drift > 0 else DRIFT_START,
         "generator.bonus_max": (rise + max(drift, 0)) * (peak - 1),
         "generator.base_logit": logit[first] - rise * (first - 1),
@@ -372,7 +397,8 @@ def _peak_start(
     for key, value in values.items():
         if key in keys:
             i = keys.index(key)
-            out[i] = np.clip((value - lo[i]) / (hi[i] - lo[i]), 0, 1)
+            one = (np.array([value]), lo[i : i + 1], hi[i : i + 1])
+            out[i] = np.clip(to_unit(*one, np.array([log is not None and log[i]]))[0], 0, 1)
     return out
 
 

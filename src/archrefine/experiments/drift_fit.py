@@ -53,6 +53,9 @@ BOX: dict[str, tuple[float, float]] = {
     "generator.drift": (0.0, 1.0),
 }
 LOG = frozenset({"generator.bonus_rate"})  # searched on a log scale (default near its bottom)
+#: `bonus_growth = "set"` (sim/drift.py `SetGrowth`): round t teaches t steps, so the rate that
+#: completes the bonus inside a run is far smaller: its bound goes down to 0.001
+SET_BOX = BOX | {"generator.bonus_rate": (0.001, 0.5)}
 #: a drift this small builds the mechanism (so its finite differences see it) and costs nothing
 TINY_DRIFT = 1e-9
 
@@ -61,13 +64,18 @@ TINY_DRIFT = 1e-9
 class Variant:
     """One way of fitting: which parameters are fixed (at `fixed`'s values), the prior's
     standard deviation in each parameter's [0, 1] range (None: least squares), how many Sobol
-    points are screened and how many of the best starts are refined."""
+    points are screened and how many of the best starts are refined; `growth` is
+    `generator.bonus_growth` ("set": the bonus grows with the accumulated fine-tuning set)."""
 
     name: str
     fixed: Mapping[str, float] = field(default_factory=dict)
     prior_sd: float | None = None
     screen: int = 16
     keep: int = 2
+    growth: str = "round"
+
+    def box(self) -> dict[str, tuple[float, float]]:
+        return SET_BOX if self.growth == "set" else BOX
 
 
 @dataclass
@@ -84,17 +92,19 @@ class _Problem:
     """Scaled residuals (plus the prior's pseudo-residuals) at optimizer coordinates."""
 
     def __init__(self, variant: Variant, base: Config, scales: Mapping[str, float]):
-        self.keys = [k for k in BOX if k not in variant.fixed]
+        box = variant.box()
+        self.keys = [k for k in box if k not in variant.fixed]
         if not self.keys:
             raise CalibrationError(f"variant {variant.name!r}: every parameter is fixed")
-        self.lo = np.array([BOX[k][0] for k in self.keys])
-        self.hi = np.array([BOX[k][1] for k in self.keys])
+        self.lo = np.array([box[k][0] for k in self.keys])
+        self.hi = np.array([box[k][1] for k in self.keys])
         self.log = np.array([k in LOG for k in self.keys])
         default = Config()
         centre = [float(config_value(default, k)) for k in self.keys]
         self.centre = to_unit(np.array(centre), self.lo, self.hi, self.log)
         self.sd = variant.prior_sd
-        self.base = base.with_overrides({"generator.drift": TINY_DRIFT} | dict(variant.fixed))
+        over = {"generator.drift": TINY_DRIFT, "generator.bonus_growth": variant.growth}
+        self.base = base.with_overrides(over | dict(variant.fixed))
         self.scales = dict(scales)
         self.cache: dict[tuple, Simulated] = {}
 
@@ -176,7 +186,8 @@ def drift_loo(
     base = (base or Config()).with_overrides(
         {"generator.kind": "paper", "trials": trials, "seed": seed, "loop.cycles": cycles}
     )
-    free = len([k for k in BOX if k not in variant.fixed]) + 2 * ("mean_accuracy" in columns)
+    free = len([k for k in variant.box() if k not in variant.fixed])
+    free += 2 * ("mean_accuracy" in columns)
     if (thin := thin_fold(obs, columns, lambda keep: free)) is not None:  # before any simulation
         cycle, values, _ = thin
         raise CalibrationError(

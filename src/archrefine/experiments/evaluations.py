@@ -13,7 +13,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
@@ -34,7 +34,9 @@ class Evaluations:
     `workers > 1`. `on_evaluation(n)` sees the running count of distinct points, in the order
     they are first asked for. `same_as(u, point, value)`, if given, may say that a finished
     point's value is also `u`'s (the objective knows when two points run the same simulation);
-    `u` then costs nothing and is not counted. Use as a context manager so the workers end.
+    `u` then costs nothing and is not counted. `preload` names modules the workers need (torch,
+    for the learned generator): the fork server imports them once and every worker starts with
+    them, instead of each importing them itself. Use as a context manager so the workers end.
     """
 
     def __init__(
@@ -43,11 +45,12 @@ class Evaluations:
         workers: int = 1,
         on_evaluation: Callable[[int], None] | None = None,
         same_as: Callable[[np.ndarray, np.ndarray, Any], bool] | None = None,
+        preload: Sequence[str] = (),
     ) -> None:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers: {workers!r} is not an integer >= 1")
         self.fn, self.workers, self.on_evaluation = fn, workers, on_evaluation
-        self.same_as = same_as
+        self.same_as, self.preload = same_as, list(preload)
         self.count = 0
         self._futures: dict[bytes, Future] = {}
         self._lock = threading.Lock()
@@ -99,7 +102,11 @@ class Evaluations:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:  # never fork a process that may hold torch threads
             method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context(method))
+            context = mp.get_context(method)
+            if method == "forkserver" and self.preload:  # the server only imports: no threads
+                home = getattr(self.fn, "__module__", None)  # the objective's own module
+                context.set_forkserver_preload([m for m in (home, *self.preload) if m])
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
         return self._pool
 
     def close(self) -> None:

@@ -86,8 +86,9 @@ def forecast(
     per generator): `trials` simulated per fitting evaluation, `draws` parameter sets behind
     the band (`DRAW_BUDGET`), `screen` Sobol starting points (forecast_fit.SCREEN),
     `max_nfev` optimizer iterations per start (forecast_fit.FIT_NFEV). `conformal`: the
-    band's widening factor per column (default: the paper model's, measured on development
-    runs; `{}`: the raw band, as the development runs are forecast).
+    band's widening factor per column, and for `diversity_kept` (default: the paper model's,
+    measured on development runs, experiments/forecast_conformal.py; `{}`: the raw band, as
+    the development runs are forecast). The factors move the band only, never the forecast.
     """
     note = on_progress or (lambda _msg: None)
     fitted_obs = check_request(obs, fit_cycles)
@@ -137,6 +138,8 @@ def forecast(
     if conformal is None:  # calibrated on the paper model's development runs only
         conformal = load_conformal() if chosen == "paper" else {}
     widen = {c: float(conformal.get(MAPPED.get(c, c), 1.0)) for c in columns}
+    # the headline ratio has its own factor where one was measured (else diversity's)
+    widen["diversity_kept"] = float(conformal.get("diversity_kept", conformal.get("diversity", 1)))
     # the forecast: the mean of the sets' simulated means (the posterior predictive mean; on
     # the development runs its final validity erred less than the fit's own simulation)
     point = _nanmean(np.stack(centers), axis=0)
@@ -270,7 +273,7 @@ def _assemble(obs, cal, chosen, fit_cycles, heldout, columns, pooled, point, wid
         kept = pooled[:, -1, d] / (first if first_is_observed else pooled[:, 0, d])
         kept_point = point[-1, d] / (first if first_is_observed else point[0, d])
     k_lo, k_hi = np.nanquantile(kept, lo_q), np.nanquantile(kept, hi_q)
-    k_lo, k_hi = widened(kept_point, k_lo, k_hi, widen[columns[d]])
+    k_lo, k_hi = widened(kept_point, k_lo, k_hi, widen["diversity_kept"])
     summary = {
         "final_validity": float(point[-1, v]),
         "final_validity_lo": float(table[f"{columns[v]}_lo"].iloc[-1]),

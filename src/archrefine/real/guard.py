@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import numbers
 import sqlite3
@@ -35,6 +36,10 @@ from archrefine.real.candidates import CandidateStore, CandidateStoreError
 from archrefine.sandbox.sandbox import STATUSES, SandboxError, one_line
 
 _T = TypeVar("_T")
+log = logging.getLogger("archrefine.real")
+"""Where the loop reports what it recovered from: a refine that failed, an unexpected exception
+while handling one candidate (WARNING, one line; tracebacks at DEBUG)."""
+_WARNED: set[tuple[str, str]] = set()
 _FAILED = ("crashed", "oom")  # statuses that may be the sandbox's fault rather than the code's
 
 
@@ -44,9 +49,10 @@ def crashed(why: str) -> dict[str, Any]:
 
 
 def describe(err: BaseException) -> str:
-    """`Type: message` in one line, even for exceptions whose `str` itself fails."""
+    """`Type: first line of the message`, even for exceptions whose `str` itself fails: a
+    message that holds a traceback or a candidate's text never reaches a row whole."""
     try:
-        text = str(err)
+        text = next((line for line in str(err).splitlines() if line.strip()), "")
     except Exception:  # noqa: BLE001 - a hostile object's __str__
         text = ""
     return one_line(f"{type(err).__name__}: {text}" if text else type(err).__name__)
@@ -60,7 +66,20 @@ def contained(step: str, fn: Callable[[], _T]) -> _T | dict[str, Any]:
     except (CandidateStoreError, SandboxError):
         raise
     except Exception as err:  # noqa: BLE001 - RecursionError, MemoryError, anything hostile
+        unexpected(step, err)
         return crashed(f"{step} raised {describe(err)}")
+
+
+def unexpected(step: str, err: Exception) -> None:
+    """Log an exception a safety net turned into one candidate's outcome: the first of each
+    kind per step at WARNING (one line), every one with its traceback at DEBUG. A route the
+    explicit checks missed, or a bug, is then seen, not only recorded in a row."""
+    kind = (step, type(err).__name__)
+    level = logging.DEBUG if kind in _WARNED else logging.WARNING
+    _WARNED.add(kind)
+    why = describe(err)
+    log.log(level, "%s raised %s; that candidate is crashed, the run goes on", step, why)
+    log.debug("traceback of %s", why, exc_info=err)
 
 
 def checked(outcome: object) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from the rows. `state.json` names the last *completed* cycle, written after its 
 store holds every row of those cycles (`guard.verify_store`). Every random draw depends only on
 (seed, cycle, slot) or on state saved with the cycle, so a run killed at any moment and resumed
 gives the same candidates and metrics as one never stopped (tests/test_loop_resume.py); one
-candidate's failure is that candidate's outcome, never the run's end (`guard`).
+candidate's failure is that candidate's outcome, never the run's end (`guard`), and a refine
+that fails on the selection leaves the generator as the cycle before left it (`refining`).
 
 Per-cycle metrics use the simulator's columns (one trial): validity = share of the population
 that built, ran and had the right output shape; novelty = mean MinHash-Jaccard novelty of the
@@ -27,6 +28,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,7 @@ from archrefine.real.guard import (
 )
 from archrefine.real.overlap import CycleWork
 from archrefine.real.prompts import Reference, prompt_check, read_template, render_fitted
+from archrefine.real.refining import refine_safely
 from archrefine.real.replies import code_or_error, row
 from archrefine.real.text import GeneratorUnavailable, Sampling, TextGenerator
 from archrefine.sandbox.sandbox import one_line
@@ -137,8 +140,10 @@ def run_loop(
             finally:
                 work.close()
             selected = _select(store, c, config.loop.top_k)
-            pairs = _pairs(store)
-            loss = generator.refine(pairs, c) if selected else None
+            if selected and c == 1:  # what a failing refine restores (`refining`)
+                _written(out / "generator", _save_generator, generator, out, 0)
+            pairs = partial(_pairs, store)  # read again if a failed refine unselects some
+            loss = refine_safely(generator, pairs, store, c, selected, out) if selected else None
             _written(out / "generator", _save_generator, generator, out, c)
             cycle_rows = store.cycle_rows(c)
             row = cycle_metrics(cycle_rows, archive.codes, archive.mapped(), c, rate, loss, config)

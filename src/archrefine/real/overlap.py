@@ -25,7 +25,7 @@ from typing import Any
 from archrefine.code.novelty_code import CodeNovelty
 from archrefine.real.candidates import CandidateStore, CandidateStoreError
 from archrefine.real.config import RealConfig
-from archrefine.real.guard import Evaluation, crashed, describe
+from archrefine.real.guard import Evaluation, crashed, describe, unexpected
 from archrefine.sandbox.sandbox import TrainSpec
 
 #: False: score and evaluate only once generation is complete (the order before the overlap,
@@ -92,6 +92,7 @@ class CycleWork:
             except CandidateStoreError:
                 raise
             except Exception as err:  # noqa: BLE001 - hostile code must not end the run
+                unexpected("scoring novelty", err)
                 self.store.update(r["id"], **crashed(f"scoring novelty raised {describe(err)}"))
                 continue
             if r["status"] == "pending":
@@ -122,7 +123,14 @@ class CycleWork:
                 try:
                     self.store.update(r["id"], **f)
                 except ValueError as err:  # a field the store refuses: the candidate's fault
-                    self.store.update(r["id"], **crashed(f"its outcome cannot be stored ({err})"))
+                    why = f"its outcome cannot be stored ({describe(err)})"
+                    self.store.update(r["id"], **crashed(why))
+                except CandidateStoreError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - only this candidate's row is at stake
+                    unexpected("storing an outcome", err)
+                    why = f"storing its outcome raised {describe(err)}"
+                    self.store.update(r["id"], **crashed(why))
         self.done += len(part)
         self.notify(self.event(self.c, "evaluate", self.done, self.done + len(self.ready)))
 

@@ -16,9 +16,14 @@ MAX_RESPONSE = 1_000_000  # characters of one response kept; a longer one is rej
 MAX_CODE = (200_000, 5_000)  # characters, lines of extracted code; reading more costs seconds
 
 
-def code_or_error(response: str) -> tuple[str | None, str]:
+def code_or_error(response: object) -> tuple[str | None, str]:
+    """The code in `response` and "", or None and why there is none; never raises, and never
+    reads more than `MAX_RESPONSE` characters (the loop asks this of every reply, before `row`,
+    to decide which to resample: a server may send 30 MB of valid Python)."""
+    if isinstance(response, str) and len(response) > MAX_RESPONSE:
+        return None, f"a response of {len(response):,} characters (limit {MAX_RESPONSE:,})"
     try:
-        return extract_code(response), ""
+        return extract_code(response, max_unfenced=MAX_CODE[0]), ""  # type: ignore[arg-type]
     except CodeError as err:
         return None, str(err)
     except Exception as err:  # noqa: BLE001 - e.g. RecursionError on a hostile reply

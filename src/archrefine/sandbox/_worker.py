@@ -221,8 +221,7 @@ def _evaluate(job: dict, result: dict) -> None:
         with torch.no_grad():
             out = net(torch.randn(batch, *job["input_shape"]))
         want = (batch, classes)
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        if (got := _shape(out)) != want:
             raise _Invalid(f"forward returned shape {got}, expected {want}")
         result["params"] = int(sum(p.numel() for p in net.parameters()))
         if data is not None:
@@ -238,6 +237,17 @@ def _evaluate(job: dict, result: dict) -> None:
     if refusals:  # even when the candidate caught the refusal and carried on
         status, reason = "forbidden", f"forbidden: {refusals[0]} refused by sandbox"
     result.update(status=status, reason=_one_line(reason))
+
+
+def _shape(out: object) -> tuple[int, ...] | str:
+    """The output's true shape (its type's name when not a tensor): a Tensor subclass may
+    override `shape`, `size` or `__torch_function__` to claim the expected one."""
+    import torch
+
+    if not isinstance(out, torch.Tensor):
+        return type(out).__name__
+    with torch._C.DisableTorchFunctionSubclass():
+        return tuple(torch._C.TensorBase.size(out))
 
 
 def _train(net, data: dict, spec: dict) -> list[int]:

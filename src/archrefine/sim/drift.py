@@ -58,3 +58,38 @@ class Drift:
                 f"drift state {generations.shape} does not fit {self.generations.shape}"
             )
         self.generations = generations
+
+
+class SetGrowth:
+    """`generator.bonus_growth = "set"`: the bonus a round teaches scales with the size of the
+    accumulated fine-tuning set (docs/rise-and-fall.md, "A rise that accelerates").
+
+    The paper model fine-tunes on the cycle's selection only, so every full round teaches the
+    same `bonus_rate`. A loop that keeps every earlier selection in its fine-tuning set (as
+    Khalid et al.'s LoRA rounds train on the growing set of admitted architectures) trains on
+    more examples every round: with a fixed number of epochs, more gradient steps, so more is
+    learned per round. Here the set holds every selection so far, n_t = sum of |selection_j|,
+    and a round teaches b ← min(1, b + bonus_rate · n_t / k): the same step as before in the
+    first round, t steps in round t when every selection is full, so the bonus grows
+    quadratically in the cycle until it completes. The drift (what each round erodes) still
+    counts rounds. Only the count matters here; which rows the prior learns from is the
+    `intervention.accumulate` option's business.
+    """
+
+    def __init__(self, trials: int):
+        self.size = np.zeros(trials)  # accumulated set size, in full selections (n_t / k)
+
+    def update(self, signal: np.ndarray) -> np.ndarray:
+        """Add this round's selection (`signal` = |selection| / k); the round's bonus step in
+        units of `bonus_rate`, i.e. the accumulated set size n_t / k."""
+        self.size = self.size + signal
+        return self.size
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"set_size": self.size}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        size = np.array(state["set_size"], dtype=float)
+        if size.shape != self.size.shape:
+            raise ValueError(f"set-size state {size.shape} does not fit {self.size.shape}")
+        self.size = size

@@ -30,6 +30,7 @@ import torch
 
 from archrefine.core.config import LearnedConfig
 from archrefine.sim.base import Candidates
+from archrefine.sim.stops import same_stop  # noqa: F401 - re-exported: it lived here
 from archrefine.sim.transformer import (  # noqa: F401 - re-exported: these lived here
     PROJECTIONS,
     Adam,
@@ -124,15 +125,6 @@ def _pretrained(cfg_json: str, vocab: int, length: int, seed: int) -> tuple[Para
 #: stopped at (empty if it ran out of steps): any `target_validity` up to that validity stops at
 #: the first of them that reaches it, so `calibrate` knows which targets give the same run
 LAST_PRETRAINING: tuple[tuple[int, float], ...] = ()
-
-
-def same_stop(records: tuple[tuple[int, float], ...], target: float, other: float) -> bool:
-    """Whether pre-training to `other` stops where the run that kept `records` stopped for
-    `target` (then the two simulations are the same, bit for bit)."""
-    if not records or other > records[-1][1]:
-        return False
-    first = next(s for s, v in records if v >= other)
-    return first == records[-1][0] and records[-1][1] >= target
 
 
 # ----------------------------------------------------------------------------- generator

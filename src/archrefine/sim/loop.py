@@ -7,6 +7,7 @@ Python loops run over cycles only; every step inside a cycle is one numpy operat
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -138,13 +139,15 @@ def _cycles(
     try:
         for c in range(state.cycle, loop.cycles):
             if beside.pool is not None and costs:
-                generator.start_costs(beside.run)  # validity's costs beside the proposal
+                generator.start_costs(beside.run, schedule[c])  # beside the proposal's draws
             cands = steer.propose(generator, pool, pool_size, n, schedule[c], loop.fresh_fraction)
             seqs = cands.seqs
-            scored = beside.run(_score, score, world, seqs, archive, loop.novelty_k)
+            shared = _Shared(world, seqs, archive, loop.novelty_k, beside.pool is not None)
+            scored = beside.run(_score, score, seqs, shared)
             valid = world.validity(cands, generator, rng)  # the cycle's only random draws
             diversity = world.diversity(seqs)
-            fit, nov = scored()
+            shared.work()  # this thread takes the slices of novelty the helper has not
+            fit, nov = scored(), shared.result()
             if on_candidates is not None:
                 on_candidates(c + 1, valid, fit, nov)
             n_valid = valid.sum(axis=1)
@@ -183,15 +186,16 @@ def _cycles(
 
 
 BESIDE = 100_000  # candidate tokens per cycle from which `_Beside` uses a helper thread
+SLICES = 16  # novelty's slices of trials (`_Shared`): small enough that the last one is short
 
 
 class _Beside:
     """A helper thread that computes validity's costs while the loop's thread proposes, then
-    fitness and novelty while it draws validity and computes diversity: none of these uses
-    random numbers, each only reads arrays that nothing writes meanwhile, and numpy's loops and
-    the numba kNN release the GIL, so on two cores the steps overlap and the numbers stay the
-    same. Off (`use` false) where a cycle is too small to repay the hand-off, and for a fitness
-    with its own worker pool."""
+    fitness and novelty while it draws validity and computes diversity (and then shares the
+    novelty: `_Shared`): none of these uses random numbers, each only reads arrays that nothing
+    writes meanwhile, and numpy's loops and the numba kNN release the GIL, so on two cores the
+    steps overlap and the numbers stay the same. Off (`use` false) where a cycle is too small
+    to repay the hand-off, and for a fitness with its own worker pool."""
 
     def __init__(self, use: bool):
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="archrefine-score") if use else None
@@ -208,8 +212,40 @@ class _Beside:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _score(score, world, seqs, archive: Archive, k: int) -> tuple[np.ndarray, np.ndarray]:
-    return score(seqs), world.novelty(seqs, archive.rows, archive.filled, k)
+def _score(score, seqs: np.ndarray, shared: _Shared) -> np.ndarray:
+    fit = score(seqs)
+    shared.work()
+    return fit
+
+
+class _Shared:
+    """Novelty in slices of trials, which the helper thread (after fitness) and the loop's
+    thread (after validity and diversity) take in turn until none is left, so neither waits
+    long for the other. Each trial's novelty depends on its own rows only and every kNN method
+    returns exact integer sums, so the numbers do not depend on who computed which slice. With
+    `split` false, one slice."""
+
+    def __init__(self, world, seqs: np.ndarray, archive: Archive, k: int, split: bool):
+        trials = seqs.shape[0]
+        parts = min(trials, SLICES) if split else 1
+        self.bounds = np.linspace(0, trials, parts + 1).astype(int)
+        self.parts: list[np.ndarray | None] = [None] * parts
+        self.args = (world, seqs, archive, k)
+        self.lock, self.taken = threading.Lock(), 0
+
+    def _take(self) -> int:
+        with self.lock:
+            self.taken += 1
+            return self.taken - 1
+
+    def work(self) -> None:
+        world, seqs, archive, k = self.args
+        while (i := self._take()) < len(self.parts):
+            a, b = self.bounds[i], self.bounds[i + 1]
+            self.parts[i] = world.novelty(seqs[a:b], archive.rows[a:b], archive.filled[a:b], k)
+
+    def result(self) -> np.ndarray:
+        return np.concatenate(self.parts)
 
 
 def recorded_rates(schedule: ScheduleConfig, cycles: int) -> np.ndarray:

@@ -45,7 +45,7 @@ from archrefine.core import fast
 from archrefine.core.config import GeneratorConfig
 from archrefine.core.metrics import token_counts
 from archrefine.sim.base import Candidates
-from archrefine.sim.drift import Drift
+from archrefine.sim.drift import Drift, SetGrowth
 
 
 def sample_categorical(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -62,6 +62,19 @@ def sample_categorical(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
     for v in range(cdf.shape[2] - 1):
         out += u > cdf[:, None, :, v]
     return out
+
+
+def _tempered(prior: np.ndarray, tau: float) -> np.ndarray:
+    """`prior (trials, d, V)` at temperature `tau`."""
+    if tau == 1.0:
+        return prior
+    logp = np.log(np.maximum(prior, 1e-300)) / tau
+    p = np.exp(logp - logp.max(axis=2, keepdims=True))
+    return p / p.sum(axis=2, keepdims=True)
+
+
+def _cdf(prior: np.ndarray, tau: float) -> np.ndarray:
+    return np.cumsum(_tempered(prior, tau), axis=2)
 
 
 class PaperGenerator:
@@ -84,45 +97,64 @@ class PaperGenerator:
         self.prior = self.initial.copy()
         self.bonus = np.zeros(trials)
         self.drift = Drift(config.drift, trials) if config.drift > 0 else None  # sim/drift.py
+        self.growth = SetGrowth(trials) if config.bonus_growth == "set" else None  # same
         self._costs: tuple | None = None  # `start_costs`: (prior, bonus, its result's getter)
+        self._started_cdf: tuple | None = None  # `start_costs`: (prior, tau, result's getter)
+
+    def tau(self, rate: float) -> float:
+        """The decoding temperature at mutation rate `rate`: temperature + temperature_span *
+        rate (cycle 1, no rate: temperature)."""
+        cfg = self.cfg
+        return cfg.temperature + (cfg.temperature_span * rate if np.isfinite(rate) else 0.0)
 
     def sampling(self, rate: float) -> np.ndarray:
         """The distribution the generator decodes from at mutation rate `rate`: the prior at
-        temperature tau = temperature + temperature_span * rate (cycle 1, no rate: temperature)."""
-        cfg = self.cfg
-        tau = cfg.temperature + (cfg.temperature_span * rate if np.isfinite(rate) else 0.0)
-        if tau == 1.0:
-            return self.prior
-        logp = np.log(np.maximum(self.prior, 1e-300)) / tau
-        p = np.exp(logp - logp.max(axis=2, keepdims=True))
-        return p / p.sum(axis=2, keepdims=True)
+        temperature `tau(rate)`."""
+        return _tempered(self.prior, self.tau(rate))
 
     def sample(self, n: int, rate: float = float("nan")) -> np.ndarray:
         trials, d, _ = self.prior.shape
-        cdf = np.cumsum(self.sampling(rate), axis=2)
-        return sample_categorical(cdf, self.rng.random((trials, n, d)))
+        u = self.rng.random((trials, n, d))
+        return sample_categorical(self._cdf(rate), u)
 
     def propose(
         self, pool: np.ndarray, pool_size: np.ndarray, n: int, rate: float, fresh: float
     ) -> Candidates:
         trials, d, _ = self.prior.shape
-        draws = self.sample(n, rate)  # fresh samples double as mutation replacements
+        # every draw first (in the order they always came), then the decoding distribution,
+        # which the helper thread may still be computing (`start_costs`)
+        u = self.rng.random((trials, n, d))  # fresh samples double as mutation replacements
         if not np.isfinite(rate) or pool_size.max() == 0:
+            draws = sample_categorical(self._cdf(rate), u)
             return Candidates(draws, np.ones(draws.shape, dtype=bool))
         pick = (self.rng.random((trials, n)) * np.maximum(pool_size, 1)[:, None]).astype(int)
-        templates = pool[np.arange(trials)[:, None], pick]
         mutate = self.rng.random((trials, n, d)) < rate
+        draws = sample_categorical(self._cdf(rate), u)
+        templates = pool[np.arange(trials)[:, None], pick]
         children = np.where(mutate, draws, templates)
         # one reference slot per template: slots the pool cannot fill are written freely
         share = np.maximum(fresh, 1.0 - pool_size / pool.shape[1])
         keep_fresh = (np.arange(n)[None, :] < np.round(share * n)[:, None])[..., None]
         return Candidates(np.where(keep_fresh, draws, children), keep_fresh | mutate)
 
-    def start_costs(self, run: Callable[..., Callable[[], np.ndarray]]) -> None:
-        """Have `run` (the simulator's helper thread) compute the validity costs of the current
-        prior and bonus while this thread proposes: they depend on nothing a proposal draws."""
+    def start_costs(
+        self, run: Callable[..., Callable[[], np.ndarray]], rate: float = float("nan")
+    ) -> None:
+        """Have `run` (the simulator's helper thread) compute the decoding distribution at
+        `rate` and the validity costs of the current prior and bonus while this thread draws
+        and proposes: they depend on nothing a proposal draws."""
+        tau = self.tau(rate)
+        self._started_cdf = (self.prior, tau, run(_cdf, self.prior, tau))
         state = self._cost_inputs()
         self._costs = (*state[:2], run(self._validity_costs, *state))
+
+    def _cdf(self, rate: float) -> np.ndarray:
+        """The cumulative decoding distribution `(trials, d, V)` at `rate`: the one
+        `start_costs` started where it was for this very prior and temperature."""
+        tau, started = self.tau(rate), self._started_cdf
+        if started is not None and started[0] is self.prior and started[1] == tau:
+            return started[2]()
+        return _cdf(self.prior, tau)
 
     def _cost_inputs(self) -> tuple:
         penalty = None if self.drift is None else self.drift.penalty()
@@ -159,7 +191,8 @@ class PaperGenerator:
     def state(self) -> dict[str, np.ndarray]:
         """What refinement changes (the prior and the bonus), for a checkpoint."""
         drift = {} if self.drift is None else self.drift.state()
-        return {"prior": self.prior, "bonus": self.bonus} | drift
+        growth = {} if self.growth is None else self.growth.state()
+        return {"prior": self.prior, "bonus": self.bonus} | drift | growth
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore what `state` returned (the same config and trials)."""
@@ -169,6 +202,8 @@ class PaperGenerator:
         self.prior, self.bonus = prior, bonus
         if self.drift is not None:
             self.drift.load_state(state)
+        if self.growth is not None:
+            self.growth.load_state(state)
 
     def refine(
         self, pool: np.ndarray, pool_size: np.ndarray, signal: np.ndarray | None = None
@@ -181,7 +216,8 @@ class PaperGenerator:
         trials, k, d = pool.shape
         if signal is None:
             signal = pool_size / k  # how full the fine-tuning set is
-        self.bonus = np.minimum(self.bonus + cfg.bonus_rate * signal, 1.0)
+        step = signal if self.growth is None else self.growth.update(signal)  # sim/drift.py
+        self.bonus = np.minimum(self.bonus + cfg.bonus_rate * step, 1.0)
         if self.drift is not None:
             self.drift.update(signal)
         counts = token_counts(pool, self.vocab, np.arange(k)[None, :] < pool_size[:, None])
