@@ -127,11 +127,13 @@ def test_cli_refuses_unknown_columns_in_one_line(tmp_path):
     assert "accuracy" in p.stderr and not out.exists()
 
 
-def test_a_drifting_run_resumes_exactly(tmp_path):
-    """The drift's generation count is checkpointed: stopped after cycle 3 and resumed, the
-    run matches an uninterrupted one bit for bit."""
+@pytest.mark.parametrize("growth", ["round", "set"])
+def test_a_drifting_run_resumes_exactly(tmp_path, growth):
+    """The drift's generation count (and, growing with the set, the set's size) is
+    checkpointed: stopped after cycle 3 and resumed, the run matches an uninterrupted one bit
+    for bit."""
     config = Config(trials=4, seed=2).with_overrides(
-        FAST | {"loop.cycles": 6, "generator.drift": 0.3}
+        FAST | {"loop.cycles": 6, "generator.drift": 0.3, "generator.bonus_growth": growth}
     )
     path = tmp_path / "checkpoint.bin"
 

@@ -96,20 +96,6 @@ def test_set_growth_is_refused_for_a_generator_without_a_bonus():
         Config().with_overrides(over)
 
 
-def test_a_growing_run_resumes_exactly(tmp_path):
-    config = Config(trials=4, seed=2).with_overrides(TRUTH | SET | {"loop.cycles": 6})
-    path = tmp_path / "checkpoint.bin"
-
-    def stop(cycle: int) -> None:
-        if cycle == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        simulate(config, on_cycle=stop, checkpoint=path)
-    resumed = simulate(config, checkpoint=path, resume=True).metrics
-    pd.testing.assert_frame_equal(resumed, simulate(config).metrics, check_exact=True)
-
-
 def _observed(truth: Config) -> pd.DataFrame:
     v = simulate(truth).metrics.groupby("cycle")["validity"].mean().to_numpy()
     return pd.DataFrame({"cycle": CYCLES, "validity": v[np.array(CYCLES) - 1]})

@@ -216,8 +216,8 @@ class PaperGenerator:
         trials, k, d = pool.shape
         if signal is None:
             signal = pool_size / k  # how full the fine-tuning set is
-        step = signal if self.growth is None else self.growth.update(signal)  # sim/drift.py
-        self.bonus = np.minimum(self.bonus + cfg.bonus_rate * step, 1.0)
+        taught = signal if self.growth is None else self.growth.update(signal)  # sim/drift.py
+        self.bonus = np.minimum(self.bonus + cfg.bonus_rate * taught, 1.0)
         if self.drift is not None:
             self.drift.update(signal)
         counts = token_counts(pool, self.vocab, np.arange(k)[None, :] < pool_size[:, None])
