@@ -82,10 +82,8 @@ DRIFT_START = 0.1  # the peak start's drift when the observed rate does not fall
 #: (`generator.bonus_growth = "set"`); three free, bonus_max at its default, bonus_rate on a log
 #: scale (docs/rise-and-fall.md, "A rise that accelerates": chosen before any fit)
 DRIFT_SET_PARAMS: dict[str, tuple[float, float]] = {
-    "generator.base_logit": (-1.0, 6.0),
-    "generator.bonus_rate": (0.001, 0.5),
-    "generator.drift": (0.0, 1.0),
-}
+    k: v for k, v in DRIFT_PARAMS.items() if k != "generator.bonus_max"
+} | {"generator.bonus_rate": (0.001, 0.5)}
 DRIFTS = ("drift", "drift-set")  # the paper generator with self-consumption drift
 
 #: parameters searched on a log scale (the optimizer moves their logarithm)

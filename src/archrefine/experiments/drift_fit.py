@@ -29,7 +29,7 @@ from scipy.optimize import least_squares
 from scipy.stats import qmc
 
 from archrefine.core.config import Config
-from archrefine.experiments.calibrate import DIFF_STEP, CalibrationError
+from archrefine.experiments.calibrate import DIFF_STEP, DRIFT_PARAMS, CalibrationError
 from archrefine.experiments.fitting import (
     Simulated,
     config_value,
@@ -46,12 +46,7 @@ from archrefine.experiments.loo import LOO_COLUMNS, observed_cycles, thin_fold
 
 #: the drift model's parameters and bounds: calibrate's DRIFT_PARAMS with bonus_max's bound
 #: raised to hold its default (8.0), as forecast_fit does for the paper model
-BOX: dict[str, tuple[float, float]] = {
-    "generator.base_logit": (-1.0, 6.0),
-    "generator.bonus_max": (0.0, 10.0),
-    "generator.bonus_rate": (0.01, 0.5),
-    "generator.drift": (0.0, 1.0),
-}
+BOX: dict[str, tuple[float, float]] = DRIFT_PARAMS | {"generator.bonus_max": (0.0, 10.0)}
 LOG = frozenset({"generator.bonus_rate"})  # searched on a log scale (default near its bottom)
 #: `bonus_growth = "set"` (sim/drift.py `SetGrowth`): round t teaches t steps, so the rate that
 #: completes the bonus inside a run is far smaller: its bound goes down to 0.001
