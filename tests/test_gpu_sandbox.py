@@ -79,3 +79,86 @@ def test_a_candidate_inside_bwrap_sees_the_gpu(tmp_path):
     )
     assert seen.stdout.startswith("True"), seen.stderr[-500:]
     assert hidden.stdout.strip() == "False", hidden.stderr[-500:]
+
+
+def test_a_job_names_its_device_and_nothing_else_is_accepted():
+    from archrefine.sandbox.jobs import job_options
+
+    assert job_options(timeout_s=1, memory_mb=64)["device"] == "cpu"
+    assert job_options(timeout_s=1, memory_mb=64, device="cuda")["device"] == "cuda"
+    with pytest.raises(ValueError, match="^device: 'tpu' is not one of cpu, cuda$"):
+        job_options(timeout_s=1, memory_mb=64, device="tpu")
+
+
+def test_a_gpu_pool_without_a_memory_cgroup_fails_in_one_line(monkeypatch):
+    """CUDA cannot start under the per-process RLIMIT_AS, so a GPU job's memory is bounded by
+    its cgroup; where there is none the pool says so rather than run jobs unbounded."""
+    from archrefine.sandbox.jobs import SandboxError
+    from archrefine.sandbox.pool import SandboxPool
+
+    monkeypatch.setattr(confine, "gpu_devices", lambda dev="/dev": ["/dev/nvidia0"])
+    monkeypatch.setattr(confine, "cgroup_problem", lambda: "no writable memory cgroup")
+    with pytest.raises(SandboxError, match="need a memory cgroup") as err:
+        SandboxPool(1, gpus=True, isolation="rlimits")
+    assert "no writable memory cgroup" in str(err.value) and "\n" not in str(err.value)
+
+
+ON_CUDA = """
+import torch
+import torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        assert x.is_cuda and next(self.parameters()).is_cuda, "not on the GPU"
+        return self.f(x)
+"""
+GREEDY = """
+import torch
+import torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hog = torch.empty(3 << 30, dtype=torch.uint8, device="cuda")  # 3 GB
+        self.f = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+    def forward(self, x):
+        return self.f(x)
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not confine.gpu_devices(), reason="no GPU on this machine (/dev/nvidia0 missing)"
+)
+def test_a_gpu_pool_trains_candidates_on_cuda_within_their_memory():
+    """A whole job on the GPU: built, checked and trained on CUDA inside the sandbox, scored
+    here; one that asks the GPU for more than its memory_mb is `oom`, and the next job runs."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch here has no CUDA")
+    if problem := confine.cgroup_problem():
+        pytest.skip(f"no memory cgroup for GPU jobs here: {problem}")
+    import numpy as np
+
+    from archrefine.sandbox.jobs import TrainSpec
+    from archrefine.sandbox.pool import SandboxPool
+
+    rng = np.random.default_rng(0)  # ten classes, each lifting one pixel: learnable in 3 epochs
+    y = rng.integers(0, 10, 1500)
+    x = rng.normal(size=(1500, 64)).astype("float32")
+    x[np.arange(1500), y * 6] += 4.0
+    x = x.reshape(-1, 1, 8, 8)
+    data = (x[:1200], y[:1200], x[1200:], y[1200:])
+    with SandboxPool(2, gpus=True, timeout_s=120, memory_mb=2048) as pool:
+        train = TrainSpec(epochs=3, seed=0, lr=0.01)
+        opts = dict(input_shape=(1, 8, 8), train=train, data=data)
+        trained, greedy, again = pool.map([ON_CUDA, GREEDY, ON_CUDA], **opts)
+    assert trained.status == "ok", trained.reason
+    assert trained.accuracy > 0.8 and trained.params == 64 * 32 + 32 + 32 * 10 + 10
+    assert greedy.status == "oom", greedy.reason
+    assert again.status == "ok" and again.accuracy == pytest.approx(trained.accuracy, abs=0.05)

@@ -95,7 +95,9 @@ class EvaluateConfig(StrictModel):
     ray_address: str = Field("", description="ray: cluster address (empty: start a local Ray)")
     cpus_per_task: float = Field(1.0, gt=0, description="ray: CPUs each evaluation declares")
     gpus_per_task: float = Field(
-        0.0, ge=0, description="GPUs each evaluation declares (ray); > 0: the sandbox sees the GPUs"
+        0.0,
+        ge=0,
+        description="GPUs each evaluation declares (ray); > 0: candidates build and train on CUDA",
     )
     workers: int = Field(
         2, ge=1, le=256, description="local: sandbox workers; ray: CPUs of a local Ray"

@@ -70,8 +70,11 @@ PRELOAD = str.split(  # imported before the uid drop, after which the stdlib may
 )
 
 
-def _warm_up() -> None:
-    """Import torch and run one tiny train step so lazy initialisation happens once, here."""
+def _warm_up(gpu: bool) -> None:
+    """Import torch and run one tiny train step so lazy initialisation happens once, here;
+    for GPU jobs without the backward pass, whose autograd engine asks CUDA for its devices,
+    which poisons every forked child's CUDA ("Cannot re-initialize CUDA in forked
+    subprocess"): each child starts CUDA, and the engine, itself."""
     import numpy  # noqa: F401
     import torch
     from torch import nn
@@ -85,8 +88,9 @@ def _warm_up() -> None:
     torch.manual_seed(0)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     x = torch.randn(2, 3, 8, 8)[torch.randperm(2, generator=torch.Generator().manual_seed(0))]
-    nn.functional.cross_entropy(net(x), torch.zeros(2).long()).backward()
-    opt.step()
+    if not gpu:
+        nn.functional.cross_entropy(net(x), torch.zeros(2).long()).backward()
+        opt.step()
     with torch.no_grad():
         net.eval()(x).argmax(1)
     for name in PRELOAD:
@@ -162,6 +166,8 @@ def _classify(exc: BaseException, stage: str) -> tuple[str, str]:
         return "oom", f"oom: {msg} (in {stage})"
     if stage == "loading":  # our side, before any candidate code ran
         return "crashed", f"crashed: the sandbox could not load the job data: {msg}"
+    if stage == "cuda":
+        return "crashed", f"crashed: the sandbox could not start CUDA: {msg}"
     if isinstance(exc, SyntaxError):
         return "invalid", f"invalid: SyntaxError line {exc.lineno}: {_one_line(exc.msg, 150)}"
     if isinstance(exc, Refused):
@@ -205,6 +211,10 @@ def _evaluate(job: dict, result: dict) -> None:
         random.seed(seed)  # reseeded from the OS at every fork: a candidate using it varied
         np.random.seed(seed % 2**32)  # noqa: NPY002 - the global one candidates use; it was
         # seeded from the OS when the worker started, so it too varied between workers
+        if job.get("device") == "cuda":  # memory_mb of the GPU too (torch's allocator; the
+            stage = "cuda"  # candidate could lift it: a budget, not a boundary)
+            total = torch.cuda.get_device_properties(0).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, (job["memory_mb"] << 20) / total))
         if job.get("audit", True):
             refusals = _install_policy(os.getcwd())
         stage = "module body"
@@ -213,20 +223,21 @@ def _evaluate(job: dict, result: dict) -> None:
         net_cls = namespace.get("Net")
         if not (isinstance(net_cls, type) and issubclass(net_cls, nn.Module)):
             raise _Invalid("source defines no class Net(nn.Module)")
+        device = torch.device("cuda" if job.get("device") == "cuda" else "cpu")
         stage = "Net()"
-        net = net_cls()
+        net = net_cls().to(device)
         stage = "forward"
         batch, classes = int(job["batch"]), int(job["classes"])
         net.eval()
         with torch.no_grad():
-            out = net(torch.randn(batch, *job["input_shape"]))
+            out = net(torch.randn(batch, *job["input_shape"]).to(device))
         want = (batch, classes)
         if (got := _shape(out)) != want:
             raise _Invalid(f"forward returned shape {got}, expected {want}")
         result["params"] = int(sum(p.numel() for p in net.parameters()))
         if data is not None:
             stage = "training"
-            result["preds"] = _train(net, data, job["train"])
+            result["preds"] = _train(net, data, job["train"], device)
         status, reason = "ok", "ok"
     except _Invalid as exc:
         status, reason = "invalid", f"invalid: {exc}"
@@ -250,12 +261,13 @@ def _shape(out: object) -> tuple[int, ...] | str:
         return tuple(torch._C.TensorBase.size(out))
 
 
-def _train(net, data: dict, spec: dict) -> list[int]:
-    """One deterministic pass of minibatch training, then predictions on x_val (no labels here)."""
+def _train(net, data: dict, spec: dict, device) -> list[int]:
+    """One deterministic pass of minibatch training, then predictions on x_val (no labels here);
+    on `device` (the batches' order is drawn on the CPU, the same on either)."""
     import torch
     from torch import nn
 
-    x, y, x_val = (torch.from_numpy(data[k]) for k in ("x", "y", "x_val"))
+    x, y, x_val = (torch.from_numpy(data[k]).to(device) for k in ("x", "y", "x_val"))
     x, x_val, y = x.float(), x_val.float(), y.long()
     gen = torch.Generator().manual_seed(int(spec["seed"]))
     opt_cls = torch.optim.Adam if spec["optimizer"] == "adam" else torch.optim.SGD
@@ -272,7 +284,9 @@ def _train(net, data: dict, spec: dict) -> list[int]:
     net.eval()
     with torch.no_grad():
         return [
-            int(v) for i in range(0, len(x_val), 256) for v in net(x_val[i : i + 256]).argmax(1)
+            int(v)
+            for i in range(0, len(x_val), 256)
+            for v in net(x_val[i : i + 256]).argmax(1).cpu()
         ]
 
 
@@ -291,10 +305,14 @@ def _child(job: dict, workdir: str, wfd: int, vm_bytes: int, cpu: int) -> None:
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversize writes fail with EFBIG instead
     tasks = job["base_tasks"] + EXTRA_TASKS
+    memory = vm_bytes + (int(job["memory_mb"]) << 20)
+    files = 64
+    if job.get("device") == "cuda":  # CUDA reserves tens of GB of address space and opens
+        memory, files = resource.RLIM_INFINITY, 256  # a file per node: the cgroup bounds memory
     for lim, value in (
         (resource.RLIMIT_CPU, (cpu, cpu + 1)),
-        (resource.RLIMIT_AS, (vm_bytes + (int(job["memory_mb"]) << 20),) * 2),
-        (resource.RLIMIT_NOFILE, (64, 64)),
+        (resource.RLIMIT_AS, (memory, memory)),
+        (resource.RLIMIT_NOFILE, (files, files)),
         (resource.RLIMIT_FSIZE, (FSIZE, FSIZE)),
         (resource.RLIMIT_CORE, (0, 0)),
         (resource.RLIMIT_NPROC, (tasks, tasks)),
@@ -419,7 +437,7 @@ def main() -> None:
     workroot = cfg["workroot"]
     if os.getuid() == 0 and cfg.get("cover") is not None:
         _private_view(cfg)
-    _warm_up()
+    _warm_up(bool(cfg.get("gpu")))
     if os.getuid() == 0 and cfg.get("uid") is not None:
         if cfg.get("unshare_net"):  # CLONE_NEWNET, best effort: a loopback that is down, only
             _libc.unshare(0x40000000)

@@ -34,6 +34,7 @@ STATUSES = ("ok", "invalid", "timeout", "crashed", "oom", "forbidden")
 Isolation = Literal["auto", "bwrap", "rlimits"]
 ENV_FORCE = "ARCHREFINE_SANDBOX"  # "rlimits" forces the fallback for isolation="auto"
 MAX_MEMORY_MB = 1 << 24  # 16 TiB: larger limits cannot be meant and overflow rlimits
+DEVICES = ("cpu", "cuda")  # where a job builds and trains its network
 REPLY_CAP = 1 << 20  # bytes of a worker's reply line, besides 16 per held-out prediction
 
 
@@ -137,8 +138,11 @@ def job_options(
     train: TrainSpec | None = None,
     data: object = None,
     audit: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Validate one job's options (messages name the parameter) and return them as sent."""
+    if device not in DEVICES:
+        raise ValueError(f"device: {device!r} is not one of {', '.join(DEVICES)}")
     if not (isinstance(timeout_s, int | float) and 0 < timeout_s <= 86400):
         raise ValueError(f"timeout_s: {timeout_s!r} is not a number of seconds in (0, 86400]")
     if not (isinstance(memory_mb, int) and 16 <= memory_mb <= MAX_MEMORY_MB):
@@ -157,6 +161,7 @@ def job_options(
     return dict(
         input_shape=shape, classes=classes, batch=batch, audit=bool(audit), timeout_s=timeout_s,
         memory_mb=memory_mb, data=None, train=train and {k: getattr(train, k) for k in spec},
+        device=device,
     )  # fmt: skip
 
 

@@ -170,8 +170,11 @@ class SandboxPool:
     timeout_s, memory_mb : default per-job limits (see `run_code`); `run`/`map` may override.
     isolation : "auto", "bwrap" or "rlimits"; `audit` turns the audit-hook policy on or off.
     startup_timeout_s : how long a worker may take to start (import torch) before SandboxError.
-    gpus : bind the GPUs' device nodes into every worker's /dev (`evaluate.gpus_per_task > 0`);
-        SandboxError where this machine has none.
+    gpus : bind the GPUs' device nodes into every worker's /dev and build and train every
+        candidate on CUDA (`evaluate.gpus_per_task > 0`); `memory_mb` then bounds each job's
+        host memory through its cgroup (CUDA cannot start under `RLIMIT_AS`) and its GPU
+        memory through torch's allocator. SandboxError where this machine has no GPU or no
+        memory cgroup for the workers.
 
     Example
     -------
@@ -200,7 +203,13 @@ class SandboxPool:
             raise SandboxError("gpus: no NVIDIA device nodes (/dev/nvidia0, ...) on this machine")
         self.isolation = self.mode + ("+audit" if audit else "")
         # "cgroup": memory_mb caps each job as a whole; "process": each of its processes
-        self.memory_scope = "process" if confine.cgroup_problem() else "cgroup"
+        problem = confine.cgroup_problem()
+        self.memory_scope = "process" if problem else "cgroup"
+        if gpus and problem:  # CUDA cannot start under the per-process RLIMIT_AS
+            raise SandboxError(
+                f"gpus: jobs on a GPU need a memory cgroup to bound their memory ({problem}; "
+                "run as root on a machine with a writable cgroup)"
+            )
         self._startup, self._size = startup_timeout_s, workers
         _sweep_stale_roots()
         self._root = Path(tempfile.mkdtemp(prefix=f"archrefine-sandbox-{os.getpid()}-"))
@@ -258,6 +267,7 @@ class SandboxPool:
             train=train,
             data=data,
             audit=self.audit,
+            device="cuda" if self.devices else "cpu",
         )
         y_val = None
         with self._lock:

@@ -35,7 +35,8 @@ class RayEvaluator:
     ----------
     address : a running cluster (`ray://…` or `auto`); None starts a local Ray instance with
         `local_cpus` CPUs (all when None), shut down again by `close`.
-    num_cpus, num_gpus : resources each task declares (Ray schedules by them).
+    num_cpus, num_gpus : resources each task declares (Ray schedules by them); with
+        num_gpus > 0 the task's sandbox builds and trains on the GPU Ray assigned it.
     timeout_s, memory_mb, isolation : the sandbox's per-candidate limits (see `run_code`).
     task : the task body (tests inject failures here); `evaluate_one` by default.
     """
@@ -73,7 +74,8 @@ class RayEvaluator:
                                    f"{one_line(err)}") from None  # fmt: skip
             self._started = True
         self.isolation = f"ray:{isolation}"
-        self._options = dict(timeout_s=timeout_s, memory_mb=memory_mb, isolation=isolation)
+        self._options = dict(timeout_s=timeout_s, memory_mb=memory_mb, isolation=isolation,
+                             gpus=num_gpus > 0)  # fmt: skip
         self._task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=1)(task)
 
     def map(

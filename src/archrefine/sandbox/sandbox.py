@@ -88,6 +88,7 @@ def run_code(
     data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
     isolation: Isolation = "auto",
     audit: bool = True,
+    gpus: bool = False,
 ) -> Outcome:
     """Build `Net()` from `source` in a fresh sandbox, check its forward pass, optionally train it.
 
@@ -102,13 +103,13 @@ def run_code(
         accuracy on the held-out part; ``y_val`` never enters the sandbox.
     isolation : "auto" (bwrap if it works, else rlimits), "bwrap" or "rlimits".
     audit : install the audit-hook policy in the child (turn off only to test the OS layer).
+    gpus : build and train on the GPU (`SandboxPool`'s `gpus`).
 
     Each call starts and stops its own worker (~2 s to import torch); for many candidates use
     `SandboxPool`, which keeps workers warm.
     """
     opts = dict(input_shape=input_shape, classes=classes, batch=batch, train=train, data=data)
     job_options(timeout_s=timeout_s, memory_mb=memory_mb, **opts)  # fail before starting a worker
-    with SandboxPool(
-        1, timeout_s=timeout_s, memory_mb=memory_mb, isolation=isolation, audit=audit
-    ) as pool:
+    limits = dict(timeout_s=timeout_s, memory_mb=memory_mb, isolation=isolation, audit=audit)
+    with SandboxPool(1, gpus=gpus, **limits) as pool:
         return pool.run(source, **opts)

@@ -240,7 +240,7 @@ def launch(mode: str, root: Path, index: int, devices: Sequence[str] = ()) -> La
     as_root = os.geteuid() == 0
     uid = fresh_uid() if as_root else None
     exe = _python()[0]
-    cfg: dict[str, Any] = {"uid": uid, "gid": uid, "path": _site_dirs()}
+    cfg: dict[str, Any] = {"uid": uid, "gid": uid, "path": _site_dirs(), "gpu": bool(devices)}
     if mode == "bwrap":
         cfg.update(workroot=f"{INSIDE}/work", chown=False, unshare_net=False)
         cfg.update(private_work=True, private_ipc=True, work_mb=WORK_MB, mqueue="/dev/mqueue")
