@@ -10,8 +10,8 @@ prints one JSON object: per stage, wall and CPU seconds. The stages follow the c
   simulator's modules, not pandas; the run directory and config.toml);
 * `simulate`: the loop in a fresh process, numba's import and kernel load included;
 * `metrics`: metrics.parquet; `figure`: trajectory.png: the wait for the helper process that
-  `run` forks as it starts (`archrefine.cli.beside`: it imports pandas and matplotlib while
-  this process works, then draws), or the drawing itself where it runs in this process, and
+  `run` forks before the loop (`archrefine.cli.beside`: it imports pandas and matplotlib
+  while the loop runs, then draws), or the drawing itself where it runs in this process, and
   the run.json to come (which the second helper builds report.html from meanwhile);
 * `close`: run.json; `report`: report.html (the second helper's, waited for), the last lines
   printed and the exit callbacks.

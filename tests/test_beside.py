@@ -112,7 +112,7 @@ def test_without_start_there_is_no_helper_and_the_work_is_done_here(tmp_path, re
 def test_a_helper_asked_nothing_is_ended_at_once() -> None:
     beside = Beside()
     helper = beside.proc
-    beside.close()  # as when a bad config ends `run` while the helper still imports
+    beside.close()  # as when Ctrl-C stops the loop while the helper still imports
     assert not helper.is_alive() and beside.proc is None
     beside.close()  # twice is harmless
 

@@ -90,6 +90,16 @@ def test_a_job_names_its_device_and_nothing_else_is_accepted():
         job_options(timeout_s=1, memory_mb=64, device="tpu")
 
 
+def test_run_code_asks_for_the_gpu_as_the_pool_does(monkeypatch):
+    """`run_code(gpus=True)` (what each Ray task declaring a GPU calls) makes a GPU pool."""
+    from archrefine.sandbox.jobs import SandboxError
+    from archrefine.sandbox.sandbox import run_code
+
+    monkeypatch.setattr(confine, "gpu_devices", lambda dev="/dev": [])
+    with pytest.raises(SandboxError, match="no NVIDIA device nodes"):
+        run_code("class Net: pass", gpus=True, isolation="rlimits")
+
+
 def test_a_gpu_pool_without_a_memory_cgroup_fails_in_one_line(monkeypatch):
     """CUDA cannot start under the per-process RLIMIT_AS, so a GPU job's memory is bounded by
     its cgroup; where there is none the pool says so rather than run jobs unbounded."""
@@ -130,6 +140,24 @@ class Net(nn.Module):
         return self.f(x)
 """
 
+LIFTER = """
+import torch
+import torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        try:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+        except AttributeError:
+            torch._C._accelerator_setAllocatorSettings("per_process_memory_fraction:1.0")
+        self.hog = torch.empty(3 << 30, dtype=torch.uint8, device="cuda")
+        self.f = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+    def forward(self, x):
+        return self.f(x)
+"""
+
 
 @pytest.mark.gpu
 @pytest.mark.skipif(
@@ -137,7 +165,8 @@ class Net(nn.Module):
 )
 def test_a_gpu_pool_trains_candidates_on_cuda_within_their_memory():
     """A whole job on the GPU: built, checked and trained on CUDA inside the sandbox, scored
-    here; one that asks the GPU for more than its memory_mb is `oom`, and the next job runs."""
+    here; one that asks the GPU for more than its memory_mb is `oom`, one that first tries to
+    lift that cap through torch gets nothing, and the next job runs."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch here has no CUDA")
@@ -157,8 +186,9 @@ def test_a_gpu_pool_trains_candidates_on_cuda_within_their_memory():
     with SandboxPool(2, gpus=True, timeout_s=120, memory_mb=2048) as pool:
         train = TrainSpec(epochs=3, seed=0, lr=0.01)
         opts = dict(input_shape=(1, 8, 8), train=train, data=data)
-        trained, greedy, again = pool.map([ON_CUDA, GREEDY, ON_CUDA], **opts)
+        trained, greedy, lifter, again = pool.map([ON_CUDA, GREEDY, LIFTER, ON_CUDA], **opts)
     assert trained.status == "ok", trained.reason
     assert trained.accuracy > 0.8 and trained.params == 64 * 32 + 32 + 32 * 10 + 10
     assert greedy.status == "oom", greedy.reason
+    assert lifter.status == "invalid" and "AttributeError" in lifter.reason, lifter.reason
     assert again.status == "ok" and again.accuracy == pytest.approx(trained.accuracy, abs=0.05)

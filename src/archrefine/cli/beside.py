@@ -1,13 +1,13 @@
 """A run's trajectory.png and report.html, made by two helper processes while the loop runs.
 
 `archrefine run` spends ~0.45 s of CPU importing matplotlib, ~0.2 s drawing the figure and
-~0.1 s building report.html (docs/performance.md). A helper forked as the command starts,
-before the main process imports anything heavy or starts a thread, imports pandas, forks a
-second helper from itself, and then each imports its own modules on the other core (matplotlib
-for the first, plotly and the report for the second: nothing is imported twice). When the loop
-ends, the first draws the figure from the columns it is sent (the same `plots.trajectory` call
-on the same frame, so the same file) while the main process writes metrics.parquet; the second
-then builds report.html meanwhile from the files and the run.json the main process is about to
+~0.1 s building report.html (docs/performance.md). A helper forked before the loop (before
+any thread of it starts) imports pandas, forks a second helper from itself, and then each
+imports its own modules on the other core while the loop runs (matplotlib for the first,
+plotly and the report for the second: nothing is imported twice). When the loop ends, the
+first draws the figure from the columns it is sent (the same `plots.trajectory` call on the
+same frame, so the same file) while the main process writes metrics.parquet; the second then
+builds report.html meanwhile from the files and the run.json the main process is about to
 write (`store.closed_info`), and writes the page once run.json says exactly that. The main
 process waits for each answer, so the files are there, and in the same order, when `run`
 returns. Wherever a helper cannot do its part (no fork on this platform, it died, it raised),
@@ -96,8 +96,8 @@ class Beside:
     def close(self) -> None:
         """End the helpers: one writing a file finishes it, sees its pipe close and exits; so
         do both after a run (the first waits for the second: their CPU time is counted in
-        this process's children's); one with nothing asked of it (still importing, when a bad
-        config ends the command at once) is ended at once, so an error is not delayed."""
+        this process's children's); one with nothing asked of it (still importing, when the
+        loop stops early) is ended at once, so an error is not delayed."""
         for conn in self.conns.values():
             conn.close()
         self.conns = {}

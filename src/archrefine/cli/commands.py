@@ -221,37 +221,33 @@ def run(
     The loop's state is checkpointed every checkpoint.every_s seconds and after the last cycle
     (and on Ctrl-C), so `--resume DIR` finishes a killed run with exactly the results an
     uninterrupted one would have."""
+    given = [f"{k}={v}" for k, v in (("trials", trials), ("seed", seed)) if v is not None]
+    if resume is not None:
+        if given:
+            raise ConfigError("--resume uses the run's own config.toml: drop --trials and --seed")
+        cfg, out, done = _reopen(resume, config=config, set_=set_, out=out, force=force)
+        if done is None:
+            return
+        tracking = tracker(cfg, track)
+        started = time.time()
+    else:
+        from archrefine.core.store import atomic_write_text, default_dir, open_run
+
+        cfg = load_config(config, [*(set_ or []), *given])
+        from archrefine.sim.budget import check_memory
+
+        check_memory(cfg)  # before the directory is made
+        tracking = tracker(cfg, track)
+        out = out or default_dir("run")
+        open_run(out, force=force, kind="run", meta={"seed": cfg.seed, "trials": cfg.trials})
+        (out / CHECKPOINT).unlink(missing_ok=True)  # --force starts afresh
+        started, done = time.time(), 0
+        atomic_write_text(out / "config.toml", cfg.to_toml())
     from archrefine.cli.beside import Beside  # draws the figure and report beside the loop
+    from archrefine.core.store import close_run, closed_info, write_parquet
+    from archrefine.sim.loop import simulate
 
-    with Beside(start=not no_figures) as beside:  # first: it imports while this process does
-        given = [f"{k}={v}" for k, v in (("trials", trials), ("seed", seed)) if v is not None]
-        if resume is not None:
-            if given:
-                raise ConfigError(
-                    "--resume uses the run's own config.toml: drop --trials and --seed"
-                )
-            cfg, out, done = _reopen(resume, config=config, set_=set_, out=out, force=force)
-            if done is None:
-                return
-            tracking = tracker(cfg, track)
-            started = time.time()
-        else:
-            from archrefine.core.store import atomic_write_text, default_dir, open_run
-
-            cfg = load_config(config, [*(set_ or []), *given])
-            from archrefine.sim.budget import check_memory
-
-            check_memory(cfg)  # before the directory is made
-            tracking = tracker(cfg, track)
-            out = out or default_dir("run")
-            meta = {"seed": cfg.seed, "trials": cfg.trials}
-            open_run(out, force=force, kind="run", meta=meta)
-            (out / CHECKPOINT).unlink(missing_ok=True)  # --force starts afresh
-            started, done = time.time(), 0
-            atomic_write_text(out / "config.toml", cfg.to_toml())
-        from archrefine.core.store import close_run, closed_info, write_parquet
-        from archrefine.sim.loop import simulate
-
+    with Beside(start=not no_figures) as beside:
         with progress_bar() as progress:
             task = progress.add_task("cycles", total=cfg.loop.cycles, completed=done)
             result = simulate(

@@ -49,6 +49,9 @@ MARKER = "archrefine-sandbox-worker"
 RESULT_CAP = 64 << 10  # bytes of a child's report, besides 16 per held-out prediction
 LOG_TAIL = 2000  # characters of the candidate's stdout/stderr kept
 FSIZE = 16 << 20  # largest file a candidate may write (its stdout log included)
+LIFTS = ("_cuda_setMemoryFraction", "_accelerator_setAllocatorSettings",
+         "_cuda_cudaCachingAllocator_set_allocator_settings")  # fmt: skip
+"""torch's ways to change the allocator's memory fraction (directly, or as a setting)."""
 EXTRA_TASKS = 32  # processes/threads a candidate may add (RLIMIT_NPROC headroom)
 PROCESS_EVENTS = tuple(
     str.split(
@@ -211,10 +214,13 @@ def _evaluate(job: dict, result: dict) -> None:
         random.seed(seed)  # reseeded from the OS at every fork: a candidate using it varied
         np.random.seed(seed % 2**32)  # noqa: NPY002 - the global one candidates use; it was
         # seeded from the OS when the worker started, so it too varied between workers
-        if job.get("device") == "cuda":  # memory_mb of the GPU too (torch's allocator; the
-            stage = "cuda"  # candidate could lift it: a budget, not a boundary)
+        if job.get("device") == "cuda":  # memory_mb of the GPU too, in torch's allocator,
+            stage = "cuda"  # whose setters then go: a candidate cannot lift it through torch
             total = torch.cuda.get_device_properties(0).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, (job["memory_mb"] << 20) / total))
+            for setter in LIFTS:
+                with contextlib.suppress(AttributeError):
+                    delattr(torch._C, setter)
         if job.get("audit", True):
             refusals = _install_policy(os.getcwd())
         stage = "module body"
