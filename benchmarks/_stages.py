@@ -6,18 +6,19 @@ Runs the `archrefine` command in this process with timers around the library cal
 command makes (they are looked up at call time, so wrapping them changes nothing else), and
 prints one JSON object: per stage, wall and CPU seconds. The stages follow the command's order:
 
-* `imports`: from this script's start to the loop (the CLI, the config, numpy, pandas, the
-  simulator's modules; the run directory and config.toml);
+* `imports`: from this script's start to the loop (the CLI, the config, numpy, the
+  simulator's modules, not pandas; the run directory and config.toml);
 * `simulate`: the loop in a fresh process, numba's import and kernel load included;
 * `metrics`: metrics.parquet; `figure`: trajectory.png: the wait for the helper process that
-  `run` forks before the loop (`archrefine.cli.beside`: it imports matplotlib during the loop,
-  then draws), or the drawing itself where it runs in this process;
-* `close`: run.json; `report`: report.html (the helper's, waited for), the last lines
+  `run` forks before the loop (`archrefine.cli.beside`: it imports pandas and matplotlib
+  while the loop runs, then draws), or the drawing itself where it runs in this process, and
+  the run.json to come (which the second helper builds report.html from meanwhile);
+* `close`: run.json; `report`: report.html (the second helper's, waited for), the last lines
   printed and the exit callbacks.
 
 The command ends as the console script does (`archrefine.cli.main`: exit callbacks, then the
 process ends without the interpreter's teardown). The interpreter's start-up and that end are
-what the parent measures beyond `total`; `helper` is the CPU of the helper process (this
+what the parent measures beyond `total`; `helper` is the CPU of the helper processes (this
 process's waited-for children), on the other core.
 """
 

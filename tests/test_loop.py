@@ -16,6 +16,21 @@ def test_metrics_frame_shape_and_columns():
     assert m[["validity", "novelty", "diversity"]].apply(lambda s: s.between(0, 1).all()).all()
 
 
+def test_result_columns_are_by_trial_then_cycle_and_final_skips_nan():
+    r = simulate(SMALL)
+    m = r.metrics
+    assert list(r.columns) == list(m.columns)
+    assert m.equals(m.sort_values(["trial", "cycle"], ignore_index=True))
+    assert (m.groupby("trial").cycle.apply(list) == [list(range(1, 13))] * 8).all()
+    expected = r.mean().iloc[-1].to_dict()
+    assert r.final() == pytest.approx(expected, rel=1e-12)
+    r.columns["fitness"][m.cycle.to_numpy() == 12] = np.nan  # no valid candidate at the end
+    r.columns["validity"][(m.cycle.to_numpy() == 12) & (m.trial.to_numpy() == 0)] = np.nan
+    last = r.final()
+    assert np.isnan(last["fitness"])  # as groupby's mean of nothing, and without a warning
+    assert last["validity"] == pytest.approx(m[m.cycle == 12].validity.iloc[1:].mean())
+
+
 def test_same_seed_same_results_other_seed_other_results():
     a, b = simulate(SMALL).metrics, simulate(SMALL).metrics
     pd.testing.assert_frame_equal(a, b)

@@ -226,7 +226,7 @@ def test_unreadable_directories_are_one_line_errors(dirs, tmp_path, damage, word
 
 
 def test_a_failing_report_is_a_warning_and_the_run_still_completes(tmp_path, monkeypatch) -> None:
-    def broken(directory):
+    def broken(directory, info=None):
         raise RuntimeError("plotly exploded\nwith two lines")
 
     monkeypatch.setattr(report_html, "build", broken)

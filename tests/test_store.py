@@ -70,6 +70,28 @@ def test_metrics_round_trip(tmp_path):
     pd.testing.assert_frame_equal(read_metrics(tmp_path), frame())
 
 
+def test_numpy_columns_are_written_as_the_frame_would_be(tmp_path):
+    """`run` writes its numpy columns without pandas: NaN becomes null, as from a DataFrame,
+    and every kind of column reads back the same."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    columns = {
+        "trial": np.array([0, 0, 1], dtype=np.int64),
+        "fitness": np.array([0.5, np.nan, -1.25]),
+        "small": np.array([1.5, 2.5, np.nan], dtype=np.float32),
+        "count": np.array([3, 2, 1], dtype=np.uint8),
+        "flag": np.array([True, False, True]),  # not one fixed-width buffer: pyarrow's way
+        "ragged": np.arange(6.0)[::2],  # not contiguous
+    }
+    write_parquet(tmp_path / "a.parquet", columns)
+    write_parquet(tmp_path / "b.parquet", pd.DataFrame(columns))
+    a, b = pq.read_table(tmp_path / "a.parquet"), pq.read_table(tmp_path / "b.parquet")
+    assert a.column("fitness").null_count == 1 == b.column("fitness").null_count
+    assert a.select(list(columns)).equals(b.select(list(columns)))
+    pd.testing.assert_frame_equal(a.to_pandas(), b.to_pandas(), check_exact=True)
+
+
 def test_corrupt_and_foreign_files_fail_with_one_line(tmp_path):
     bad = tmp_path / "metrics.parquet"
     bad.write_bytes(b"PAR1 this is not parquet")

@@ -244,10 +244,10 @@ def run(
         started, done = time.time(), 0
         atomic_write_text(out / "config.toml", cfg.to_toml())
     from archrefine.cli.beside import Beside  # draws the figure and report beside the loop
-    from archrefine.core.store import close_run, write_parquet
+    from archrefine.core.store import close_run, closed_info, write_parquet
     from archrefine.sim.loop import simulate
 
-    with Beside(out, start=not no_figures) as beside:
+    with Beside(start=not no_figures) as beside:
         with progress_bar() as progress:
             task = progress.add_task("cycles", total=cfg.loop.cycles, completed=done)
             result = simulate(
@@ -257,16 +257,18 @@ def run(
                 resume=resume is not None,
             )
         files = ["config.toml", "metrics.parquet", CHECKPOINT]
-        if not no_figures:
-            beside.draw(result.metrics)
-        write_parquet(out / "metrics.parquet", result.metrics)
-        if not no_figures:
-            beside.figure(result.metrics)
-            files.insert(2, "trajectory.png")
-        close_run(out, files=files, started=started)
-        if not no_figures:
+        if no_figures:
+            write_parquet(out / "metrics.parquet", result.columns)  # no pandas needed here
+            close_run(out, files=files, started=started)
+        else:
+            beside.draw(out, result.columns)
+            write_parquet(out / "metrics.parquet", result.columns)
+            info = closed_info(out, files=[*files, "trajectory.png"], started=started)
+            beside.prepare(info)  # the report is built while the figure is drawn
+            beside.figure(result)
+            close_run(out, info=info)
             beside.report()
-    last = result.mean().iloc[-1]
+    last = result.final()
     out_console.print("final cycle: " + ", ".join(f"{k} {v:.3f}" for k, v in last.items()))
     console.print(f"wrote {out}/")
     tracking.log(out)

@@ -51,18 +51,22 @@ def write(directory: Path, out: Path | None = None) -> Path:
 
 
 def write_safely(directory: Path) -> str | None:
-    """`write`, for the end of a run: any failure comes back as one line (None on success),
-    never as an exception, so a report can never make a finished run fail."""
+    """`write` for the end of a run: a failure is one line (`problem`; None on success), never
+    an exception, so a report can never make a finished run fail."""
     try:
         write(directory)
     except Exception as err:  # noqa: BLE001  (the run's results are written; never fail it)
-        return " ".join(str(err).split())[:300] or type(err).__name__
+        return problem(err)
     return None
 
 
-def build(directory: Path) -> str:
-    """The page's HTML for one run, reproduce, sweep or loop directory."""
-    data = load(Path(directory))
+def problem(err: Exception) -> str:  # the one line a finished run warns with
+    return " ".join(str(err).split())[:300] or type(err).__name__
+
+
+def build(directory: Path, info: dict[str, Any] | None = None) -> str:
+    """The page's HTML for one directory (`info`: its run.json, where about to be written)."""
+    data = load(Path(directory), info)
     sections = [_overview(data), *_trajectories(data), _phases(data), _claims(data)]
     if data.kind == "sweep":
         sections.append(_sweep_table(data))

@@ -45,12 +45,14 @@ class RunData:
     candidates: pd.DataFrame | None
 
 
-def load(directory: Path) -> RunData:
-    """Read a run, reproduce, sweep or loop directory; ReportError (one line) if it cannot."""
+def load(directory: Path, info: dict[str, Any] | None = None) -> RunData:
+    """Read a run, reproduce, sweep or loop directory; ReportError (one line) if it cannot.
+    `info` stands for run.json where the caller is about to write exactly that."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ReportError(f"{directory}: no such directory")
-    info = _json(directory / "run.json", dict) or {}
+    if info is None:
+        info = _json(directory / "run.json", dict) or {}
     has_db = (directory / "candidates.sqlite").is_file()
     if not info and not (directory / "metrics.parquet").exists():
         raise ReportError(f"{directory}: not a run directory (no run.json, no metrics.parquet)")

@@ -23,11 +23,12 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from archrefine.core.config import ConfigError, TrackingConfig
+
+if TYPE_CHECKING:  # pandas loads when a run is logged: `archrefine run` without it never does
+    import pandas as pd
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -218,8 +219,15 @@ def _millis(stamp: Any) -> int | None:
         return None
 
 
+def _parquet(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.read_parquet(path)
+
+
 def _cycle_metrics(frame: pd.DataFrame, stamp: int) -> list:
     """Each numeric column's mean over trials per cycle, as MLflow metrics with step = cycle."""
+    import pandas as pd
     from mlflow.entities import Metric
 
     columns = [
@@ -295,7 +303,7 @@ class _Session:
             sweep = json.loads((self.directory / "sweep.json").read_text())
             for point in sweep.get("points", []):
                 where = self.directory / point["dir"]
-                metrics = _cycle_metrics(pd.read_parquet(where / "metrics.parquet"), self.stamp)
+                metrics = _cycle_metrics(_parquet(where / "metrics.parquet"), self.stamp)
                 params = _read_config(where / "config.toml")
                 runs.append(self.new_run(point["name"], params, metrics, **nest))
         elif frame is not None and set(GROUPS) <= set(frame.columns):
@@ -319,7 +327,7 @@ class _Session:
 def _log(directory: Path, uri: str, experiment: str) -> str:
     session = _Session(directory, uri, experiment)
     metrics_file = directory / "metrics.parquet"
-    frame = pd.read_parquet(metrics_file) if metrics_file.is_file() else None
+    frame = _parquet(metrics_file) if metrics_file.is_file() else None
     nested = session.kind == "sweep" or (frame is not None and set(GROUPS) <= set(frame.columns))
     own = _claim_metrics(directory / "claims.json", session.stamp)
     if frame is not None and not nested:

@@ -7,14 +7,16 @@ Python loops run over cycles only; every step inside a cycle is one numpy operat
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from archrefine.core import knn
 from archrefine.core.config import Config, ScheduleConfig
@@ -26,19 +28,37 @@ from archrefine.sim.landscapes import NKLandscape
 from archrefine.sim.paper import PaperGenerator
 from archrefine.sim.spaces import AbstractSpace, make_space
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 EXTRA = ("best_fitness", "mutation_rate", "pool_size", "bonus", "loss")
 
 
-@dataclass
+@dataclass(eq=False)
 class Result:
-    """A finished simulation: its config and one row per (trial, cycle)."""
+    """A finished simulation: its config and one row per (trial, cycle), ordered by trial then
+    cycle, as named numpy columns. `metrics` makes them a DataFrame on first use, so a command
+    that only writes and prints them (`archrefine run`) never imports pandas (~0.25 s)."""
 
     config: Config
-    metrics: pd.DataFrame
+    columns: dict[str, np.ndarray]
+
+    @functools.cached_property
+    def metrics(self) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.DataFrame(self.columns)
 
     def mean(self) -> pd.DataFrame:
         """Per-cycle means over trials."""
         return self.metrics.groupby("cycle")[list(METRICS)].mean()
+
+    def final(self) -> dict[str, float]:
+        """The last cycle's mean of each metric over trials, NaN skipped (as in `mean`)."""
+        last = self.columns["cycle"] == self.columns["cycle"].max()
+        with warnings.catch_warnings():  # a metric with no value in the last cycle: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return {k: float(np.nanmean(self.columns[k][last])) for k in METRICS}
 
 
 class Archive:
@@ -101,7 +121,7 @@ def simulate(
     finally:
         if hasattr(score, "close"):  # a worker pool (first-epoch training)
             score.close()
-    return Result(config=config, metrics=_frame(records, trials))
+    return Result(config=config, columns=_columns(records, trials))
 
 
 def _cycles(
@@ -283,14 +303,15 @@ def make_fitness(config: Config, world, rng: np.random.Generator) -> Callable:
     return NKLandscape(config.trials, world.length, world.vocab, config.fitness.k, rng)
 
 
-def _frame(records: list[dict[str, np.ndarray]], trials: int) -> pd.DataFrame:
+def _columns(records: list[dict[str, np.ndarray]], trials: int) -> dict[str, np.ndarray]:
+    """The cycles' per-trial records as columns, one row per (trial, cycle) in that order."""
     cycles = len(records)
     data = {
-        "trial": np.tile(np.arange(trials), cycles),
-        "cycle": np.repeat(np.arange(1, cycles + 1), trials),
+        "trial": np.repeat(np.arange(trials), cycles),
+        "cycle": np.tile(np.arange(1, cycles + 1), trials),
     }
-    for key in (*METRICS, *EXTRA):
-        data[key] = np.concatenate([r[key] for r in records])
-    frame = pd.DataFrame(data)
-    frame["best_fitness"] = frame["best_fitness"].replace(-np.inf, np.nan)
-    return frame.sort_values(["trial", "cycle"], ignore_index=True)
+    for key in (*METRICS, *EXTRA):  # records are cycle by cycle: transposed to trial by trial
+        data[key] = np.stack([r[key] for r in records]).T.reshape(-1)
+    best = data["best_fitness"]
+    data["best_fitness"] = np.where(best == -np.inf, np.nan, best)
+    return data
