@@ -174,11 +174,14 @@ def test_kill_9_of_the_cli_then_runs_lists_it_interrupted(tmp_path: Path) -> Non
 
 
 def test_ctrl_c_names_the_command_that_continues(tmp_path: Path) -> None:
+    """As a terminal's Ctrl-C: SIGINT handled by the command, whatever the suite inherited (a
+    suite started in the background by a shell ignores SIGINT, and so would its children)."""
     out = tmp_path / "stopped"
     proc = subprocess.Popen(
         [sys.executable, "-m", "archrefine", "run", "--set", "trials=300", "--set",
          "loop.cycles=400", "--set", "checkpoint.every_s=0", "--out", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.time() + 90
     while not (out / "checkpoint.bin").exists() and time.time() < deadline:
