@@ -214,7 +214,8 @@ def _evaluate(job: dict, result: dict) -> None:
         random.seed(seed)  # reseeded from the OS at every fork: a candidate using it varied
         np.random.seed(seed % 2**32)  # noqa: NPY002 - the global one candidates use; it was
         # seeded from the OS when the worker started, so it too varied between workers
-        if job.get("device") == "cuda":  # memory_mb of the GPU too, in torch's allocator,
+        device = torch.device("cuda" if job.get("device") == "cuda" else "cpu")
+        if device.type == "cuda":  # memory_mb of the GPU too, in torch's allocator,
             stage = "cuda"  # whose setters then go: a candidate cannot lift it through torch
             total = torch.cuda.get_device_properties(0).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, (job["memory_mb"] << 20) / total))
@@ -229,7 +230,6 @@ def _evaluate(job: dict, result: dict) -> None:
         net_cls = namespace.get("Net")
         if not (isinstance(net_cls, type) and issubclass(net_cls, nn.Module)):
             raise _Invalid("source defines no class Net(nn.Module)")
-        device = torch.device("cuda" if job.get("device") == "cuda" else "cpu")
         stage = "Net()"
         net = net_cls().to(device)
         stage = "forward"
