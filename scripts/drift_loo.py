@@ -104,11 +104,11 @@ def set_shape_spread() -> list[tuple[int, float, int, float, float]]:
     for i in range(len(c)):
         m = np.arange(len(c)) != i
         ends = [
-            least_squares(lambda p, m=m: _valid(set_shape(p, c[m])) - v[m], np.array(s, float))
+            least_squares(lambda p, m=m: valid_rate(set_shape(p, c[m])) - v[m], np.array(s, float))
             for s in SET_STARTS
         ]
         cost = np.array([e.cost for e in ends])
-        res = np.array([v[i] - _valid(set_shape(e.x, c[i : i + 1]))[0] for e in ends])
+        res = np.array([v[i] - valid_rate(set_shape(e.x, c[i : i + 1]))[0] for e in ends])
         best = int(np.argmin(cost))
         reach = int(np.sum(cost <= cost[best] + 1e-12))
         lo, hi = np.percentile(res, [10, 90])
@@ -116,7 +116,8 @@ def set_shape_spread() -> list[tuple[int, float, int, float, float]]:
     return out
 
 
-def _valid(logit: np.ndarray) -> np.ndarray:
+def valid_rate(logit: np.ndarray) -> np.ndarray:
+    """A valid rate from per-token log-odds, as calibrate reads one (ceiling · σ(L)^length)."""
     with np.errstate(over="ignore"):
         return 0.97 / (1 + np.exp(-logit)) ** 15
 
@@ -148,13 +149,18 @@ def calibrate_all_four(out: Path) -> dict:
     }
 
 
-def curves() -> list[tuple[str, float, np.ndarray]]:
-    """Leave-one-out of model-free curves through the per-token log-odds of the valid rates."""
+def curves(run_mean: float | None = None, cycles: int = 22) -> list[tuple[str, float, np.ndarray]]:
+    """Leave-one-out of model-free curves through the per-token log-odds of the valid rates;
+    with `run_mean`, every fit also matches the curve's mean over cycles 1..`cycles` to it
+    (one more residual, weighed as one valid rate: `calibrate --run-means`), and the flat
+    baseline predicts the run mean itself."""
     obs = load_trajectory(KHALID).dropna(subset=["validity"])
     c, v = obs["cycle"].to_numpy(float), obs["validity"].to_numpy(float)
+    every = np.arange(1, cycles + 1, dtype=float)
 
-    def valid(logit: np.ndarray) -> np.ndarray:
-        return 0.97 / (1 + np.exp(-logit)) ** 15
+    def misses(f, p, m) -> np.ndarray:
+        data = valid_rate(f(p, c[m])) - v[m]
+        return data if run_mean is None else np.r_[data, valid_rate(f(p, every)).mean() - run_mean]
 
     families = {
         "mean of the other cycles": (lambda p, t: p[0] + 0 * t, [[3.0]]),
@@ -181,14 +187,14 @@ def curves() -> list[tuple[str, float, np.ndarray]]:
         for i in range(len(c)):
             m = np.arange(len(c)) != i
             if name.startswith("mean"):  # the mean of the valid rates themselves
-                res.append(v[i] - v[m].mean())
+                res.append(v[i] - (v[m].mean() if run_mean is None else run_mean))
                 continue
             fits = [
-                least_squares(lambda p, f=f, m=m: valid(f(p, c[m])) - v[m], np.array(s, float))
+                least_squares(lambda p, f=f, m=m: misses(f, p, m), np.array(s, float))
                 for s in starts
             ]
             p = min(fits, key=lambda r: r.cost).x
-            res.append(v[i] - valid(f(p, c[i : i + 1]))[0])
+            res.append(v[i] - valid_rate(f(p, c[i : i + 1]))[0])
         res = np.array(res)
         out.append((name, float(np.sqrt(np.mean(res**2))), res))
     return out

@@ -1,12 +1,15 @@
-"""Draw docs/rise-and-fall.md's figure and print its tables from two calibration directories.
+"""Draw docs/rise-and-fall.md's figure and print its tables from two or three calibrations.
 
     archrefine calibrate src/archrefine/data/khalid2026.csv --generator paper \
         --columns validity,mean_accuracy --loo --out runs/rf-paper
     archrefine calibrate src/archrefine/data/khalid2026.csv --generator drift \
         --columns validity,mean_accuracy --loo --out runs/rf-drift
     python scripts/drift_loo.py --out runs/drift-loo
+    archrefine calibrate src/archrefine/data/khalid2026.csv --generator drift-set \
+        --params generator.base_logit,generator.bonus_max,generator.bonus_rate,generator.drift \
+        --columns validity,mean_accuracy --run-means --loo --out runs/rf-drift-set4-mean
     python scripts/rise_and_fall.py runs/rf-paper runs/rf-drift \
-        --variants runs/drift-loo/variants.json
+        --variants runs/drift-loo/variants.json --set-mean runs/rf-drift-set4-mean
 
 Reads each directory's params.json, fitted.csv, residuals.csv and loo.csv (nothing is
 simulated here) and writes docs/figures/rise-and-fall.png: observed values, each model's fitted
@@ -27,6 +30,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 FIGURE = ROOT / "docs" / "figures" / "rise-and-fall.png"
 COLUMNS = ("validity", "mean_accuracy")
+#: the other drift fits' held-out marks: none of the fits' colours (grey, red, blue)
+MARKS = ("tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
 
 def load(directory: Path) -> dict:
@@ -97,7 +102,7 @@ def figure(runs: dict[str, dict], path: Path, variants: list[dict] | None = None
 
     from archrefine.core.store import atomic_write_bytes
 
-    colors = dict(zip(runs, ("tab:grey", "tab:red")))
+    colors = dict(zip(runs, ("tab:grey", "tab:red", "tab:blue")))
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.6 if variants else 4.4))
     for ax, col in zip(axes, COLUMNS):
         obs = next(iter(runs.values()))["residuals"]
@@ -115,9 +120,15 @@ def figure(runs: dict[str, dict], path: Path, variants: list[dict] | None = None
         for i, var in enumerate((variants or []) if col == "validity" else []):
             held = var["heldout_validity"]  # scripts/drift_loo.py: other drift fits, held out
             x = np.array([int(c) for c in held]) + 0.25 * (i + 1)
-            ax.plot(x, list(held.values()), "+", ms=6, label=f"{var['variant']} (LOO "
+            ax.plot(x, list(held.values()), "+", ms=6, color=MARKS[i % len(MARKS)],
+                    label=f"{var['variant']} (LOO "
                     f"{var['loo_rmse']['validity']:.3f})")  # fmt: skip
         ax.plot(obs["cycle"], obs["observed"], "o", color="black", label="Khalid et al. 2026")
+        for run in runs.values():  # the published mean over every cycle, where a fit used it
+            means = run["residuals"][run["residuals"]["column"] == col + "_run_mean"]
+            for value in means["observed"].iloc[:1]:
+                ax.axhline(value, color="black", ls=":", lw=1, label="published mean, 22 cycles")
+                break
         ax.set_title(col.replace("_", " "), fontsize=10)
         ax.set_xlabel("cycle (x: predicted with that cycle left out)")
         ax.set_xlim(0.5, 24.0 if variants else 22.5)
@@ -138,8 +149,13 @@ def main() -> None:
     parser.add_argument(
         "--variants", type=Path, help="variants.json of scripts/drift_loo.py, drawn as + marks"
     )
+    parser.add_argument(
+        "--set-mean", type=Path, help="calibration of drift-set, four free, with --run-means --loo"
+    )
     args = parser.parse_args()
     runs = {"paper model": load(args.paper), "with drift": load(args.drift)}
+    if args.set_mean:
+        runs["set growth + run mean"] = load(args.set_mean)
     variants = json.loads(args.variants.read_text()) if args.variants else None
     figure(runs, args.out, variants)
     print(tables(runs))

@@ -327,6 +327,21 @@ def calibrate(
     loo: Annotated[
         bool, typer.Option("--loo", help="Also refit leaving each observed cycle out.")
     ] = False,
+    run_means: Annotated[
+        bool,
+        typer.Option(
+            "--run-means",
+            help="Also fit the CSV's run means (its row with cycle 'all': a column's mean over "
+            "every cycle, e.g. a published mean valid rate).",
+        ),
+    ] = False,
+    params: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated parameters to fit, each KEY (its default bounds) or KEY=LO:HI "
+            "(default: the generator's own set).",
+        ),
+    ] = None,
     force: ForceOpt = False,
 ) -> None:
     """Fit a generator's parameters to an observed trajectory; write params, residuals, overlay."""
@@ -334,30 +349,36 @@ def calibrate(
     from archrefine.experiments import calibrate as cal
     from archrefine.experiments import calibrate_report as cal_report
 
-    observed = cal.load_trajectory(trajectory)
-    cal.free_params(generator)  # an unsupported generator fails before the directory is made
+    observed, means = cal.read_trajectory(trajectory)
+    free = cal.parse_params(params, generator) if params else cal.free_params(generator)
     cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     if cols and (missing := [c for c in cols if c not in observed.columns]):
         raise cal.CalibrationError(f"--columns: {', '.join(missing)} not in {trajectory}")
+    if run_means and not means:
+        raise cal.CalibrationError(f"--run-means: {trajectory} has no row with cycle 'all'")
+    fitted = cols or [c for c in cal.KNOWN_COLUMNS if c in observed.columns]
+    means = {c: v for c, v in means.items() if c in fitted} if run_means else {}
+    common = {"generator": generator, "trials": trials, "seed": seed, "columns": cols}
+    common |= {"params": free, "run_means": means}
+    common |= {"cycles": int(observed["cycle"].max())} if means else {}  # the means' cycles
     if loo:  # every refit needs fewer free parameters than observed values: check before fitting
         from archrefine.experiments.loo import check_folds
 
-        check_folds(observed, generator=generator, columns=cols)
+        check_folds(observed, generator=generator, columns=cols, params=free, run_means=means)
     out = out or default_dir("calibrate")
     meta = {"trajectory": str(trajectory), "generator": generator, "trials": trials, "seed": seed}
-    meta |= {"columns": cols, "loo": loo}
+    meta |= {"columns": cols, "loo": loo, "params": params, "run_means": means or None}
     open_run(out, force=force, kind="calibrate", meta=meta)
     started = time.time()
     with progress_bar() as progress:  # the fit's length is not known ahead: a count, no total
         task = progress.add_task("fitting: simulations run", total=None)
         result = cal.calibrate(
-            observed, generator=generator, trials=trials, seed=seed, columns=cols,
-            on_evaluation=lambda n: progress.update(task, completed=n),
-        )  # fmt: skip
+            observed, on_evaluation=lambda n: progress.update(task, completed=n), **common
+        )
         if loo:  # docs/rise-and-fall.md: one refit per observed cycle
             from archrefine.experiments.loo import with_loo
 
-            with_loo(result, observed, generator=generator, trials=trials, seed=seed, columns=cols)
+            with_loo(result, observed, **common)
     files = cal_report.write_calibration(out, result)
     close_run(out, files=files, started=started)
     out_console.print(cal_report.summary(result))

@@ -17,6 +17,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,7 @@ from archrefine.experiments.fitting import (  # noqa: F401 - re-exported, as bef
     fitted_frame,
     from_unit,
     observe,
+    residual_scales,
     residual_table,
     rmse_by_column,
     simulate_candidates,
@@ -49,6 +51,7 @@ from archrefine.experiments.trajectory import (  # noqa: F401 - re-exported, as 
     CalibrationError,
     check_trajectory,
     load_trajectory,
+    read_trajectory,
 )
 
 #: the paper model's free parameters and their bounds (docs/calibration.md says why)
@@ -112,7 +115,7 @@ class Calibration:
     rmse: dict[str, float]
     config: Config
     maps: dict[str, float] = field(default_factory=dict)  # the profiled observation maps
-    info: dict[str, float] = field(default_factory=dict)  # loss at start and end, evaluations
+    info: dict[str, Any] = field(default_factory=dict)  # loss at start and end, evaluations
     loo: pd.DataFrame | None = None  # leave-one-cycle-out predictions (experiments/loo.py)
     loo_rmse: dict[str, float] | None = None  # their RMSE per column
 
@@ -147,6 +150,36 @@ def free_params(generator: str, params=None) -> dict[str, tuple[float, float]]:
     raise CalibrationError("params: expected a list of keys or a {key: (lo, hi)} mapping")
 
 
+def parse_params(text: str, generator: str) -> dict[str, tuple[float, float]]:
+    """`--params`: comma-separated `KEY` (bounds from the generator's set, else from any
+    generator's that has the key) or `KEY=LO:HI`, as `{key: (lo, hi)}`."""
+    known = PAPER_PARAMS | LEARNED_PARAMS | DRIFT_PARAMS | free_params(generator)
+    out: dict[str, tuple[float, float]] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        key, _, bounds = (p.strip() for p in item.partition("="))
+        try:
+            config_value(Config(), key)
+        except AttributeError:
+            raise CalibrationError(f"--params: {key!r} is not a config key") from None
+        if not bounds:
+            if key not in known:
+                raise CalibrationError(f"--params: no default bounds for {key}; give {key}=LO:HI")
+            out[key] = known[key]
+            continue
+        try:
+            lo, hi = (float(x) for x in bounds.split(":"))
+        except ValueError:
+            raise CalibrationError(f"--params: {item!r} is not KEY=LO:HI") from None
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise CalibrationError(f"--params: {key} needs finite bounds LO < HI, got {bounds}")
+        out[key] = (lo, hi)
+    if not out:
+        raise CalibrationError("--params: no parameter named")
+    return free_params(generator, out)
+
+
 def calibrate(
     trajectory: pd.DataFrame,
     *,
@@ -162,6 +195,7 @@ def calibrate(
     on_evaluation: Callable[[int], None] | None = None,
     scales: Mapping[str, float] | None = None,
     workers: int | None = None,
+    run_means: Mapping[str, float] | None = None,
 ) -> Calibration:
     """Fit a generator's parameters so its per-cycle means match an observed trajectory.
 
@@ -192,6 +226,9 @@ def calibrate(
     workers : processes that run simulations at once (a Jacobian's columns; the starts run in
         threads); default: every core for the learned generator, 1 otherwise (a paper run is
         too short to pay for a process). The fit is the same for any number.
+    run_means : observed means of fitted columns over the whole run, cycles 1 to `cycles`
+        (`read_trajectory` reads them from a CSV's `all` row); each is one more residual, the
+        simulated curve's mean over every cycle, weighed as one observed value of its column.
 
     Returns
     -------
@@ -210,6 +247,9 @@ def calibrate(
         raise CalibrationError(f"columns: {', '.join(missing)} not in the trajectory")
     obs = obs[["cycle", *use]]
     obs = obs[obs[use].notna().any(axis=1)].reset_index(drop=True)
+    means = dict(run_means or {})
+    if bad := [c for c in means if c not in use]:
+        raise CalibrationError(f"run means: {', '.join(bad)} is not a fitted column")
     base = (base or Config()).with_overrides(
         {
             "generator.kind": "paper" if generator in DRIFTS else generator,
@@ -227,7 +267,7 @@ def calibrate(
     log = np.array([k in log_scale for k in keys])
     start = np.array([float(config_value(base, k)) for k in keys])
     scale = {c: (scales or {}).get(c) or spread(obs[c]) for c in use}
-    objective = _Objective(base, tuple(keys), lo, hi, log, obs, scale)
+    objective = _Objective(base, tuple(keys), lo, hi, log, obs, scale, means)
     config_at = objective.config_at
     if workers is None:
         workers = default_workers() if generator == "learned" else 1
@@ -285,7 +325,7 @@ def calibrate(
         evals.close()
     config = config_at(u)
     mapped, maps = observe(sim, obs)
-    table = residual_table(obs, mapped)
+    table = residual_table(obs, mapped, means)
     stderr, interval = bootstrap(fit.jac, fit.fun, u, lo, hi, log, keys, n_boot, seed)
     return Calibration(
         params={k: float(config_value(config, k)) for k in keys},
@@ -304,7 +344,8 @@ def calibrate(
             "seed": seed,
             "n_boot": n_boot,
             "max_nfev": max_nfev,
-        },
+        }
+        | ({"run_means": means} if means else {}),
     )
 
 
@@ -324,6 +365,7 @@ class _Objective:
     log: np.ndarray
     obs: pd.DataFrame
     scale: dict[str, float]
+    means: dict[str, float] = field(default_factory=dict)
 
     def config_at(self, u: np.ndarray) -> Config:
         values = from_unit(u, self.lo, self.hi, self.log)
@@ -333,8 +375,8 @@ class _Objective:
         """Residuals, the simulation, and (learned) where its pre-training stopped."""
         config = self.config_at(u)
         sim = simulate_candidates(config)
-        table = residual_table(self.obs, observe(sim, self.obs)[0])
-        r = table["residual"].to_numpy() / table["column"].map(self.scale).to_numpy()
+        table = residual_table(self.obs, observe(sim, self.obs)[0], self.means)
+        r = table["residual"].to_numpy() / residual_scales(table, self.scale)
         stops = ()
         if config.generator.kind == "learned":
             from archrefine.sim.learned import LAST_PRETRAINING as stops

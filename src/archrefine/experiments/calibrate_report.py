@@ -44,17 +44,22 @@ def overlay(cal: Calibration, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from archrefine.experiments.fitting import RUN_MEAN_SUFFIX
     from archrefine.experiments.plots import cycle_axis
 
-    cols = list(dict.fromkeys(cal.residuals["column"]))
+    table = cal.residuals
+    cols = list(dict.fromkeys(c for c in table["column"] if not c.endswith(RUN_MEAN_SUFFIX)))
     fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols), 3.2), squeeze=False)
     for ax, col in zip(axes[0], cols):
-        obs = cal.residuals[cal.residuals["column"] == col]
+        obs = table[table["column"] == col]
         ax.plot(cal.fitted["cycle"], cal.fitted[col], color="tab:blue", label="fitted")
         ax.plot(obs["cycle"], obs["observed"], "o", color="black", label="observed")
+        for row in table[table["column"] == col + RUN_MEAN_SUFFIX].itertuples():
+            ax.axhline(row.observed, color="black", ls=":", lw=1, label="observed run mean")
+            ax.axhline(row.fitted, color="tab:blue", ls=":", lw=1, label="fitted run mean")
         ax.set_title(f"{col} (RMSE {cal.rmse[col]:.3g})", fontsize=9)
         cycle_axis(ax)
-    axes[0][0].legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     from archrefine.experiments.plots import save_figure
 

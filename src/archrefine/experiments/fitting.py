@@ -9,6 +9,7 @@ observed trajectory's columns, fitting each column's nuisance map; `residual_tab
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,15 +117,33 @@ def observe(sim: Simulated, obs: pd.DataFrame) -> tuple[dict[str, np.ndarray], d
     return out, maps
 
 
-def residual_table(obs: pd.DataFrame, mapped: dict[str, np.ndarray]) -> pd.DataFrame:
-    """One row per observed cell: cycle, column, observed, fitted, residual (observed − fitted)."""
+#: a run mean's column in a residual table ("validity" → "validity_run_mean"), at cycle 0
+RUN_MEAN_SUFFIX = "_run_mean"
+
+
+def residual_table(
+    obs: pd.DataFrame, mapped: dict[str, np.ndarray], means: Mapping[str, float] | None = None
+) -> pd.DataFrame:
+    """One row per observed cell: cycle, column, observed, fitted, residual (observed − fitted);
+    then one per run mean (`means`, `{column: observed mean over every simulated cycle}`), as
+    column + `RUN_MEAN_SUFFIX` at cycle 0, fitted by the mean of the mapped curve."""
     rows = []
     for col, series in mapped.items():
         for cycle, value in zip(obs["cycle"], obs[col]):
             if pd.notna(value):
                 fit = float(series[cycle - 1])
                 rows.append((int(cycle), col, float(value), fit, float(value) - fit))
+    for col, value in (means or {}).items():
+        fit = float(np.nanmean(mapped[col])) if np.isfinite(mapped[col]).any() else np.nan
+        rows.append((0, col + RUN_MEAN_SUFFIX, float(value), fit, float(value) - fit))
     return pd.DataFrame(rows, columns=["cycle", "column", "observed", "fitted", "residual"])
+
+
+def residual_scales(table: pd.DataFrame, scale: Mapping[str, float]) -> np.ndarray:
+    """What each row of a `residual_table` is divided by: its column's scale; a run mean weighs
+    as one more observed value of its column."""
+    base = table["column"].str.removesuffix(RUN_MEAN_SUFFIX)
+    return base.map(scale).to_numpy(dtype=float)
 
 
 def fitted_frame(sim: Simulated, mapped: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -165,9 +184,10 @@ def config_value(config: Config, key: str):
 
 
 def spread(col: pd.Series) -> float:
-    """Each column's residuals are divided by its observed spread, so columns weigh alike."""
+    """Each column's residuals are divided by its observed spread, so columns weigh alike (1
+    for a column observed once, or only through its run mean)."""
     s = float(col.dropna().std()) if col.notna().sum() > 1 else 0.0
-    return s if s > 0 else max(abs(float(col.dropna().mean())), 1.0)
+    return s if s > 0 else max(abs(float(col.dropna().mean())), 1.0) if col.notna().any() else 1.0
 
 
 def bootstrap(jac, res, u, lo, hi, log, keys, n_boot, seed):

@@ -3,12 +3,15 @@
 With five observed valid rates, an in-sample RMSE says little: four free parameters can bend
 a curve through almost any five points. Refitting without each observed cycle (all its columns)
 and predicting that cycle's values from the refit measures what the mechanism *predicts*, as
-cross-validation does; a model that only fits noise predicts the held-out cycle badly.
+cross-validation does; a model that only fits noise predicts the held-out cycle badly. A run
+mean (`calibrate`'s `run_means`: a published mean over every cycle) stays in every refit, as it
+has no cycle to leave out; it includes the left-out cycle with weight 1/cycles, which
+docs/rise-and-fall.md measures.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,15 +47,19 @@ def observed_cycles(
 
 
 def thin_fold(
-    obs: pd.DataFrame, use: Sequence[str], free: Callable[[list[str]], int]
+    obs: pd.DataFrame,
+    use: Sequence[str],
+    free: Callable[[list[str]], int],
+    run_means: Mapping[str, float] | None = None,
 ) -> tuple[int, int, int] | None:
     """The first fold whose refit keeps no more observed values than free parameters — `free`
-    counts them from the columns the refit still observes — as (cycle left out, values, free);
-    None where every fold keeps more."""
+    counts them from the columns the refit still observes; a run mean of one of those counts
+    as a value — as (cycle left out, values, free); None where every fold keeps more."""
     for cycle in obs["cycle"]:
         train = obs[obs["cycle"] != cycle]
         keep = [c for c in use if train[c].notna().any()]
-        if (values := int(train[keep].notna().sum().sum())) <= (n := free(keep)):
+        values = int(train[keep].notna().sum().sum()) + len(set(run_means or ()) & set(keep))
+        if values <= (n := free(keep)):
             return int(cycle), values, n
     return None
 
@@ -63,6 +70,7 @@ def check_folds(
     generator: str = "paper",
     columns: Sequence[str] | None = None,
     params: Any = None,
+    run_means: Mapping[str, float] | None = None,
 ) -> None:
     """Raise `CalibrationError` unless every refit has fewer free parameters (the generator's
     and the observation maps') than observed values: with as many, a refit can pass through
@@ -70,7 +78,9 @@ def check_folds(
     it before the fit."""
     obs, use = observed_cycles(trajectory, columns)
     n_model = len(free_params(generator, params))
-    thin = thin_fold(obs, use, lambda keep: n_model + sum(MAP_COEFFICIENTS.get(c, 0) for c in keep))
+    thin = thin_fold(
+        obs, use, lambda keep: n_model + sum(MAP_COEFFICIENTS.get(c, 0) for c in keep), run_means
+    )
     if thin is not None:
         cycle, values, free = thin
         raise CalibrationError(
@@ -96,7 +106,9 @@ def leave_one_out(
     `on_fold(done, total)` is called after each refit.
     """
     obs, use = observed_cycles(trajectory, columns)
-    check_folds(obs, generator=kwargs.get("generator", "paper"), params=kwargs.get("params"))
+    means = dict(kwargs.pop("run_means", None) or {})
+    generator, params = kwargs.get("generator", "paper"), kwargs.get("params")
+    check_folds(obs, generator=generator, params=params, run_means=means)
     scales = {c: spread(obs[c]) for c in use} | dict(kwargs.pop("scales", None) or {})
     kwargs.setdefault("n_boot", 0)
     kwargs["cycles"] = max(int(obs["cycle"].max()), kwargs.get("cycles") or 0)
@@ -104,7 +116,10 @@ def leave_one_out(
     for done, cycle in enumerate(obs["cycle"], start=1):
         train = obs[obs["cycle"] != cycle]
         keep = [c for c in use if train[c].notna().any()]
-        fit: Calibration = calibrate(train, columns=keep, scales=scales, **kwargs)
+        fold_means = {c: v for c, v in means.items() if c in keep}  # the run's: no cycle to drop
+        fit: Calibration = calibrate(
+            train, columns=keep, scales=scales, run_means=fold_means, **kwargs
+        )
         held = obs.loc[obs["cycle"] == cycle].iloc[0]
         for col in keep:
             if pd.notna(held[col]):

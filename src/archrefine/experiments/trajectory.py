@@ -1,7 +1,10 @@
 """Observed per-cycle trajectories (a real study's CSV, a run's metrics): reading and checking them.
 
 calibrate, forecast and leave-one-out all start from one; keeping the checks here gives every
-command the same one-line errors for a bad file.
+command the same one-line errors for a bad file. A CSV may also give a column's mean over the
+whole run, in a row whose cycle is `all` (Khalid et al. publish the valid rate's mean over all
+22 cycles, and only five of the cycles): `read_trajectory` returns those separately, because a
+forecast that fits the first cycles must never see a mean that includes the rest.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from archrefine.core.config import ConfigError
@@ -21,18 +25,45 @@ class CalibrationError(ConfigError):
     """A bad trajectory or calibration request, in one line (a ValueError, like ConfigError)."""
 
 
+RUN_MEAN = "all"  # the cycle of a row that gives means over every cycle of the run
+
+
 def load_trajectory(path: str | Path) -> pd.DataFrame:
-    """Read an observed trajectory CSV (`#` lines are comments); empty cells are NaN."""
+    """Read an observed trajectory CSV (`#` lines are comments); empty cells are NaN. A row of
+    run means (cycle `all`) is checked and left out: `read_trajectory` returns it."""
+    return read_trajectory(path)[0]
+
+
+def read_trajectory(path: str | Path) -> tuple[pd.DataFrame, dict[str, float]]:
+    """An observed trajectory CSV's per-cycle frame and its run means, `{column: mean over
+    cycles 1 to the file's last cycle}` (empty when the file has no `all` row)."""
     path = Path(str(path))
     try:
-        frame = pd.read_csv(path, comment="#", skip_blank_lines=True)
+        frame = pd.read_csv(path, comment="#", skip_blank_lines=True, dtype={"cycle": str})
     except FileNotFoundError:
         raise CalibrationError(f"{path}: no such file") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CalibrationError(f"{path}: not a readable CSV ({first})") from None
     frame.columns = [str(c).strip() for c in frame.columns]
-    return check_trajectory(frame, name=str(path))
+    means: dict[str, float] = {}
+    if "cycle" in frame.columns:
+        whole = frame["cycle"].astype(str).str.strip().str.lower() == RUN_MEAN
+        if whole.sum() > 1:
+            raise CalibrationError(f"{path}: more than one row of run means (cycle {RUN_MEAN})")
+        if whole.any():
+            means = _run_means(frame[whole].iloc[0].drop("cycle"), str(path))
+            frame = frame[~whole].reset_index(drop=True)
+    return check_trajectory(frame, name=str(path)), means
+
+
+def _run_means(row: pd.Series, name: str) -> dict[str, float]:
+    values = pd.to_numeric(row, errors="coerce")
+    if bad := [c for c, v in row.items() if pd.notna(v) and str(v).strip() and pd.isna(values[c])]:
+        raise CalibrationError(f"{name}: run mean of {', '.join(bad)} is not a number")
+    if bad := [c for c, v in values.items() if pd.notna(v) and not np.isfinite(v)]:
+        raise CalibrationError(f"{name}: run mean of {', '.join(bad)} is not finite")
+    return {str(c): float(v) for c, v in values.items() if pd.notna(v)}
 
 
 def check_trajectory(frame: pd.DataFrame, *, name: str = "trajectory") -> pd.DataFrame:

@@ -1,0 +1,137 @@
+"""How far the published run mean carries the leave-one-cycle-out check of set-growth drift, for
+docs/rise-and-fall.md ("The run mean: what the other 17 cycles say").
+
+    python scripts/run_mean_loo.py [--out runs/run-mean-loo] [--seeds 1,2,3] [--jobs 2]
+
+Three checks of `archrefine calibrate --generator drift-set --params (all four) --columns
+validity,mean_accuracy --run-means --loo`, each written to variants.json and printed as tables:
+
+* the same calibration at seeds it was not developed on (seed 0 is the documented one): the
+  leave-one-out RMSE per seed;
+* the leak: the run mean includes the left-out cycle with weight 1/22. Each fold is refitted
+  with the run mean moved by ±δ/22, what it would be had the left-out valid rate been δ higher
+  or lower, and the prediction's change ÷ δ is how much of a miss the mean passes on (0: the
+  fold is blind to its cycle; 1: it copies it);
+* model-free curves (scripts/drift_loo.py) fitted with and without the run mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from drift_loo import curves
+
+from archrefine.core.store import write_json
+from archrefine.experiments.calibrate import DRIFT_PARAMS, DRIFT_SET_PARAMS, calibrate
+from archrefine.experiments.fitting import spread
+from archrefine.experiments.loo import leave_one_out, observed_cycles
+from archrefine.experiments.trajectory import KHALID, read_trajectory
+
+RATE = "generator.bonus_rate"
+#: the fit of docs/rise-and-fall.md: drift-set with all four parameters free (bonus_max in
+#: drift's bounds, bonus_rate in set growth's), validity and mean accuracy, 30 trials
+FIT = {
+    "generator": "drift-set",
+    "params": DRIFT_PARAMS | {RATE: DRIFT_SET_PARAMS[RATE]},
+    "columns": ["validity", "mean_accuracy"],
+    "trials": 30,
+}
+DELTA = 0.2  # the left-out valid rate's assumed change for the leak check
+
+
+def observed() -> tuple:
+    frame, means = read_trajectory(KHALID)
+    return frame, means, int(frame["cycle"].max())
+
+
+def seed_loo(seed: int) -> dict:
+    """Leave-one-out of the fit at one seed (common random numbers within the seed)."""
+    frame, means, cycles = observed()
+    started = time.time()
+    table, rmse = leave_one_out(frame, seed=seed, run_means=means, cycles=cycles, **FIT)
+    held = table[table["column"] == "validity"]
+    return {
+        "seed": seed,
+        "loo_rmse": rmse,
+        "heldout_validity": dict(zip(held["cycle"].astype(int), held["predicted"])),
+        "seconds": time.time() - started,
+    }
+
+
+def leak(cycle: int) -> dict:
+    """One fold refitted with the run mean as it would be had `cycle`'s valid rate been ±DELTA:
+    the held-out prediction's change per unit change of the left-out value."""
+    frame, means, cycles = observed()
+    obs, use = observed_cycles(frame, FIT["columns"])
+    train = obs[obs["cycle"] != cycle]
+    scales = {c: spread(obs[c]) for c in use}  # as leave_one_out weighs every fold
+    predicted = {}
+    for sign in (-1, 1):
+        shifted = {"validity": means["validity"] + sign * DELTA / cycles}
+        fit = calibrate(
+            train, seed=0, n_boot=0, run_means=shifted, cycles=cycles, scales=scales, **FIT
+        )
+        predicted[sign] = float(fit.fitted["validity"].iloc[cycle - 1])
+    return {
+        "cycle": cycle,
+        "predicted": predicted,
+        "leak": (predicted[1] - predicted[-1]) / (2 * DELTA),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/run-mean-loo"))
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    frame, means, cycles = observed()
+    folds = [int(c) for c in frame.dropna(subset=["validity"])["cycle"]]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        pending = pool.map(seed_loo, seeds)  # submitted first: the longest jobs
+        leaks = list(pool.map(leak, folds))
+        by_seed = list(pending)
+    free = curves()
+    with_mean = curves(run_mean=means["validity"], cycles=cycles)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        args.out / "variants.json",
+        {
+            "seeds": by_seed,
+            "leak": leaks,
+            "delta": DELTA,
+            "curves": [
+                {"curve": a[0], "loo_rmse": a[1], "with_run_mean": b[1], "residuals": list(b[2])}
+                for a, b in zip(free, with_mean)
+            ],
+        },
+    )
+    print("| seed | validity LOO | accuracy LOO | held-out validity |\n|---|---|---|---|")
+    for r in by_seed:
+        held = ", ".join(f"{p:.3f} ({c})" for c, p in r["heldout_validity"].items())
+        print(
+            f"| {r['seed']} | {r['loo_rmse']['validity']:.3f} "
+            f"| {r['loo_rmse']['mean_accuracy']:.3f} | {held} |"
+        )
+    print(f"\n| left out | predicted, mean as if ∓{DELTA} | leak |\n|---|---|---|")
+    for r in leaks:
+        lo, hi = r["predicted"][-1], r["predicted"][1]
+        print(f"| {r['cycle']} | {lo:.3f} / {hi:.3f} | {r['leak']:+.2f} |")
+    print("\n| model-free curve | LOO | LOO with the run mean | residuals with it |")
+    print("|---|---|---|---|")
+    for a, b in zip(free, with_mean):
+        res = ", ".join(f"{x:+.3f}" for x in b[2])
+        print(f"| {a[0]} | {a[1]:.3f} | {b[1]:.3f} | {res} |")
+    print(
+        f"\nmean RMSE over seeds {seeds}: "
+        f"{np.mean([r['loo_rmse']['validity'] for r in by_seed]):.3f}; wrote {args.out}/"
+    )
+
+
+if __name__ == "__main__":
+    main()
