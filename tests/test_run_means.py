@@ -163,3 +163,12 @@ def test_cli_refuses_run_means_a_file_lacks(tmp_path):
     p = _cli(str(path), "--run-means", "--out", str(out))
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
     assert "no row with cycle 'all'" in p.stderr and not out.exists()
+
+
+def test_forecast_never_sees_the_run_mean():
+    """A forecast fits the first cycles: a mean over the whole run would tell it the rest."""
+    from archrefine.experiments.forecast_io import load_observed
+
+    observed = load_observed(KHALID)
+    assert observed.cycles == 22 and list(observed.frame["cycle"]) == list(range(1, 23))
+    assert "run_means" not in observed.frame.attrs and not observed.frame.attrs
