@@ -12,7 +12,11 @@ validity,mean_accuracy --run-means --loo`, each written to variants.json and pri
   with the run mean moved by ±δ/22, what it would be had the left-out valid rate been δ higher
   or lower, and the prediction's change ÷ δ is how much of a miss the mean passes on (0: the
   fold is blind to its cycle; 1: it copies it);
-* model-free curves (scripts/drift_loo.py) fitted with and without the run mean.
+* model-free curves (scripts/drift_loo.py) fitted with and without the run mean;
+* the same model from data-free starts (`drift_fit`: the defaults and 16 Sobol points of the
+  box, the best two refined), where calibrate's starts read each fold's peak off its cycles;
+  `--fold-losses` then compares, fold by fold, the loss each kind of start ends at (the same
+  objective: residuals over the fold's cycles and the run mean) and what each predicts.
 """
 
 from __future__ import annotations
@@ -25,9 +29,17 @@ from pathlib import Path
 import numpy as np
 from drift_loo import curves
 
+from archrefine.core.config import Config
 from archrefine.core.store import write_json
 from archrefine.experiments.calibrate import DRIFT_PARAMS, DRIFT_SET_PARAMS, calibrate
-from archrefine.experiments.fitting import spread
+from archrefine.experiments.drift_fit import Variant, drift_loo, fit_drift
+from archrefine.experiments.fitting import (
+    observe,
+    residual_scales,
+    residual_table,
+    simulate_candidates,
+    spread,
+)
 from archrefine.experiments.loo import leave_one_out, observed_cycles
 from archrefine.experiments.trajectory import KHALID, read_trajectory
 
@@ -83,19 +95,79 @@ def leak(cycle: int) -> dict:
     }
 
 
+def shared_starts(_: int = 0) -> dict:
+    """Leave-one-out of set growth, four free, with the run mean, from data-free starts."""
+    frame, means, _cycles = observed()
+    started = time.time()
+    variant = Variant("set growth, 4 free, shared starts, run mean", growth="set")
+    full, table, rmse = drift_loo(frame, variant, run_means=means)
+    held = table[table["column"] == "validity"]
+    return {
+        "variant": variant.name,
+        "params": full.params,
+        "rmse": full.rmse,
+        "loo_rmse": rmse,
+        "heldout_validity": dict(zip(held["cycle"].astype(int), held["predicted"])),
+        "seconds": time.time() - started,
+    }
+
+
+def fold_loss(cycle: int) -> dict:
+    """Fold `cycle`: calibrate's fit and the data-free starts' fit, each scored on the same
+    objective (the fold's residuals and the run mean, seed 0), with its held-out prediction."""
+    frame, means, cycles = observed()
+    obs, use = observed_cycles(frame, FIT["columns"])
+    train = obs[obs["cycle"] != cycle]
+    scales = {c: spread(obs[c]) for c in use}
+    base = Config().with_overrides(
+        {"generator.kind": "paper", "trials": FIT["trials"], "seed": 0, "loop.cycles": cycles}
+    )
+    cal = calibrate(train, seed=0, n_boot=0, run_means=means, cycles=cycles, scales=scales, **FIT)
+    free = fit_drift(train, Variant("set, 4 free", growth="set"), base, scales, 15, means)
+    out = {"cycle": cycle}
+    for name, params in (("calibrate", cal.params), ("data-free", free.params)):
+        sim = simulate_candidates(base.with_overrides(params | {"generator.bonus_growth": "set"}))
+        table = residual_table(train, observe(sim, train)[0], means)
+        r = np.nan_to_num(table["residual"].to_numpy() / residual_scales(table, scales), nan=1.0)
+        out[name] = {"loss": float(r @ r), "predicted": float(sim.validity[cycle - 1])}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/run-mean-loo"))
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--no-starts", action="store_true", help="skip the data-free starts")
+    parser.add_argument(
+        "--fold-losses", action="store_true", help="only: each fold's loss from both kinds of start"
+    )
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     frame, means, cycles = observed()
     folds = [int(c) for c in frame.dropna(subset=["validity"])["cycle"]]
+    if args.fold_losses:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            losses = list(pool.map(fold_loss, folds))
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json(args.out / "fold_losses.json", losses)
+        print(
+            "| left out | calibrate's starts: loss, predicted | data-free starts: loss, predicted |"
+        )
+        print("|---|---|---|")
+        for r in losses:
+            a, b = r["calibrate"], r["data-free"]
+            print(
+                f"| {r['cycle']} | {a['loss']:.3f}, {a['predicted']:.3f} "
+                f"| {b['loss']:.3f}, {b['predicted']:.3f} |"
+            )
+        return
     with ProcessPoolExecutor(args.jobs) as pool:
-        pending = pool.map(seed_loo, seeds)  # submitted first: the longest jobs
+        starts = None if args.no_starts else pool.submit(shared_starts)  # the longest job
+        pending = pool.map(seed_loo, seeds)
         leaks = list(pool.map(leak, folds))
         by_seed = list(pending)
+        free_starts = None if starts is None else starts.result()
     free = curves()
     with_mean = curves(run_mean=means["validity"], cycles=cycles)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -104,6 +176,7 @@ def main() -> None:
         {
             "seeds": by_seed,
             "leak": leaks,
+            "shared_starts": free_starts,
             "delta": DELTA,
             "curves": [
                 {"curve": a[0], "loo_rmse": a[1], "with_run_mean": b[1], "residuals": list(b[2])}
@@ -127,6 +200,14 @@ def main() -> None:
     for a, b in zip(free, with_mean):
         res = ", ".join(f"{x:+.3f}" for x in b[2])
         print(f"| {a[0]} | {a[1]:.3f} | {b[1]:.3f} | {res} |")
+    if free_starts is not None:
+        held = ", ".join(f"{p:.3f} ({c})" for c, p in free_starts["heldout_validity"].items())
+        params = ", ".join(f"{k.split('.')[-1]} {v:.3g}" for k, v in free_starts["params"].items())
+        print(
+            f"\n{free_starts['variant']}: validity LOO {free_starts['loo_rmse']['validity']:.3f}, "
+            f"accuracy LOO {free_starts['loo_rmse']['mean_accuracy']:.3f}; held out {held}; "
+            f"fit to all: {params} ({free_starts['seconds']:.0f} s)"
+        )
     print(
         f"\nmean RMSE over seeds {seeds}: "
         f"{np.mean([r['loo_rmse']['validity'] for r in by_seed]):.3f}; wrote {args.out}/"

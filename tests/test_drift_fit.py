@@ -51,6 +51,28 @@ def test_drift_loo_refuses_as_many_parameters_as_points():
         drift_loo(obs, Variant("all free", screen=0), columns=("validity",), trials=2)
 
 
+def test_drift_loo_fits_the_run_mean_in_every_fold():
+    """A run mean is one more value per fold (four valid rates and the mean: enough for four
+    parameters), and a fit with the true mean matches it: the same draws made the data."""
+    truth = _truth(0.5)
+    obs = _observed(truth)
+    mean = float(simulate(truth).metrics.groupby("cycle")["validity"].mean().mean())
+    variant = Variant("drift only", TRUTH, screen=4, keep=2)
+    full, table, _ = drift_loo(obs, variant, columns=("validity",), trials=6, seed=11,
+                               max_nfev=6, base=truth, run_means={"validity": mean})  # fmt: skip
+    assert list(table["cycle"]) == CYCLES
+    assert full.params["generator.drift"] == pytest.approx(0.5, abs=0.05)
+    assert abs(full.rmse["validity_run_mean"]) < 0.03
+    drift_loo(
+        obs,
+        Variant("all free", screen=0, keep=1),
+        columns=("validity",),
+        trials=2,
+        max_nfev=1,
+        run_means={"validity": mean},
+    )  # fmt: skip  (five values: accepted)
+
+
 @pytest.mark.parametrize("fit", ["calibrate", "map"])
 def test_a_monotone_trajectory_gets_no_invented_fall(fit):
     """Data from the paper model without drift rise and then stay: neither calibrate's drift

@@ -36,6 +36,7 @@ from archrefine.experiments.fitting import (
     fitted_frame,
     from_unit,
     observe,
+    residual_scales,
     residual_table,
     rmse_by_column,
     simulate_candidates,
@@ -86,7 +87,13 @@ class DriftFit:
 class _Problem:
     """Scaled residuals (plus the prior's pseudo-residuals) at optimizer coordinates."""
 
-    def __init__(self, variant: Variant, base: Config, scales: Mapping[str, float]):
+    def __init__(
+        self,
+        variant: Variant,
+        base: Config,
+        scales: Mapping[str, float],
+        means: Mapping[str, float] | None = None,
+    ):
         box = variant.box()
         self.keys = [k for k in box if k not in variant.fixed]
         if not self.keys:
@@ -101,6 +108,7 @@ class _Problem:
         over = {"generator.drift": TINY_DRIFT, "generator.bonus_growth": variant.growth}
         self.base = base.with_overrides(over | dict(variant.fixed))
         self.scales = dict(scales)
+        self.means = dict(means or {})
         self.cache: dict[tuple, Simulated] = {}
 
     def simulate(self, u: np.ndarray) -> Simulated:
@@ -112,8 +120,8 @@ class _Problem:
         return self.cache[key]
 
     def data(self, u: np.ndarray, obs: pd.DataFrame) -> np.ndarray:
-        table = residual_table(obs, observe(self.simulate(u), obs)[0])
-        r = table["residual"].to_numpy() / table["column"].map(self.scales).to_numpy()
+        table = residual_table(obs, observe(self.simulate(u), obs)[0], self.means)
+        r = table["residual"].to_numpy() / residual_scales(table, self.scales)
         return np.nan_to_num(r, nan=1.0)  # nothing valid: a unit miss
 
     def residuals(self, u: np.ndarray, obs: pd.DataFrame) -> np.ndarray:
@@ -122,10 +130,16 @@ class _Problem:
 
 
 def fit_drift(
-    obs: pd.DataFrame, variant: Variant, base: Config, scales: Mapping[str, float], max_nfev: int
+    obs: pd.DataFrame,
+    variant: Variant,
+    base: Config,
+    scales: Mapping[str, float],
+    max_nfev: int,
+    means: Mapping[str, float] | None = None,
 ) -> DriftFit:
-    """Fit `variant` to `obs` (cycle + observed columns) from the shared starts."""
-    problem = _Problem(variant, base, scales)
+    """Fit `variant` to `obs` (cycle + observed columns, and any run `means`) from the shared
+    starts."""
+    problem = _Problem(variant, base, scales, means)
     n = len(problem.keys)
     points = [problem.centre, *qmc.Sobol(n, seed=0).random(variant.screen)]
     losses = [float(np.sum(problem.residuals(p, obs) ** 2)) for p in points]
@@ -144,7 +158,7 @@ def fit_drift(
     best = min(fits, key=lambda f: f.cost)
     sim = problem.simulate(best.x)
     mapped, _ = observe(sim, obs)
-    table = residual_table(obs, mapped)
+    table = residual_table(obs, mapped, means)
     values = from_unit(best.x, problem.lo, problem.hi, problem.log)
     data = problem.data(best.x, obs)
     return DriftFit(
@@ -164,12 +178,14 @@ def drift_loo(
     seed: int = 0,
     max_nfev: int = 15,
     base: Config | None = None,
+    run_means: Mapping[str, float] | None = None,
 ) -> tuple[DriftFit, pd.DataFrame, dict[str, float]]:
     """`variant` fitted to every observed cycle, and refitted once per cycle without it.
 
     Returns the full fit, the held-out table (cycle, column, observed, predicted, residual)
     and the leave-one-out RMSE per column. Each column is divided by the spread of the whole
-    trajectory in every fold, as `loo.leave_one_out` does. Raises `CalibrationError` where a
+    trajectory in every fold, as `loo.leave_one_out` does; `run_means` (means over every cycle,
+    `calibrate --run-means`) stay in every refit. Raises `CalibrationError` where a
     refit would have as many free parameters (the model's and the accuracy map's two) as
     observed values.
     """
@@ -183,17 +199,20 @@ def drift_loo(
     )
     free = len([k for k in variant.box() if k not in variant.fixed])
     free += 2 * ("mean_accuracy" in columns)
-    if (thin := thin_fold(obs, columns, lambda keep: free)) is not None:  # before any simulation
+    means = dict(run_means or {})
+    if (
+        thin := thin_fold(obs, columns, lambda keep: free, means)
+    ) is not None:  # before any simulation
         cycle, values, _ = thin
         raise CalibrationError(
             f"variant {variant.name!r}: {free} free parameters for {values} observed values "
             f"without cycle {cycle}; fix more parameters"
         )
-    full = fit_drift(obs, variant, base, scales, max_nfev)
+    full = fit_drift(obs, variant, base, scales, max_nfev, means)
     rows = []
     for cycle in obs["cycle"]:
         train = obs[obs["cycle"] != cycle]
-        fit = fit_drift(train, variant, base, scales, max_nfev)
+        fit = fit_drift(train, variant, base, scales, max_nfev, means)
         held = obs.loc[obs["cycle"] == cycle].iloc[0]
         for col in columns:
             if pd.notna(held[col]):
