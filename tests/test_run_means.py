@@ -163,6 +163,9 @@ def test_cli_refuses_run_means_a_file_lacks(tmp_path):
     p = _cli(str(path), "--run-means", "--out", str(out))
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
     assert "no row with cycle 'all'" in p.stderr and not out.exists()
+    path = _csv(tmp_path, "cycle,validity,fitness\n1,0.45,0.5\n3,0.6,0.6\nall,0.5,\n")
+    p = _cli(str(path), "--run-means", "--columns", "fitness", "--out", str(out))
+    assert p.returncode == 2 and "columns not fitted" in p.stderr and not out.exists()
 
 
 def test_forecast_never_sees_the_run_mean():

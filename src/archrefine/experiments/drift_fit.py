@@ -200,9 +200,8 @@ def drift_loo(
     free = len([k for k in variant.box() if k not in variant.fixed])
     free += 2 * ("mean_accuracy" in columns)
     means = dict(run_means or {})
-    if (
-        thin := thin_fold(obs, columns, lambda keep: free, means)
-    ) is not None:  # before any simulation
+    thin = thin_fold(obs, columns, lambda keep: free, means)  # before any simulation
+    if thin is not None:
         cycle, values, _ = thin
         raise CalibrationError(
             f"variant {variant.name!r}: {free} free parameters for {values} observed values "
