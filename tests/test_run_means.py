@@ -166,6 +166,8 @@ def test_cli_refuses_run_means_a_file_lacks(tmp_path):
     path = _csv(tmp_path, "cycle,validity,fitness\n1,0.45,0.5\n3,0.6,0.6\nall,0.5,\n")
     p = _cli(str(path), "--run-means", "--columns", "fitness", "--out", str(out))
     assert p.returncode == 2 and "columns not fitted" in p.stderr and not out.exists()
+    p = _cli(str(path), "--trials", "0", "--out", str(out))  # checked before the directory
+    assert p.returncode == 2 and "trials" in p.stderr and not out.exists()
 
 
 def test_forecast_never_sees_the_run_mean():
