@@ -59,10 +59,13 @@ VARIANTS = [
 ]
 
 
-def run(args: tuple[Variant, int, int]) -> dict:
-    variant, trials, nfev = args
+def run(args: tuple) -> dict:
+    """One variant's leave-one-out: (variant, trials, optimizer iterations[, run means])."""
+    variant, trials, nfev, *means = args
     started = time.time()
-    full, table, rmse = drift_loo(load_trajectory(KHALID), variant, trials=trials, max_nfev=nfev)
+    full, table, rmse = drift_loo(
+        load_trajectory(KHALID), variant, trials=trials, max_nfev=nfev, run_means=dict(*means)
+    )
     held = table[table["column"] == "validity"]
     return {
         "variant": variant.name,

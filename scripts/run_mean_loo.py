@@ -27,12 +27,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from drift_loo import curves
+from drift_loo import curves, run
 
 from archrefine.core.config import Config
 from archrefine.core.store import write_json
 from archrefine.experiments.calibrate import DRIFT_PARAMS, DRIFT_SET_PARAMS, calibrate
-from archrefine.experiments.drift_fit import Variant, drift_loo, fit_drift
+from archrefine.experiments.drift_fit import Variant, fit_drift
 from archrefine.experiments.fitting import (
     observe,
     residual_scales,
@@ -97,19 +97,8 @@ def leak(cycle: int) -> dict:
 
 def shared_starts(_: int = 0) -> dict:
     """Leave-one-out of set growth, four free, with the run mean, from data-free starts."""
-    frame, means, _cycles = observed()
-    started = time.time()
     variant = Variant("set growth, 4 free, shared starts, run mean", growth="set")
-    full, table, rmse = drift_loo(frame, variant, run_means=means)
-    held = table[table["column"] == "validity"]
-    return {
-        "variant": variant.name,
-        "params": full.params,
-        "rmse": full.rmse,
-        "loo_rmse": rmse,
-        "heldout_validity": dict(zip(held["cycle"].astype(int), held["predicted"])),
-        "seconds": time.time() - started,
-    }
+    return run((variant, FIT["trials"], 15, observed()[1]))  # drift_loo's own defaults
 
 
 def fold_loss(cycle: int) -> dict:
