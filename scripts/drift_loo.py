@@ -152,11 +152,13 @@ def calibrate_all_four(out: Path) -> dict:
     }
 
 
-def curves(run_mean: float | None = None, cycles: int = 22) -> list[tuple[str, float, np.ndarray]]:
+def curves(
+    run_mean: float | None = None, cycles: int = 22, only: str = ""
+) -> list[tuple[str, float, np.ndarray]]:
     """Leave-one-out of model-free curves through the per-token log-odds of the valid rates;
     with `run_mean`, every fit also matches the curve's mean over cycles 1..`cycles` to it
     (one more residual, weighed as one valid rate: `calibrate --run-means`), and the flat
-    baseline predicts the run mean itself."""
+    baseline predicts the run mean itself; `only`: the curves whose name starts with it."""
     obs = load_trajectory(KHALID).dropna(subset=["validity"])
     c, v = obs["cycle"].to_numpy(float), obs["validity"].to_numpy(float)
     every = np.arange(1, cycles + 1, dtype=float)
@@ -186,6 +188,8 @@ def curves(run_mean: float | None = None, cycles: int = 22) -> list[tuple[str, f
     }
     out = []
     for name, (f, starts) in families.items():
+        if not name.startswith(only):
+            continue
         res = []
         for i in range(len(c)):
             m = np.arange(len(c)) != i
