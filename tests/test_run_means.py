@@ -42,11 +42,19 @@ def test_the_shipped_csv_gives_the_published_mean_and_no_extra_cycle():
     [
         ("cycle,validity\n1,0.5\nall,0.4\nALL,0.3\n", "more than one row of run means"),
         ("cycle,validity\n1,0.5\nall,high\n", "run mean of validity is not a number"),
-        ("cycle,validity\n1,0.5\nall,inf\n", "run mean of validity is not finite"),
+        ("cycle,validity\n1,0.5\nall,inf\n", r"validity \(run mean\) is inf; must be in \[0, 1\]"),
         ("cycle,validity\n1,0.5\nevery,0.4\n", "cycle must be whole numbers"),
+        ("cycle,validity\n1,44.0\n2,53.8\n", r"validity at cycle 1 is 44; .* not a percentage"),
+        ("cycle,validity\n1,0.5\nall,50.6\n", r"validity \(run mean\) is 50.6"),
+        (
+            "cycle,validity,novel_admitted\n1,0.5,-3\n",
+            "novel_admitted at cycle 1 is -3; must be finite",
+        ),
+        ("cycle,validity\n1,0.5\n2,n/a?\n", r"validity at cycle 2 is not a number \('n/a\?'\)"),
+        ("cycle,mean_accuracy\n1,0.3\n3,-inf\n", "mean_accuracy at cycle 3 is -inf"),
     ],
 )
-def test_a_bad_row_of_run_means_fails_in_one_line(tmp_path, text, needle):
+def test_a_bad_trajectory_value_fails_in_one_line(tmp_path, text, needle):
     with pytest.raises(CalibrationError, match=needle) as err:
         read_trajectory(_csv(tmp_path, text))
     assert "\n" not in str(err.value)
