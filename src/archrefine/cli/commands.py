@@ -358,11 +358,12 @@ def calibrate(
     if run_means and not means:
         raise cal.CalibrationError(f"--run-means: {trajectory} has no row with cycle 'all'")
     fitted = cols or [c for c in cal.KNOWN_COLUMNS if c in observed.columns]
-    if run_means and not (used := {c: v for c, v in means.items() if c in fitted}):
+    used = {c: v for c, v in means.items() if c in fitted} if run_means else {}
+    if run_means and not used:
         raise cal.CalibrationError(
             f"--run-means: {trajectory}'s run means ({', '.join(means)}) are of columns not fitted"
         )
-    means = used if run_means else {}
+    means = used
     common = {"generator": generator, "trials": trials, "seed": seed, "columns": cols}
     common |= {"params": free, "run_means": means}
     common |= {"cycles": int(observed["cycle"].max())} if means else {}  # the means' cycles

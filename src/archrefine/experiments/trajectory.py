@@ -65,39 +65,38 @@ def read_trajectory(path: str | Path) -> tuple[pd.DataFrame, dict[str, float]]:
 FRACTIONS = ("validity", "mean_accuracy", "share_above_40", "novelty", "diversity", "fitness")
 
 
+def _text(raw: pd.Series) -> pd.Series:
+    """Which cells hold something that is not a number (empty cells are unobserved)."""
+    filled = raw.notna() & raw.astype(str).str.strip().ne("")
+    return filled & pd.to_numeric(raw, errors="coerce").isna()
+
+
 def _numbers(frame: pd.DataFrame, name: str) -> None:
     """A cell that is not a number is an error naming it, not a silently unobserved cycle."""
     for col in (c for c in frame.columns if c in KNOWN_COLUMNS):
-        raw = frame[col]
-        text = raw.notna() & raw.astype(str).str.strip().ne("")
-        bad = text & pd.to_numeric(raw, errors="coerce").isna()
-        if bad.any():
+        if (bad := _text(frame[col])).any():
             i = bad.idxmax()
             raise CalibrationError(
                 f"{name}: {col} at cycle {str(frame['cycle'][i]).strip()} is not a number "
-                f"({raw[i]!r})"
+                f"({frame[col][i]!r})"
             )
 
 
 def _in_range(frame: pd.DataFrame, means: dict[str, float], name: str) -> None:
     """Fractions in [0, 1] and counts ≥ 0, per cycle and in the run means; finite."""
-    whole = pd.DataFrame([means | {"cycle": RUN_MEAN}]) if means else frame.iloc[:0]
-    for where, rows in (("cycle", frame), ("run mean", whole)):
-        for col in (c for c in rows.columns if c in KNOWN_COLUMNS):
-            values = pd.to_numeric(rows[col], errors="coerce")
-            hi = 1.0 if col in FRACTIONS else np.inf
-            bad = values.notna() & ~((values >= 0) & (values <= hi) & np.isfinite(values))
-            if bad.any():
-                i = bad.idxmax()
-                at = f"at cycle {rows['cycle'][i]}" if where == "cycle" else "(run mean)"
+    for col in (c for c in frame.columns if c in KNOWN_COLUMNS):
+        hi = 1.0 if col in FRACTIONS else np.inf
+        cells = [(f"at cycle {c}", v) for c, v in zip(frame["cycle"], frame[col])]
+        for at, value in [*cells, *([("(run mean)", means[col])] if col in means else [])]:
+            if pd.notna(value) and not (0 <= value <= hi and np.isfinite(value)):
                 allowed = "in [0, 1] (a fraction, not a percentage)" if hi == 1 else "finite, ≥ 0"
-                raise CalibrationError(f"{name}: {col} {at} is {values[i]:g}; must be {allowed}")
+                raise CalibrationError(f"{name}: {col} {at} is {value:g}; must be {allowed}")
 
 
 def _run_means(row: pd.Series, name: str) -> dict[str, float]:
+    if (bad := _text(row)).any():
+        raise CalibrationError(f"{name}: run mean of {', '.join(row[bad].index)} is not a number")
     values = pd.to_numeric(row, errors="coerce")
-    if bad := [c for c, v in row.items() if pd.notna(v) and str(v).strip() and pd.isna(values[c])]:
-        raise CalibrationError(f"{name}: run mean of {', '.join(bad)} is not a number")
     return {str(c): float(v) for c, v in values.items() if pd.notna(v)}
 
 
