@@ -8,7 +8,8 @@
   whole processes (interpreter start, imports, the loop, writing results) at paper scale with
   1000 trials and the cosine schedule, for `loop.archive` = selected and valid, back to back in
   this run: candidates per second of wall time, and per CPU-second (the child's user + system
-  time, which other work on a shared machine disturbs less), and the ratios. Both the default
+  time, which other work on a shared machine disturbs less), and the ratios, in `BLOCKS` blocks
+  that each time the peer afresh (the peer's own speed drifts with the machine). Both the default
   `run` (config.toml, metrics.parquet, checkpoint.bin, trajectory.png, report.html) and
   `run --no-figures` (no figure, no report.html) are timed; the DEAP peer writes no file.
   `archrefine run` runs once untimed first, so numba's compiled kernels are in their on-disk
@@ -121,8 +122,13 @@ def timed(cmd: list[str], tree: bool = False, capture: bool = False) -> dict[str
 
 
 REPS = 5
-"""`archrefine run` and `run --no-figures` are each timed this many times (the median is shown;
-the DEAP peer, at ~2 minutes, once)."""
+"""`archrefine run` and `run --no-figures` are each timed this many times per block (alternating;
+the median is shown)."""
+BLOCKS = 3
+"""Blocks per archive: the DEAP peer once, then its `REPS` runs of each kind. The peer's 1–2
+minutes vary with the machine by more than a 2-second process does (75–114 s on the same 2-core
+machine, hours apart: docs/performance.md), so each block's ratio uses its own peer, and the
+median block is shown with the range of the others."""
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -179,6 +185,12 @@ def first_and_second(trials: int, archive: str, numba: bool) -> list[float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def ratio_range(blocks: list[tuple[dict[str, Any], ...]], i: int) -> str:
+    """The range of the blocks' wall ratios, peer (element 0) ÷ element `i`."""
+    found = sorted(b[0]["wall"] / b[i]["wall"] for b in blocks)
+    return f"({found[0]:.0f}–{found[-1]:.0f}×)"
+
+
 def versus_deap(trials: int, tmp: str) -> list[str]:
     candidates = trials * 22 * 50
     timed(run_cmd(f"{tmp}/warm", trials, "selected"))  # numba's cache, the OS's file cache
@@ -192,29 +204,37 @@ def versus_deap(trials: int, tmp: str) -> list[str]:
 
     lines = [
         f"Whole processes, paper scale (22 cycles × 50 candidates, top-10, k = 15), {trials} "
-        f"trials = {candidates:,} candidates, cosine schedule, back to back; `run` and "
-        f"`run --no-figures` {REPS} times each, alternating (medians), the peer once. `run` writes "
-        "config.toml, metrics.parquet, checkpoint.bin, trajectory.png and report.html; "
-        "`run --no-figures` the first three; the DEAP peer writes nothing. Ratios: wall / CPU.",
+        f"trials = {candidates:,} candidates, cosine schedule. {BLOCKS} blocks per archive, each "
+        f"the DEAP peer once, then `run` and `run --no-figures` {REPS} times each, alternating; "
+        "a block's ratio is its peer ÷ the median of its runs, and the row is the median block "
+        "(wall / CPU), with the range of the blocks' wall ratios. `run` writes config.toml, "
+        "metrics.parquet, checkpoint.bin, trajectory.png and report.html; `run --no-figures` "
+        "the first three; the DEAP peer writes nothing.",
         "",
         "| `loop.archive` | DEAP peer | `archrefine run` | ratio | `run --no-figures` | ratio | "
         "`run` peak RSS |",
         "|---|---|---|---|---|---|---|",
     ]
     for archive in ("selected", "valid"):
-        runs: dict[str, list[dict[str, Any]]] = {"ours": [], "bare": []}
-        for _ in range(REPS):  # alternating; a 2-second process varies more than a 2-minute one
-            runs["ours"].append(timed(run_cmd(f"{tmp}/{archive}", trials, archive)))
-            bare = run_cmd(f"{tmp}/{archive}-bare", trials, archive, "--no-figures")
-            runs["bare"].append(timed(bare))
-        ours, bare = (median_run(r) for r in runs.values())
-        peer = timed(
-            [sys.executable, str(HERE / "peer_deap.py"), "--trials", str(trials),
-             "--archive", archive]
-        )  # fmt: skip
+        blocks = []
+        for _ in range(BLOCKS):
+            peer = timed(
+                [sys.executable, str(HERE / "peer_deap.py"), "--trials", str(trials),
+                 "--archive", archive]
+            )  # fmt: skip
+            runs: dict[str, list[dict[str, Any]]] = {"ours": [], "bare": []}
+            for _ in range(REPS):
+                runs["ours"].append(timed(run_cmd(f"{tmp}/{archive}", trials, archive)))
+                bare = run_cmd(f"{tmp}/{archive}-bare", trials, archive, "--no-figures")
+                runs["bare"].append(timed(bare))
+            blocks.append((peer, *(median_run(r) for r in runs.values())))
+        middle = sorted(blocks, key=lambda b: b[0]["wall"] / b[1]["wall"])[BLOCKS // 2]
+        peer, ours, bare = middle
+        ratios = [ratio_range(blocks, i) for i in (1, 2)]
         lines.append(
-            f"| {archive} | {rate(peer)} | {rate(ours)} | {ratio(peer, ours)} | {rate(bare)} | "
-            f"{ratio(peer, bare)} | {ours['rss']:.0f} MB |"
+            f"| {archive} | {rate(peer)} | {rate(ours)} | {ratio(peer, ours)} {ratios[0]} | "
+            f"{rate(bare)} | {ratio(peer, bare)} {ratios[1]} | "
+            f"{max(b[1]['rss'] for b in blocks):.0f} MB |"
         )
         fixed.append((archive, first_and_second(trials, archive, True),
                       first_and_second(trials, archive, False)))  # fmt: skip

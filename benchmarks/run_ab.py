@@ -3,13 +3,14 @@
     git archive COMMIT src | tar -x -C /tmp/old      # the earlier code, e.g. HEAD before a change
     python benchmarks/run_ab.py /tmp/old/src [--pin 0,1] [--reps 3] [--no-peer]
 
-Runs `archrefine run --trials 1000 --set schedule.kind=cosine` (and with `--no-figures`) from
-each tree in turn (`PYTHONPATH` set to it; one untimed run each first, for numba's on-disk
-cache), `--reps` times alternating, then the DEAP peer (`peer_deap.py`, `loop.archive` =
-selected) once, and prints each run's wall and CPU seconds (the process and the children it
-waited for), the medians and the ratios peer ÷ run. With `--pin`, every process runs on those
-cores only (`taskset`): how a machine with that many cores and nothing else running would run
-them, which a shared machine cannot show. It prints only; docs/performance.md quotes it.
+Runs `archrefine run --trials 1000 --set schedule.kind=cosine` (and with `--no-figures`;
+`--archive` sets `loop.archive`, selected unless told) from each tree in turn (`PYTHONPATH` set
+to it; one untimed run each first, for numba's on-disk cache), `--reps` times alternating, then
+the DEAP peer (`peer_deap.py`, the same archive) once, and prints each run's wall and CPU
+seconds (the process and the children it waited for), the medians and the ratios peer ÷ run.
+With `--pin`, every process runs on those cores only (`taskset`): how a machine with that many
+cores and nothing else running would run them, which a shared machine cannot show. It prints
+only; docs/performance.md quotes it.
 """
 
 from __future__ import annotations
@@ -45,13 +46,17 @@ def main() -> None:
     parser.add_argument("--pin", help="cores for every process, as taskset takes them: 0,1")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-peer", action="store_true", help="skip the DEAP peer")
+    parser.add_argument("--archive", choices=("selected", "valid"), default="selected",
+                        help="loop.archive of every run and of the peer")  # fmt: skip
     args = parser.parse_args()
     trees = {"old": str(Path(args.old).resolve()), "new": str(SRC)}
     out = Path(os.environ.get("TMPDIR", "/tmp"))
 
     def run(tree: str, bare: bool) -> tuple[float, float]:
-        cmd = [sys.executable, "-m", "archrefine", "run", "--trials", "1000", "--set",
-               "schedule.kind=cosine", "--out", str(out / f"run_ab_{tree}"), "--force"]  # fmt: skip
+        sets = ["schedule.kind=cosine", f"loop.archive={args.archive}"]
+        cmd = [sys.executable, "-m", "archrefine", "run", "--trials", "1000",
+               *(x for s in sets for x in ("--set", s)),
+               "--out", str(out / f"run_ab_{tree}"), "--force"]  # fmt: skip
         return timed(cmd + (["--no-figures"] if bare else []), trees[tree], args.pin)
 
     for tree in trees:
@@ -71,7 +76,7 @@ def main() -> None:
     peer = None
     if not args.no_peer:
         cmd = [sys.executable, str(HERE / "peer_deap.py"), "--trials", "1000"]
-        peer = timed(cmd + ["--archive", "selected"], str(SRC), args.pin)
+        peer = timed(cmd + ["--archive", args.archive], str(SRC), args.pin)
         print(f"DEAP peer: {peer[0]:.1f} s wall, {peer[1]:.1f} s CPU")
     for (tree, bare), (wall, cpu) in medians.items():
         ratio = f", peer ÷ run {peer[0] / wall:.1f}× wall, {peer[1] / cpu:.1f}× CPU" if peer else ""

@@ -151,10 +151,23 @@ def evaluate(name: str, run: Path, fit_cycles: int, out: Path, develop: bool = F
             ).tolist()
             for c in cols
         }
+    return with_noise(row)
+
+
+def with_noise(row: dict) -> dict:
+    """`row` with its run's own standard errors (`forecast_io.hindcast_noise`), read from the
+    run's directory where an older eval.json lacks them."""
+    if "observed_validity_se" not in row:
+        noise = forecast_io.hindcast_noise(row["dir"])
+        row["observed_validity_se"] = noise["final_validity"]
+        row["observed_kept_se"] = noise["diversity_kept"]
+        row["noise_method"] = noise["method"]
     return row
 
 
 def table(rows: list[dict], fit_cycles: int, command: str, develop: bool = False) -> str:
+    rows = [with_noise(r) for r in rows]
+
     def band(b: list[float]) -> str:
         return f"{b[0]:.2f}–{b[1]:.2f}"
 
@@ -166,8 +179,8 @@ def table(rows: list[dict], fit_cycles: int, command: str, develop: bool = False
         f"From `{command}` (fit cycles 1–{fit_cycles}, generator "
         f"{'`paper`' if develop else '`auto`'}, {kind}):",
         "",
-        "| run | generator | final validity: forecast (80%) | observed | error (pp) | in band "
-        "| diversity kept: forecast (80%) | observed | error (pp) | in band "
+        "| run | generator | final validity: forecast (80%) | observed (± its SE) | error (pp) "
+        "| in band | diversity kept: forecast (80%) | observed (± its SE) | error (pp) | in band "
         "| band held the truth, cycles after the fit: validity / diversity |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -176,9 +189,10 @@ def table(rows: list[dict], fit_cycles: int, command: str, develop: bool = False
         lines.append(
             f"| {r['run']} | {r['generator']} | {r['final_validity']:.3f} "
             f"({band(r['final_validity_band'])}) | {r['observed_final_validity']:.3f} "
-            f"| {r['validity_error_pp']:+.1f} | {mark(r['validity_inside'])} "
-            f"| {r['diversity_kept']:.3f} ({band(r['diversity_kept_band'])}) "
-            f"| {r['observed_diversity_kept']:.3f} | {r['kept_error_pp']:+.1f} "
+            f"± {r['observed_validity_se']:.3f} | {r['validity_error_pp']:+.1f} "
+            f"| {mark(r['validity_inside'])} | {r['diversity_kept']:.3f} "
+            f"({band(r['diversity_kept_band'])}) | {r['observed_diversity_kept']:.3f} "
+            f"± {r['observed_kept_se']:.3f} | {r['kept_error_pp']:+.1f} "
             f"| {mark(r['kept_inside'])} | {r['validity_band_coverage']:.0%} / "
             + ("–" if div_cov is None else f"{div_cov:.0%}")
             + " |"
@@ -199,6 +213,7 @@ def table(rows: list[dict], fit_cycles: int, command: str, develop: bool = False
         f"{inside_v} of {len(rows)} runs and the observed diversity kept on {inside_k}; over the "
         f"forecast cycles it held validity {cov_v:.0%} of the time and diversity "
         f"{np.mean(cov_d):.0%}.",
+        noise_line(rows),
     ]
     if develop:  # which point: the posterior predictive mean, or the MAP fit's own simulation
         mae_fit = np.mean([abs(r["fit_validity_error_pp"]) for r in rows])
@@ -214,6 +229,25 @@ def table(rows: list[dict], fit_cycles: int, command: str, develop: bool = False
                 f"(max {max(cpu):.0f} s, {len(cpu)} runs; one process)."
             )
     return "\n".join(lines)
+
+
+def noise_line(rows: list[dict]) -> str:
+    """How the errors compare with each run's own noise (its standard error: trials resampled,
+    or one trial's scatter about its trend): where that is at least half the goal's tolerance, an
+    exact forecast would often miss the goal; an error beyond twice it is the forecast's."""
+    loud = [r["run"] for r in rows if 200 * r["observed_validity_se"] >= 5
+            or 200 * r["observed_kept_se"] >= 3]  # fmt: skip
+    v_far = sum(abs(r["validity_error_pp"]) > 200 * r["observed_validity_se"] for r in rows)
+    k_far = sum(abs(r["kept_error_pp"]) > 200 * r["observed_kept_se"] for r in rows)
+    return (
+        "Each run's own noise (the observed value's standard error: its trials resampled; one "
+        "trial: the scatter of its cycles about their trend) is at least half the goal's "
+        "tolerance (2.5 pp of validity or 1.5 pp of diversity kept) on "
+        + (f"{len(loud)} of {len(rows)} ({'; '.join(loud)}): there even an exact forecast would "
+           "often miss the goal" if loud else "none")
+        + f". Errors beyond twice the run's standard error: final validity {v_far} of "
+        f"{len(rows)}, diversity kept {k_far} of {len(rows)}."
+    )  # fmt: skip
 
 
 def raw_band(raw: dict) -> tuple[np.ndarray, ...]:

@@ -128,6 +128,41 @@ def _from_directory(path: Path) -> Observed:
     return Observed(frame, config, cycles, trials, kind, str(path), noise)
 
 
+def hindcast_noise(path: str | Path, *, draws: int = 2000, seed: int = 0) -> dict[str, object]:
+    """The standard error of a finished run's own final validity and diversity kept (final ÷
+    first-cycle diversity, as the forecast's): the error no forecast can be held to beat. With
+    several trials, from resampling the trials (`draws` times); with one (a real loop, a CSV),
+    from the per-cycle series' scatter about its local trend, σ² ≈ mean((Δ²x)²)/6 (second
+    differences remove a straight trend), a rough value: a curve that bends adds to it."""
+    obs = load_observed(path)
+    div = "diversity" if "diversity" in obs.frame else "code_diversity"
+    if obs.trials > 1 and obs.source == "run":
+        metrics = read_metrics(Path(str(path)))
+        per = metrics.pivot_table(index="trial", columns="cycle", values=["validity", div])
+        valid, first, last = (per[c].to_numpy() for c in (("validity", per["validity"].columns[-1]),
+                              (div, per[div].columns[0]), (div, per[div].columns[-1])))  # fmt: skip
+        pick = np.random.default_rng(seed).integers(0, len(valid), (draws, len(valid)))
+        kept = last[pick].mean(axis=1) / first[pick].mean(axis=1)
+        return {
+            "final_validity": float(valid.std(ddof=1) / np.sqrt(len(valid))),
+            "diversity_kept": float(kept.std(ddof=1)),
+            "method": f"bootstrap over {len(valid)} trials",
+        }
+    frame = obs.frame.set_index("cycle")
+
+    def scatter(col: str) -> float:
+        x = frame[col].dropna().to_numpy(dtype=float)
+        return float(np.sqrt(np.mean(np.diff(x, 2) ** 2) / 6)) if len(x) > 3 else float("nan")
+
+    first, last = frame[div].iloc[0], frame[div].iloc[-1]
+    sd = scatter(div)
+    return {
+        "final_validity": scatter("validity"),
+        "diversity_kept": float(last / first * np.hypot(sd / last, sd / first)),
+        "method": "scatter about the trend of one trial's cycles",
+    }
+
+
 def _read_toml(path: Path) -> dict:
     if not path.exists():
         return {}
