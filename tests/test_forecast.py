@@ -261,3 +261,13 @@ def test_hindcast_noise_of_one_trial_is_its_scatter_about_the_trend(tmp_path):
         expected = last / first * np.hypot(noise_sd / last, noise_sd / first)
         assert noise["diversity_kept"] == pytest.approx(expected, rel=0.1, abs=1e-9)
         assert "one trial" in noise["method"]
+
+
+def test_hindcast_noise_of_a_csv_without_diversity_has_none_for_it(tmp_path):
+    csv = tmp_path / "study.csv"
+    csv.write_text("cycle,validity\n1,0.40\n2,0.50\n3,0.62\n4,0.70\n5,0.80\n")
+    noise = forecast_io.hindcast_noise(csv)
+    assert np.isnan(noise["diversity_kept"])
+    assert noise["final_validity"] == pytest.approx(
+        np.sqrt(np.mean([0.02**2, 0.04**2, 0.02**2]) / 6)
+    )

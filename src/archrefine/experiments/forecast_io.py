@@ -139,8 +139,8 @@ def hindcast_noise(path: str | Path, *, draws: int = 2000, seed: int = 0) -> dic
     if obs.trials > 1 and obs.source == "run":
         metrics = read_metrics(Path(str(path)))
         per = metrics.pivot_table(index="trial", columns="cycle", values=["validity", div])
-        valid, first, last = (per[c].to_numpy() for c in (("validity", per["validity"].columns[-1]),
-                              (div, per[div].columns[0]), (div, per[div].columns[-1])))  # fmt: skip
+        valid = per["validity"].iloc[:, -1].to_numpy()
+        first, last = per[div].iloc[:, 0].to_numpy(), per[div].iloc[:, -1].to_numpy()
         pick = np.random.default_rng(seed).integers(0, len(valid), (draws, len(valid)))
         kept = last[pick].mean(axis=1) / first[pick].mean(axis=1)
         return {
@@ -154,11 +154,13 @@ def hindcast_noise(path: str | Path, *, draws: int = 2000, seed: int = 0) -> dic
         x = frame[col].dropna().to_numpy(dtype=float)
         return float(np.sqrt(np.mean(np.diff(x, 2) ** 2) / 6)) if len(x) > 3 else float("nan")
 
-    first, last = frame[div].iloc[0], frame[div].iloc[-1]
-    sd = scatter(div)
+    kept = float("nan")  # a CSV may have no diversity column
+    if div in frame:
+        first, last, sd = frame[div].iloc[0], frame[div].iloc[-1], scatter(div)
+        kept = float(last / first * np.hypot(sd / last, sd / first))
     return {
         "final_validity": scatter("validity"),
-        "diversity_kept": float(last / first * np.hypot(sd / last, sd / first)),
+        "diversity_kept": kept,
         "method": "scatter about the trend of one trial's cycles",
     }
 
