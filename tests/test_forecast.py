@@ -271,3 +271,32 @@ def test_hindcast_noise_of_a_csv_without_diversity_has_none_for_it(tmp_path):
     assert noise["final_validity"] == pytest.approx(
         np.sqrt(np.mean([0.02**2, 0.04**2, 0.02**2]) / 6)
     )
+
+
+def test_a_hindcast_uses_nothing_of_the_cycles_it_predicts(tmp_path):
+    """Two runs identical in their first 5 cycles and different afterwards (later cycles'
+    values scattered across trials, so their spread and means change) get the same forecast:
+    the fit, its residual scales and the band read only the fitted cycles."""
+    config = Config(trials=12, seed=5).with_overrides({"loop.cycles": 9})
+    metrics = simulate(config).metrics
+    later = metrics["cycle"] > 5
+    other = metrics.copy()
+    rng = np.random.default_rng(0)
+    for col in ("validity", "novelty", "diversity", "fitness"):
+        other.loc[later, col] = rng.uniform(0, 1, int(later.sum()))
+    made = {}
+    for name, frame in (("same", metrics), ("other", other)):
+        path = tmp_path / name
+        path.mkdir()
+        write_parquet(path / "metrics.parquet", frame)
+        (path / "config.toml").write_text(config.to_toml())
+        obs = forecast_io.load_observed(path)
+        budget = {"trials": 8, "draws": 3, "screen": 2, "max_nfev": 3}
+        made[name] = fc.forecast(obs, fit_cycles=5, seed=2, **budget)
+    a, b = made["same"], made["other"]
+    assert a.calibration.params == b.calibration.params
+    predicted = [c for c in a.table.columns if not c.startswith("observed_")]
+    pd.testing.assert_frame_equal(a.table[predicted], b.table[predicted])
+    for key, value in a.summary.items():
+        if not key.startswith("observed_"):
+            assert b.summary[key] == value, key

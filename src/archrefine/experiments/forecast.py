@@ -93,15 +93,15 @@ def forecast(
     note = on_progress or (lambda _msg: None)
     fitted_obs = check_request(obs, fit_cycles)
     length = fit_length(obs.config, fit_cycles, obs.cycles)
-    scales = {g: _scales(obs, trials or DEFAULT_BUDGET[g][0]) for g in GENERATORS}
 
     def fit_on(frame: pd.DataFrame, g: str):
+        scales = _scales(obs, trials or DEFAULT_BUDGET[g][0], int(frame["cycle"].max()))
         base = start_config(obs.config, g)
-        ranked = screen_starts(frame, base, g, length, seed, trials, screen, note, scales[g])
+        ranked = screen_starts(frame, base, g, length, seed, trials, screen, note, scales)
         solved = logit_start(frame, base) if g == "paper" else None
         # the defaults, base_logit solved from cycle 1, the best screened point
         starts = [base, *([solved] if solved else []), *(c for c in ranked[:1] if c is not base)]
-        return fit(frame, starts, g, length, seed, trials, max_nfev, note, scales[g])
+        return fit(frame, starts, g, length, seed, trials, max_nfev, note, scales), scales
 
     heldout: dict[str, float] = {}
     if len(generators) > 1:
@@ -109,19 +109,18 @@ def forecast(
         hold = fitted_obs[fitted_obs["cycle"].isin(seen.iloc[-2:])]
         train = fitted_obs[fitted_obs["cycle"] < seen.iloc[-2]]
         for g in generators:
-            heldout[g] = heldout_error(fit_on(train, g)[0], hold, fitted_obs)
+            heldout[g] = heldout_error(fit_on(train, g)[0][0], hold, fitted_obs)
         chosen = min(heldout, key=lambda g: heldout[g])
     else:
         chosen = generators[0]
     n_sets, n_region, k = DRAW_BUDGET[chosen]
     n_sets, k = (n_sets if draws is None else draws), (trials or k)
-    cal, cov = fit_on(fitted_obs, chosen)
+    (cal, cov), scales = fit_on(fitted_obs, chosen)
     rng = np.random.default_rng(seed + 7919)
     if cov is not None:  # the paper model: draws from its posterior
         others, info = posterior_draws(cal, cov, n_sets, rng), {"posterior_draws": n_sets}
     else:
-        found, tried, _ = region(fitted_obs, cal, chosen, scales[chosen], n_region, rng, note,
-                                 LEVEL)  # fmt: skip
+        found, tried, _ = region(fitted_obs, cal, chosen, scales, n_region, rng, note, LEVEL)
         others, info = found[:n_sets], {"sampled": tried, "inside": len(found)}
     param_sets = [cal.params, *others]
     columns = [*METRICS, *(c for c in MAPPED if c in obs.frame)]
@@ -151,12 +150,18 @@ def forecast(
     return fc
 
 
-def _scales(obs: Observed, sim_trials: int) -> dict[str, float]:
+def _scales(obs: Observed, sim_trials: int, upto: int) -> dict[str, float]:
     """Residual scales for a run of many trials: the standard error of observed − simulated
-    mean (observed across-trial spread, both sample sizes). Dividing by the observed spread
-    over the fitted cycles instead lets the flat early diversity and novelty, whose spread is
-    mostly noise, outweigh validity."""
-    return {c: sd * np.sqrt(1 / obs.trials + 1 / sim_trials) for c, sd in obs.noise.items()}
+    mean (observed across-trial spread over cycles 1..`upto`, the fitted ones, and both sample
+    sizes). Dividing by the observed spread of the means over the fitted cycles instead lets
+    the flat early diversity and novelty, whose spread is mostly noise, outweigh validity; the
+    spread of later cycles (validity's grows several-fold as it rises) would tell a hindcast
+    about the cycles it predicts, and weigh the fitted ones too lightly against the prior."""
+    if obs.noise is None:
+        return {}
+    sd = obs.noise[obs.noise.index <= upto].mean()
+    factor = np.sqrt(1 / obs.trials + 1 / sim_trials)
+    return {c: float(v) * factor for c, v in sd.items() if np.isfinite(v) and v > 0}
 
 
 def load_conformal() -> dict[str, float]:

@@ -46,8 +46,10 @@ class Observed:
     trials: int  # independent trials behind each observed mean (1: a real loop, a CSV)
     source: str  # "run", "loop" or "csv"
     name: str = ""
-    #: per column, the mean across-trial standard deviation (runs of more than one trial)
-    noise: dict[str, float] = field(default_factory=dict)
+    #: per cycle (index) and column, the across-trial standard deviation (runs of more than
+    #: one trial; None otherwise). A forecast reads only its fitted cycles' rows: a hindcast
+    #: must not weigh its residuals by the spread of the cycles it is to predict.
+    noise: pd.DataFrame | None = None
 
 
 @dataclass
@@ -121,10 +123,7 @@ def _from_directory(path: Path) -> Observed:
     cycles = max(config.loop.cycles, int(frame["cycle"].max())) if raw else len(frame)
     kind = "loop" if real else "run"
     trials = int(metrics["trial"].nunique())
-    noise = {}
-    if trials > 1 and not real:
-        sd = metrics.groupby("cycle")[list(METRICS)].std().mean()
-        noise = {c: float(v) for c, v in sd.items() if np.isfinite(v) and v > 0}
+    noise = metrics.groupby("cycle")[list(METRICS)].std() if trials > 1 and not real else None
     return Observed(frame, config, cycles, trials, kind, str(path), noise)
 
 
