@@ -21,7 +21,10 @@ whether the 80% band held the truth. Writes eval.json and eval.md under --out (e
 forecast.json/png in its folder); with --docs, replaces the table between
 `<!-- forecast-eval:start -->` and `<!-- forecast-eval:end -->` (`forecast-dev:` markers for
 --develop). On a busy machine split the work and combine: `--only 0 1 2 --tag _a` (and so on, in
-parallel), then `--rows-from runs/forecast-eval/eval_*.json --docs docs/forecast.md`.
+parallel), then `--rows-from runs/forecast-eval/eval_*.json --docs docs/forecast.md`. Forecasting
+the evaluation runs from more cycles (`--fit-cycles 10 --out runs/forecast-eval-fit10`), then
+`--compare 6=runs/forecast-eval 10=runs/forecast-eval-fit10` tabulates each run's errors side by
+side (`--docs`: between the `forecast-cycles:` markers).
 """
 
 from __future__ import annotations
@@ -250,6 +253,39 @@ def noise_line(rows: list[dict]) -> str:
     )  # fmt: skip
 
 
+def compare_table(sets: list[str]) -> str:
+    """Errors of the same evaluation forecast from different numbers of fitted cycles: `sets`
+    are `N=DIR` (DIR/eval.json made with `--fit-cycles N`)."""
+    found = {}
+    for item in sets:
+        n, _, where = item.partition("=")
+        found[int(n)] = {r["run"]: r for r in json.loads((Path(where) / "eval.json").read_text())}
+    ns = sorted(found)
+    names = [r for r in found[ns[0]] if all(r in found[n] for n in ns)]
+    cols = " / ".join(str(n) for n in ns)
+    lines = [
+        f"| run | final validity error (pp), fitting {cols} cycles | diversity kept error (pp) |",
+        "|---|---|---|",
+    ]
+    for name in names:
+        v = " / ".join(f"{found[n][name]['validity_error_pp']:+.1f}" for n in ns)
+        k = " / ".join(f"{found[n][name]['kept_error_pp']:+.1f}" for n in ns)
+        lines.append(f"| {name} | {v} | {k} |")
+
+    def goal(n: int, key: str, within: float) -> str:
+        errs = np.array([found[n][name][key] for name in names])
+        return f"{int((np.abs(errs) <= within).sum())} ({np.abs(errs).mean():.1f})"
+
+    lines.append(
+        f"| within ±5 pp / ±3 pp of {len(names)} runs (mean absolute error) | "
+        + " / ".join(goal(n, "validity_error_pp", 5) for n in ns)
+        + " | "
+        + " / ".join(goal(n, "kept_error_pp", 3) for n in ns)
+        + " |"
+    )
+    return "\n".join(lines)
+
+
 def raw_band(raw: dict) -> tuple[np.ndarray, ...]:
     """A development row's raw band over its forecast cycles: point, lo, hi, observed."""
     return tuple(np.asarray(raw[k], dtype=float) for k in ("", "_lo", "_hi", "observed"))
@@ -310,7 +346,15 @@ def main() -> None:
     ap.add_argument("--only", type=int, nargs="*", help="indices into the runs (split the work)")
     ap.add_argument("--tag", default="", help="suffix of eval.json/eval.md (split work)")
     ap.add_argument("--rows-from", type=Path, nargs="*", help="eval*.json to combine, no runs")
+    ap.add_argument("--compare", nargs="+", metavar="N=DIR",
+                    help="tabulate DIR/eval.json of --fit-cycles N, for several N")  # fmt: skip
     args = ap.parse_args()
+    if args.compare:
+        text = compare_table(args.compare)
+        print(text)
+        if args.docs is not None:
+            replace_marked(args.docs, "forecast-cycles", text)
+        return
     runs, prefix = (dev_runs(DEV_RUNS), "dev") if args.develop else (RUNS, "run")
     args.out = args.out or Path("runs/forecast-dev" if args.develop else "runs/forecast-eval")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -371,11 +415,15 @@ def main() -> None:
     atomic_write_text(args.out / f"eval{args.tag}.md", text + "\n")
     print(text)
     if args.docs is not None:
-        marker = "forecast-dev" if args.develop else "forecast-eval"
-        doc = args.docs.read_text()
-        pattern = rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)"
-        new = re.sub(pattern, lambda m: m.group(1) + text + "\n" + m.group(2), doc, flags=re.S)
-        atomic_write_text(args.docs, new)
+        replace_marked(args.docs, "forecast-dev" if args.develop else "forecast-eval", text)
+
+
+def replace_marked(doc: Path, marker: str, text: str) -> None:
+    """Replace what lies between `<!-- marker:start -->` and `<!-- marker:end -->` in `doc`."""
+    pattern = rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)"
+    new = re.sub(pattern, lambda m: m.group(1) + text + "\n" + m.group(2), doc.read_text(),
+                 flags=re.S)  # fmt: skip
+    atomic_write_text(doc, new)
 
 
 if __name__ == "__main__":

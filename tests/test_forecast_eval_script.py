@@ -31,3 +31,16 @@ def test_noise_line_names_the_runs_too_noisy_to_judge_and_counts_real_errors():
 def test_noise_line_when_every_run_is_quiet():
     line = forecast_eval.noise_line([_row("a", 1.0, 0.001, 1.0, 0.001)])
     assert "tolerance (2.5 pp of validity or 1.5 pp of diversity kept) on none." in line
+
+
+def test_compare_table_lines_up_runs_across_fit_lengths(tmp_path):
+    import json
+
+    for n, errs in ((6, [(20.0, -1.0), (1.0, 0.5)]), (10, [(4.0, -0.5), (-0.5, 0.2)])):
+        rows = [_row(name, v, 0.0, k, 0.0) for name, (v, k) in zip(("slow", "default"), errs)]
+        (tmp_path / str(n)).mkdir()
+        (tmp_path / str(n) / "eval.json").write_text(json.dumps(rows))
+    text = forecast_eval.compare_table([f"6={tmp_path / '6'}", f"10={tmp_path / '10'}"])
+    assert "| slow | +20.0 / +4.0 | -1.0 / -0.5 |" in text
+    assert "| default | +1.0 / -0.5 | +0.5 / +0.2 |" in text
+    assert "| within ±5 pp / ±3 pp of 2 runs (mean absolute error) | 1 (10.5) / 2 (2.2) " in text
