@@ -128,7 +128,7 @@ BLOCKS = 3
 """Blocks per archive: the DEAP peer once, then its `REPS` runs of each kind. The peer's 1–2
 minutes vary with the machine by more than a 2-second process does (75–114 s on the same 2-core
 machine, hours apart: docs/performance.md), so each block's ratio uses its own peer, and the
-median block is shown with the range of the others."""
+median block is shown with the range over all blocks."""
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -101,7 +101,7 @@ def forecast(
         solved = logit_start(frame, base) if g == "paper" else None
         # the defaults, base_logit solved from cycle 1, the best screened point
         starts = [base, *([solved] if solved else []), *(c for c in ranked[:1] if c is not base)]
-        return fit(frame, starts, g, length, seed, trials, max_nfev, note, scales), scales
+        return (*fit(frame, starts, g, length, seed, trials, max_nfev, note, scales), scales)
 
     heldout: dict[str, float] = {}
     if len(generators) > 1:
@@ -109,13 +109,13 @@ def forecast(
         hold = fitted_obs[fitted_obs["cycle"].isin(seen.iloc[-2:])]
         train = fitted_obs[fitted_obs["cycle"] < seen.iloc[-2]]
         for g in generators:
-            heldout[g] = heldout_error(fit_on(train, g)[0][0], hold, fitted_obs)
+            heldout[g] = heldout_error(fit_on(train, g)[0], hold, fitted_obs)
         chosen = min(heldout, key=lambda g: heldout[g])
     else:
         chosen = generators[0]
     n_sets, n_region, k = DRAW_BUDGET[chosen]
     n_sets, k = (n_sets if draws is None else draws), (trials or k)
-    (cal, cov), scales = fit_on(fitted_obs, chosen)
+    cal, cov, scales = fit_on(fitted_obs, chosen)
     rng = np.random.default_rng(seed + 7919)
     if cov is not None:  # the paper model: draws from its posterior
         others, info = posterior_draws(cal, cov, n_sets, rng), {"posterior_draws": n_sets}
