@@ -151,6 +151,20 @@ def test_cli_writes_a_forecast(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "complete"
 
 
+def test_cli_hindcast_shows_the_runs_own_standard_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(fc.DRAW_BUDGET, "paper", (1, 0, 10))
+    monkeypatch.setitem(forecast_fit.SCREEN, "paper", 2)
+    monkeypatch.setitem(forecast_fit.FIT_NFEV, "paper", 2)
+    run = _run_dir(tmp_path / "run", Config(trials=10, seed=4).with_overrides({"loop.cycles": 7}))
+    result = _cli([str(run), "--fit-cycles", "5", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "out" / "forecast.json").read_text())
+    noise = forecast_io.hindcast_noise(run)
+    assert data["observed_final_validity_se"] == pytest.approx(noise["final_validity"])
+    assert data["observed_diversity_kept_se"] == pytest.approx(noise["diversity_kept"])
+    assert f"{data['observed_final_validity']:.3f} ± " in result.output
+
+
 def test_generator_choice_follows_the_space(tmp_path):
     abstract = _run_dir(tmp_path / "a", Config(trials=2).with_overrides({"loop.cycles": 4}))
     assert fc.generators_for(forecast_io.load_observed(abstract), "auto") == ["paper"]

@@ -59,6 +59,7 @@ def forecast(
         result = fc.forecast(
             observed, fit_cycles=fit_cycles, generators=generators, seed=seed, on_progress=note
         )
+    forecast_io.add_hindcast_noise(result, run)
     files = forecast_io.write_forecast(out, result)
     close_run(out, files=files, started=started)
     out_console.print(forecast_io.summary_lines(result))

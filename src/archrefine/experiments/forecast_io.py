@@ -164,6 +164,16 @@ def hindcast_noise(path: str | Path, *, draws: int = 2000, seed: int = 0) -> dic
     }
 
 
+def add_hindcast_noise(fc: Forecast, path: str | Path) -> None:
+    """Where `fc` is a hindcast (the run reached its horizon), put the run's own standard errors
+    (`hindcast_noise`) beside what it did: `observed_final_validity_se`,
+    `observed_diversity_kept_se`; a miss within them is no miss of the forecast's."""
+    if "observed_final_validity" in fc.summary:
+        noise = hindcast_noise(path)
+        fc.summary["observed_final_validity_se"] = float(noise["final_validity"])
+        fc.summary["observed_diversity_kept_se"] = float(noise["diversity_kept"])
+
+
 def _read_toml(path: Path) -> dict:
     if not path.exists():
         return {}
@@ -282,8 +292,15 @@ def summary_lines(fc: Forecast) -> str:
         f"(80%: {s['diversity_kept_lo']:.3f}–{s['diversity_kept_hi']:.3f})",
     ]
     if "observed_final_validity" in s:
+
+        def se(key: str) -> str:
+            value = s.get(f"{key}_se")
+            return f" ± {value:.3f}" if value is not None and np.isfinite(value) else ""
+
         lines.append(
-            f"observed: final validity {s['observed_final_validity']:.3f}, diversity kept "
-            f"{s['observed_diversity_kept']:.3f}"
+            f"observed: final validity {s['observed_final_validity']:.3f}"
+            f"{se('observed_final_validity')}, diversity kept "
+            f"{s['observed_diversity_kept']:.3f}{se('observed_diversity_kept')}"
+            + (" (± its own standard error)" if se("observed_final_validity") else "")
         )
     return "\n".join(lines)
