@@ -10,17 +10,20 @@ forecast's own prior, the four schedules and k = 5, 10, 20 in rotation, populati
 (experiments/forecast_conformal.py; draws whose run never becomes valid are skipped). Each is
 forecast with the raw band; how far the truth lay outside it, per column over the forecast
 cycles, gives the split-conformal widening factors written to
-src/archrefine/data/forecast_conformal.json — the only thing tuned — and each factor is
-cross-validated by leaving one development run out. *Evaluation* (the default): `RUNS`, which
-nothing was tuned on — other seeds (11–21), the three other schedules, k = 2 and 30, the
-grounded space, two parameter settings away from the defaults, the learned generator, and with
+src/archrefine/data/forecast_conformal.json (`_fitN.json` with `--fit-cycles N` other than
+6: a forecast reads those of the nearest measured length) — the only thing tuned — and each
+factor is cross-validated by leaving one development run out. *Evaluation* (the default):
+`RUNS`, which nothing was tuned on — other seeds (11–21), the three other schedules, k = 2
+and 30, the grounded space, two parameter settings away from the defaults, the learned
+generator, and with
 `--loop` a real loop's directory — each forecast from its first `--fit-cycles` cycles exactly as
 `archrefine forecast RUN` does (generator `auto`), and compared with what the run went on to do:
 final validity and diversity kept (final ÷ first-cycle diversity), errors in percentage points,
 whether the 80% band held the truth. Writes eval.json and eval.md under --out (each run's
 forecast.json/png in its folder); with --docs, replaces the table between
 `<!-- forecast-eval:start -->` and `<!-- forecast-eval:end -->` (`forecast-dev:` markers for
---develop). On a busy machine split the work and combine: `--only 0 1 2 --tag _a` (and so on, in
+--develop; `forecast-dev-fitN:` and `forecast-eval-fitN:` with `--fit-cycles N` other than
+6). On a busy machine split the work and combine: `--only 0 1 2 --tag _a` (and so on, in
 parallel), then `--rows-from runs/forecast-eval/eval_*.json --docs docs/forecast.md`. Forecasting
 the evaluation runs from more cycles (`--fit-cycles 10 --out runs/forecast-eval-fit10`), then
 `--compare 6=runs/forecast-eval 10=runs/forecast-eval-fit10` tabulates each run's errors side by
@@ -382,10 +385,10 @@ def main() -> None:
     text = table(rows, args.fit_cycles, command, develop=args.develop)
     if args.develop and len(rows) == len(runs):  # the whole development set: the factors
         factors = conformal(rows, args.fit_cycles, command)
-        write_json(Path(str(fc.CONFORMAL)), factors)
+        write_json(Path(str(fc.conformal_path(args.fit_cycles))), factors)
         per_cycle = max(factors["scores"].values())
         text += "\n\nConformal widening factors (written to src/archrefine/data/" + (
-            "forecast_conformal.json): "
+            f"{fc.conformal_path(args.fit_cycles).name}): "
             + ", ".join(f"{c} {q:.2f}" for c, q in factors["factor"].items())
             + f" (from {per_cycle} scores per column: every forecast cycle of every development "
             "run; diversity kept: "
@@ -415,7 +418,10 @@ def main() -> None:
     atomic_write_text(args.out / f"eval{args.tag}.md", text + "\n")
     print(text)
     if args.docs is not None:
-        replace_marked(args.docs, "forecast-dev" if args.develop else "forecast-eval", text)
+        marker = "forecast-dev" if args.develop else "forecast-eval"
+        if args.fit_cycles != fc.DEFAULT_FIT_CYCLES:
+            marker += f"-fit{args.fit_cycles}"
+        replace_marked(args.docs, marker, text)
 
 
 def replace_marked(doc: Path, marker: str, text: str) -> None:

@@ -95,3 +95,27 @@ def test_the_band_widens_and_the_forecast_does_not_move(tmp_path, monkeypatch):
         raw["validity_hi"] - raw["validity_lo"]
     )[later]
     assert grew.any()
+
+
+def test_factors_come_from_the_nearest_measured_fit_length(tmp_path, monkeypatch):
+    """Files for 6 (the default name) and 10 fitted cycles: a forecast fitting 7 or 8 reads 6
+    (8 is a tie: the shorter), 9 and 14 read 10; nothing measured gives no factors."""
+    import json
+
+    default = tmp_path / "forecast_conformal.json"
+    monkeypatch.setattr(fc, "DATA", tmp_path)
+    monkeypatch.setattr(fc, "CONFORMAL", default)
+    assert fc.load_conformal(6) == ({}, None)
+    default.write_text(json.dumps({"factor": {"validity": 2.0}}))
+    fc.conformal_path(10).write_text(json.dumps({"factor": {"validity": 1.5}}))
+    (tmp_path / "forecast_conformal_fitx.json").write_text("{}")  # not a length: ignored
+    assert fc.measured_fit_cycles() == [6, 10]
+    assert fc.conformal_path(10).name == "forecast_conformal_fit10.json"
+    for n, (value, at) in {
+        6: (2.0, 6),
+        7: (2.0, 6),
+        8: (2.0, 6),
+        9: (1.5, 10),
+        14: (1.5, 10),
+    }.items():
+        assert fc.load_conformal(n) == ({"validity": value}, at), n

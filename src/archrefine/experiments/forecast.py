@@ -44,8 +44,11 @@ LEVEL = 0.80  # the band's coverage
 #: per generator: parameter sets forecast besides the fit, points sampled around the fit to
 #: find them (learned only: the paper model's are posterior draws), simulated trials each
 DRAW_BUDGET = {"paper": (20, 0, 50), "learned": (2, 4, 2)}
-#: the split-conformal widening factors, per column (scripts/forecast_eval.py --develop)
-CONFORMAL = resources.files("archrefine") / "data" / "forecast_conformal.json"
+#: the split-conformal widening factors, per column (scripts/forecast_eval.py --develop),
+#: measured at the default 6 fitted cycles; `conformal_path` names those of other lengths
+DATA = resources.files("archrefine") / "data"
+CONFORMAL = DATA / "forecast_conformal.json"
+DEFAULT_FIT_CYCLES = 6
 
 
 def generators_for(obs: Observed, choice: str) -> list[str]:
@@ -87,8 +90,9 @@ def forecast(
     the band (`DRAW_BUDGET`), `screen` Sobol starting points (forecast_fit.SCREEN),
     `max_nfev` optimizer iterations per start (forecast_fit.FIT_NFEV). `conformal`: the
     band's widening factor per column, and for `diversity_kept` (default: the paper model's,
-    measured on development runs, experiments/forecast_conformal.py; `{}`: the raw band, as
-    the development runs are forecast). The factors move the band only, never the forecast.
+    measured on development runs at the measured fit length nearest `fit_cycles`,
+    experiments/forecast_conformal.py; `{}`: the raw band, as the development runs are
+    forecast). The factors move the band only, never the forecast.
     """
     note = on_progress or (lambda _msg: None)
     fitted_obs = check_request(obs, fit_cycles)
@@ -134,8 +138,9 @@ def forecast(
         centers.append(_nanmean(per_trial, axis=0))
         samples.append(_resample_means(per_trial, obs.trials, 200, rng))
     pooled = np.concatenate(samples)  # (sets · 200, cycles, columns)
+    measured_at = None
     if conformal is None:  # calibrated on the paper model's development runs only
-        conformal = load_conformal() if chosen == "paper" else {}
+        conformal, measured_at = load_conformal(fit_cycles) if chosen == "paper" else ({}, None)
     widen = {c: float(conformal.get(MAPPED.get(c, c), 1.0)) for c in columns}
     # the headline ratio has its own factor where one was measured (else diversity's)
     widen["diversity_kept"] = float(conformal.get("diversity_kept", conformal.get("diversity", 1)))
@@ -144,6 +149,7 @@ def forecast(
     point = _nanmean(np.stack(centers), axis=0)
     fc = _assemble(obs, cal, chosen, fit_cycles, heldout, columns, pooled, point, widen)
     fc.info |= {"simulated_trials": k, "parameter_draws": len(others), "conformal": widen}
+    fc.info["conformal_fit_cycles"] = measured_at  # the development runs' fit length, if any
     fc.info["fit_final_validity"] = float(centers[0][-1, columns.index("validity")])
     fc.info["region"] = info
     fc.info["parameter_sets"] = [{p: float(v) for p, v in ps.items()} for ps in param_sets]
@@ -164,11 +170,32 @@ def _scales(obs: Observed, sim_trials: int, upto: int) -> dict[str, float]:
     return {c: float(v) * factor for c, v in sd.items() if np.isfinite(v) and v > 0}
 
 
-def load_conformal() -> dict[str, float]:
-    """The widening factors measured on the development runs ({} before any were measured)."""
-    if not CONFORMAL.is_file():
-        return {}
-    return {c: float(q) for c, q in json.loads(CONFORMAL.read_text())["factor"].items()}
+def conformal_path(fit_cycles: int):
+    """Where the factors measured at `fit_cycles` fitted cycles are (or would be) kept."""
+    if fit_cycles == DEFAULT_FIT_CYCLES:
+        return CONFORMAL
+    return DATA / f"forecast_conformal_fit{fit_cycles}.json"
+
+
+def measured_fit_cycles() -> list[int]:
+    """The fitted-cycle counts that development runs measured factors for."""
+    found = [DEFAULT_FIT_CYCLES] if CONFORMAL.is_file() else []
+    for item in DATA.iterdir():
+        stem = item.name.removeprefix("forecast_conformal_fit").removesuffix(".json")
+        if item.name.startswith("forecast_conformal_fit") and stem.isdigit():
+            found.append(int(stem))
+    return sorted(found)
+
+
+def load_conformal(fit_cycles: int = DEFAULT_FIT_CYCLES) -> tuple[dict[str, float], int | None]:
+    """The widening factors measured on development runs at the measured fit length nearest
+    `fit_cycles` (a tie: the shorter), and that length; ({}, None) before any were measured."""
+    measured = measured_fit_cycles()
+    if not measured:
+        return {}, None
+    nearest = min(measured, key=lambda n: (abs(n - fit_cycles), n))
+    raw = json.loads(conformal_path(nearest).read_text())["factor"]
+    return {c: float(q) for c, q in raw.items()}, nearest
 
 
 def conformal_scores(point, lo, hi, observed) -> np.ndarray:
