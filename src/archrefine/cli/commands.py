@@ -350,6 +350,7 @@ def calibrate(
     from archrefine.experiments import calibrate_report as cal_report
 
     observed, means = cal.read_trajectory(trajectory)
+    # --seed and --trials checked as a config checks them, before the run directory is made
     Config().with_overrides({"seed": seed} | ({"trials": trials} if trials is not None else {}))
     free = cal.parse_params(params, generator) if params else cal.free_params(generator)
     cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
