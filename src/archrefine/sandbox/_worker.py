@@ -248,9 +248,14 @@ def _evaluate(job: dict, result: dict) -> None:
     except _Invalid as exc:
         status, reason = "invalid", f"invalid: {exc}"
     except BaseException as exc:  # candidate code may raise anything, SystemExit included
-        status, reason = _classify(exc, stage)
+        try:
+            status, reason = _classify(exc, stage)
+        except BaseException:  # its class is the candidate's: `__str__` or `code` may raise,
+            # which ended the child without a report (crashed, a caught refusal lost)
+            status, reason = "invalid", f"invalid: an exception that cannot be shown (in {stage})"
         if status == "invalid":
-            traceback.print_exc()  # into the log, which the caller gets back
+            with contextlib.suppress(BaseException):
+                traceback.print_exc()  # into the log, which the caller gets back
     if refusals:  # even when the candidate caught the refusal and carried on
         status, reason = "forbidden", f"forbidden: {refusals[0]} refused by sandbox"
     result.update(status=status, reason=_one_line(reason))
