@@ -66,6 +66,9 @@ def test_bad_options_raise_one_line_errors(kwargs: dict, message: str) -> None:
         ("epochs", 0, "train.epochs: 0 is not an integer >= 1"),
         ("lr", -1.0, "train.lr: -1.0 is not > 0"),
         ("batch_size", 0, "train.batch_size: 0 is not an integer >= 1"),
+        ("seed", 2**64, r"train.seed: 18446744073709551616 is not an integer in \[0, 2\*\*63\)"),
+        ("seed", -1, r"train.seed: -1 is not an integer in \[0, 2\*\*63\)"),
+        ("seed", 1.5, r"train.seed: 1.5 is not an integer"),
     ],
 )
 def test_trainspec_validates_its_fields(field: str, value: object, message: str) -> None:

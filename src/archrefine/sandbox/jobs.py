@@ -64,8 +64,9 @@ class TrainSpec:
             raise ValueError(f"train.lr: {self.lr!r} is not > 0")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise ValueError(f"train.batch_size: {self.batch_size!r} is not an integer >= 1")
-        if not isinstance(self.seed, int):
-            raise ValueError(f"train.seed: {self.seed!r} is not an integer")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
+            # a larger seed would fail inside every job, each as "could not load the job data"
+            raise ValueError(f"train.seed: {self.seed!r} is not an integer in [0, 2**63)")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"train.optimizer: {self.optimizer!r} is not one of adam, sgd")
 
