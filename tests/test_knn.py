@@ -183,6 +183,62 @@ def test_compiled_sampling_equals_the_numpy_count(problem):
     assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
+@st.composite
+def proposals(draw):
+    """`cdfs`' distributions and draws (on the steps, 0, just below 1), with templates,
+    mutation draws on both sides of the rate, fresh rows, and costs that are infinite where a
+    format would forbid a token."""
+    cdf, u = draw(cdfs())
+    trials, n, d = u.shape
+    vocab = cdf.shape[2]
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    rate = draw(st.floats(0.0, 1.0))
+    mutate_u = rng.random(u.shape)
+    mutate_u[rng.random(u.shape) < 0.2] = rate  # exactly at the rate: not mutated
+    pool = rng.integers(0, vocab, (trials, 3, d)).astype(np.int16)
+    pick = rng.integers(0, 3, (trials, n))
+    fresh_rows = rng.integers(0, n + 1, trials)
+    cost = rng.exponential(size=(trials, d, vocab))
+    cost[rng.random(cost.shape) < 0.2] = np.inf
+    return (cdf, u, mutate_u, rate, pick, pool, fresh_rows), cost
+
+
+@needs_numba
+@settings(max_examples=60, deadline=None)
+@given(problem=proposals())
+def test_compiled_proposal_and_costs_equal_numpy(problem):
+    """The fused kernels (children in one pass, written cost, token counts) against their numpy
+    twins: the same tokens, the same written mask, the same sums bit for bit (NaN where an
+    unwritten forbidden token multiplies inf by 0), the same counts."""
+    args, cost = problem
+    vocab, pool = args[0].shape[2], args[5]
+    mask = np.arange(pool.shape[1])[None, :] < (args[6] % 4)[:, None]  # pool rows in use
+
+    def run(compiled: bool):
+        with pytest.MonkeyPatch.context() as mp, np.errstate(invalid="ignore"):
+            mp.setattr(fast, "loaded", lambda: compiled)
+            seqs, written = paper.children(*args)
+            sums = paper.written_cost(cost, seqs, written)
+            counts = metrics.token_counts(seqs, vocab), metrics.token_counts(pool, vocab, mask)
+        return seqs, written, sums, counts
+
+    fast.kernels()
+    (seqs, written, sums, counts), want = run(True), run(False)
+    assert seqs.dtype == want[0].dtype and np.array_equal(seqs, want[0])
+    assert np.array_equal(written, want[1])
+    assert np.array_equal(sums, want[2], equal_nan=True)
+    for a, b in zip(counts, want[3], strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+@needs_numba
+def test_compiled_token_counts_refuse_a_token_outside_the_vocabulary():
+    fast.kernels()
+    for token in (4, -1):  # vocabulary 0..3: a write past the counts' end, or before it
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            metrics.token_counts(np.full((1, 2, 3), token, np.int16), 4)
+
+
 @needs_numba
 def test_simulation_is_identical_with_and_without_numba(monkeypatch):
     """The compiled kernels change the speed, never a number: a run that uses them from its

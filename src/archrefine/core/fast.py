@@ -83,6 +83,11 @@ def _warm(compiled: SimpleNamespace) -> SimpleNamespace:
     words = np.zeros((1, 1, 2), np.uint64)
     compiled.knn_sums(words, words.reshape(1, 2, 1), np.ones(1, np.int64), 1, 15, 4096)
     compiled.sample_categorical(np.ones((1, 1, 2)), np.zeros((1, 1, 1)))
+    one = np.zeros((1, 1, 1), np.int16)
+    compiled.propose(np.ones((1, 1, 2)), np.zeros((1, 1, 1)), np.zeros((1, 1, 1)), 0.5,
+                     np.zeros((1, 1), np.int64), one, np.zeros(1, np.int64))  # fmt: skip
+    compiled.written_cost(np.ones((1, 1, 2)), one, np.ones((1, 1, 1), bool))
+    compiled.token_counts(one, 2, np.ones((1, 1), bool))
     return compiled
 
 
@@ -152,7 +157,71 @@ def _build(numba) -> SimpleNamespace:
                     out[t, j, i] = c
         return out
 
-    return SimpleNamespace(knn_sums=knn_sums, sample_categorical=sample_categorical)
+    @jit
+    def propose(cdf, u, mutate_u, rate, pick, pool, fresh_rows):  # pragma: no cover - compiled
+        """The paper generator's children in one pass (`PaperGenerator.propose`): row j of
+        trial t is a fresh draw where j < fresh_rows[t], else its template `pool[t, pick]`
+        with each position where mutate_u < rate replaced by a fresh draw. A draw is the
+        inverse-CDF count of `sample_categorical`, made only where it is kept."""
+        trials, n, d = u.shape
+        top = cdf.shape[2] - 1
+        seqs = np.empty((trials, n, d), np.int16)
+        written = np.empty((trials, n, d), np.bool_)
+        for t in range(trials):
+            for j in range(n):
+                fresh = j < fresh_rows[t]
+                p = pick[t, j]
+                for i in range(d):
+                    if fresh or mutate_u[t, j, i] < rate:
+                        x = u[t, j, i]
+                        c = 0
+                        for v in range(top):
+                            c += cdf[t, i, v] < x
+                        seqs[t, j, i] = c
+                        written[t, j, i] = True
+                    else:
+                        seqs[t, j, i] = pool[t, p, i]
+                        written[t, j, i] = False
+        return seqs, written
+
+    @jit
+    def written_cost(cost, seqs, written):  # pragma: no cover - compiled
+        """Per candidate, the sum over positions of cost[t, i, token] × written, left to right
+        (as `paper.written_cost` adds them), an unwritten position multiplying its cost by 0
+        (inf · 0 is NaN, as in numpy)."""
+        trials, n, d = seqs.shape
+        out = np.empty((trials, n))
+        for t in range(trials):
+            for j in range(n):
+                s = cost[t, 0, seqs[t, j, 0]] * (1.0 if written[t, j, 0] else 0.0)
+                for i in range(1, d):
+                    s += cost[t, i, seqs[t, j, i]] * (1.0 if written[t, j, i] else 0.0)
+                out[t, j] = s
+        return out
+
+    @jit
+    def token_counts(seqs, vocab, mask):  # pragma: no cover - compiled
+        """Per trial and position, how many of the rows where `mask` holds have each token
+        (`metrics.token_counts`); a token outside [0, vocab) is an error, not a write."""
+        trials, n, d = seqs.shape
+        out = np.zeros((trials, d, vocab), np.int64)
+        for t in range(trials):
+            for j in range(n):
+                if mask[t, j]:
+                    for i in range(d):
+                        v = seqs[t, j, i]
+                        if v < 0 or v >= vocab:
+                            raise ValueError("token_counts: a token is outside the vocabulary")
+                        out[t, i, v] += 1
+        return out
+
+    return SimpleNamespace(
+        knn_sums=knn_sums,
+        sample_categorical=sample_categorical,
+        propose=propose,
+        written_cost=written_cost,
+        token_counts=token_counts,
+    )
 
 
 def pack_bytes(x: np.ndarray, words: int) -> np.ndarray:

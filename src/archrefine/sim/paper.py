@@ -37,6 +37,7 @@ Mechanisms (docs/model.md gives the equations and the reasons for each parameter
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -62,6 +63,55 @@ def sample_categorical(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
     for v in range(cdf.shape[2] - 1):
         out += u > cdf[:, None, :, v]
     return out
+
+
+def children(
+    cdf: np.ndarray,
+    u: np.ndarray,
+    mutate_u: np.ndarray,
+    rate: float,
+    pick: np.ndarray,
+    pool: np.ndarray,
+    fresh_rows: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A cycle's candidates and where each was written: row j of trial t is a fresh draw (of
+    `cdf` at `u`) where j < `fresh_rows[t]`, else its template `pool[t, pick[t, j]]` with the
+    positions where `mutate_u` < `rate` drawn afresh. With numba loaded, one compiled pass
+    makes the same comparisons (and only the draws it keeps)."""
+    if fast.loaded() and pool.dtype == np.int16:
+        f, i = (functools.partial(np.ascontiguousarray, dtype=t) for t in (np.float64, np.int64))
+        return fast.kernels().propose(  # the types `fast._warm` loads: no new compilation
+            f(cdf),
+            f(u),
+            f(mutate_u),
+            float(rate),
+            i(pick),
+            np.ascontiguousarray(pool),
+            i(fresh_rows),
+        )
+    trials, n, _ = u.shape
+    mutate = mutate_u < rate
+    draws = sample_categorical(cdf, u)
+    templates = pool[np.arange(trials)[:, None], pick]
+    kept = np.where(mutate, draws, templates)
+    keep_fresh = (np.arange(n)[None, :] < fresh_rows[:, None])[..., None]
+    return np.where(keep_fresh, draws, kept), keep_fresh | mutate
+
+
+def written_cost(cost: np.ndarray, seqs: np.ndarray, written: np.ndarray) -> np.ndarray:
+    """`(trials, n)`: per candidate, the sum over the positions it wrote of `cost (trials, d,
+    V)` at its token there. Added position by position, left to right, so the compiled twin
+    (numba, where loaded) adds the same numbers in the same order and gets the same sums."""
+    trials, n, d = seqs.shape
+    if fast.loaded() and seqs.dtype == np.int16:
+        c = np.ascontiguousarray
+        return fast.kernels().written_cost(c(cost, np.float64), c(seqs), c(written, bool))
+    flat = seqs + (np.arange(trials * d, dtype=np.int32) * cost.shape[2]).reshape(trials, 1, d)
+    terms = np.take(cost.reshape(-1), flat) * written
+    total = terms[..., 0].copy()
+    for i in range(1, d):
+        total += terms[..., i]
+    return total
 
 
 def _tempered(prior: np.ndarray, tau: float) -> np.ndarray:
@@ -128,14 +178,11 @@ class PaperGenerator:
             draws = sample_categorical(self._cdf(rate), u)
             return Candidates(draws, np.ones(draws.shape, dtype=bool))
         pick = (self.rng.random((trials, n)) * np.maximum(pool_size, 1)[:, None]).astype(int)
-        mutate = self.rng.random((trials, n, d)) < rate
-        draws = sample_categorical(self._cdf(rate), u)
-        templates = pool[np.arange(trials)[:, None], pick]
-        children = np.where(mutate, draws, templates)
+        mutate_u = self.rng.random((trials, n, d))
         # one reference slot per template: slots the pool cannot fill are written freely
         share = np.maximum(fresh, 1.0 - pool_size / pool.shape[1])
-        keep_fresh = (np.arange(n)[None, :] < np.round(share * n)[:, None])[..., None]
-        return Candidates(np.where(keep_fresh, draws, children), keep_fresh | mutate)
+        fresh_rows = np.round(share * n).astype(np.int64)
+        return Candidates(*children(self._cdf(rate), u, mutate_u, rate, pick, pool, fresh_rows))
 
     def start_costs(
         self, run: Callable[..., Callable[[], np.ndarray]], rate: float = float("nan")
@@ -178,15 +225,12 @@ class PaperGenerator:
     def validity(self, cands: Candidates) -> np.ndarray:
         cfg = self.cfg
         seqs = cands.seqs
-        trials, n, d = seqs.shape
         started, self._costs = self._costs, None
         if started is not None and started[0] is self.prior and started[1] is self.bonus:
             cost = started[2]()  # `start_costs` for this very state (refine replaces both)
         else:
             cost = self._validity_costs(*self._cost_inputs())
-        flat = seqs + (np.arange(trials * d, dtype=np.int32) * self.vocab).reshape(trials, 1, d)
-        written_cost = np.take(cost.reshape(-1), flat) * cands.written
-        return cfg.ceiling * np.exp(-written_cost.sum(axis=2))
+        return cfg.ceiling * np.exp(-written_cost(cost, seqs, cands.written))
 
     def state(self) -> dict[str, np.ndarray]:
         """What refinement changes (the prior and the bonus), for a checkpoint."""
