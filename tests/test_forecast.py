@@ -314,3 +314,29 @@ def test_a_hindcast_uses_nothing_of_the_cycles_it_predicts(tmp_path):
     for key, value in a.summary.items():
         if not key.startswith("observed_"):
             assert b.summary[key] == value, key
+
+
+def test_caveats_say_when_the_band_says_little_or_was_never_checked(known, tmp_path):
+    """A final-validity band wider than half the scale, or one no development run widened,
+    is said in forecast.json and on the terminal; a narrow, measured band gets no caveat."""
+    import dataclasses
+
+    _, result = known
+    narrow = dataclasses.replace(
+        result,
+        summary=result.summary | {"final_validity_lo": 0.80, "final_validity_hi": 0.90},
+        info=result.info | {"conformal_fit_cycles": 8},
+    )
+    assert forecast_io.caveats(narrow) == []
+    assert "note:" not in forecast_io.summary_lines(narrow)
+    wide = dataclasses.replace(
+        narrow, summary=narrow.summary | {"final_validity_lo": 0.0, "final_validity_hi": 0.9}
+    )
+    (line,) = forecast_io.caveats(wide)
+    assert "undetermined (80% band 0.00–0.90)" in line
+    assert "--fit-cycles 10" in line  # fitted 8 of 16: the next measured length
+    assert f"note: {line}" in forecast_io.summary_lines(wide)
+    unmeasured = dataclasses.replace(narrow, info=narrow.info | {"conformal_fit_cycles": None})
+    assert "not widened by development runs" in forecast_io.caveats(unmeasured)[0]
+    forecast_io.write_forecast(tmp_path, wide)
+    assert json.loads((tmp_path / "forecast.json").read_text())["caveats"] == [line]

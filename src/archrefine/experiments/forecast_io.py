@@ -209,12 +209,38 @@ def _clean(x):
     return x
 
 
+WIDE = 0.5  # a final-validity band wider than half the scale: the forecast says little
+
+
+def caveats(fc: Forecast) -> list[str]:
+    """What a reader of this forecast should know before relying on it, one line each: the
+    fitted cycles leave final validity undetermined (its band spans more than `WIDE`), or the
+    band was never checked against development runs (the learned generator's)."""
+    s, notes = fc.summary, []
+    lo, hi = s.get("final_validity_lo"), s.get("final_validity_hi")
+    if lo is not None and hi is not None and hi - lo > WIDE:
+        horizon = int(fc.table["cycle"].max())
+        more = [n for n in (8, 10) if fc.fit_cycles < n < horizon]
+        hint = f"; fit more cycles (--fit-cycles {more[0]})" if more else ""
+        notes.append(
+            f"cycles 1–{fc.fit_cycles} leave final validity undetermined (80% band "
+            f"{lo:.2f}–{hi:.2f}){hint}"
+        )
+    if fc.info.get("conformal_fit_cycles") is None:  # no development runs measured its factors
+        notes.append(
+            f"the {fc.generator} generator's band is the model's own, not widened by development "
+            "runs: it may hold the truth less than 80% of the time"
+        )
+    return notes
+
+
 def forecast_json(fc: Forecast) -> dict:
     """forecast.json's content: the headline numbers, how they were made, and every cycle."""
     cycles = fc.table.to_dict(orient="records")
     return _clean(
         {
             **fc.summary,
+            "caveats": caveats(fc),
             "generator": fc.generator,
             "fit_cycles": fc.fit_cycles,
             "heldout_error": fc.heldout,
@@ -303,4 +329,5 @@ def summary_lines(fc: Forecast) -> str:
             f"{s['observed_diversity_kept']:.3f}{se('observed_diversity_kept')}"
             + (" (± its own standard error)" if se("observed_final_validity") else "")
         )
+    lines += [f"note: {line}" for line in caveats(fc)]
     return "\n".join(lines)
