@@ -103,6 +103,8 @@ def written_cost(cost: np.ndarray, seqs: np.ndarray, written: np.ndarray) -> np.
     V)` at its token there. Added position by position, left to right, so the compiled twin
     (numba, where loaded) adds the same numbers in the same order and gets the same sums."""
     trials, n, d = seqs.shape
+    if d == 0:  # nothing written: no cost (both paths start from the first position's)
+        return np.zeros((trials, n))
     if fast.loaded() and seqs.dtype == np.int16:
         c = np.ascontiguousarray
         return fast.kernels().written_cost(c(cost, np.float64), c(seqs), c(written, bool))
