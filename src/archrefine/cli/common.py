@@ -6,8 +6,10 @@ public names from here and no command module reaches into another's private ones
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -57,6 +59,18 @@ def one_line_errors(fn):
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def output_file(path: Path) -> Iterator[None]:
+    """Around the writing of a file the user named (`--out FILE`): a path that cannot hold it
+    (a directory, inside a file, read-only, too long) is one line, not a traceback."""
+    try:
+        yield
+    except OSError as err:
+        parent = isinstance(err, (FileExistsError, NotADirectoryError))  # mkdir of its folder
+        why = "a folder on its path is a file" if parent else err.strerror or err
+        raise StoreError(f"{path}: cannot write it there ({why})") from None
 
 
 app = typer.Typer(

@@ -39,10 +39,14 @@ def forecast(
     force: ForceOpt = False,
 ) -> None:
     """Fit the simulator to a run's first cycles; predict the rest with 80% bands."""
+    from archrefine.core.config import Config, ConfigError
     from archrefine.core.store import close_run, default_dir, open_run
     from archrefine.experiments import forecast as fc
     from archrefine.experiments import forecast_io
 
+    Config().with_overrides({"seed": seed})  # --seed checked as a config checks it (≥ 0)
+    if out is not None and out.resolve() == run.resolve():  # --force would replace the run
+        raise ConfigError(f"--out {out}: that is the run being forecast; choose another --out")
     observed = forecast_io.load_observed(run, cycles=cycles)
     generators = fc.generators_for(observed, generator)
     fc.check_request(observed, fit_cycles)  # bad requests fail before the directory is made

@@ -66,6 +66,10 @@ def intervene(
         )
     if min(search_seed, report_seed) < 0:
         raise ConfigError("--search-seed and --report-seed must not be negative")
+    if max(search_seed, report_seed) >= 2**63:  # a config's seed bound, checked before --out
+        raise ConfigError("--search-seed and --report-seed must be below 2**63")
+    if not 0 <= sampler_seed < 2**32:  # NSGA-II's numpy RandomState takes no other seed
+        raise ConfigError(f"--sampler-seed: must be from 0 to 2**32 - 1 (got {sampler_seed})")
     base = load_config(config, list(set_ or []))
     out = out or default_dir("intervene")
     meta = {

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from archrefine.cli.common import app, console, one_line_errors
+from archrefine.cli.common import app, console, one_line_errors, output_file
 
 
 @app.command()
@@ -20,7 +20,8 @@ def report(
 ) -> None:
     """Rebuild DIR/report.html: one self-contained page (no network) with the interactive
     trajectory, phases, claims and, for a loop, every candidate's code, reason and lineage."""
-    from archrefine.report.html import write
+    from archrefine.report.html import FILE, write
 
-    path = write(directory, out)
+    with output_file(out or directory / FILE):  # (unreadable inputs are ReportErrors already)
+        path = write(directory, out)
     console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)", soft_wrap=True)

@@ -26,6 +26,8 @@ def plot(directory: Annotated[Path, typer.Argument(help="A run or reproduce dire
     from archrefine.experiments.claims import detect
     from archrefine.experiments.reproduce import draw
 
+    if directory.name == "metrics.parquet" and directory.is_file():  # figures go beside it
+        directory = directory.parent
     frame = read_metrics(directory)
     if "experiment" not in frame.columns:
         plots.trajectory(frame, directory / "trajectory.png")

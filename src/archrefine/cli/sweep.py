@@ -20,6 +20,7 @@ from archrefine.cli.common import (
     console,
     one_line_errors,
     out_console,
+    output_file,
     progress_bar,
     tracker,
     write_report,
@@ -56,6 +57,8 @@ def sweep(
     from archrefine.core.store import StoreError, default_dir, expect_kind
     from archrefine.experiments import sweep as sw
 
+    if workers is not None and workers < 1:  # 0 or less would silently mean "one per core"
+        raise ConfigError(f"--workers: must be at least 1 (got {workers})")
     if resume is not None:
         if config is not None:
             raise ConfigError("--resume uses the sweep's own config.toml: drop CONFIG")
@@ -176,5 +179,6 @@ def compare(
                 n += 1
                 key = f"{label} ({n})"
             overlaid[key] = frame
-    plots.overlay(overlaid, out)
+    with output_file(out):
+        plots.overlay(overlaid, out)
     console.print(f"wrote {out} ({len(overlaid)} trajectories)", soft_wrap=True)

@@ -60,7 +60,7 @@ def describe(path: Path, root: Path | None = None) -> dict[str, Any]:
     if metrics.exists() and info.get("kind") != "sweep":
         try:
             record.update(final_means(metrics))
-        except (pa.ArrowException, OSError, ValueError, KeyError) as err:
+        except (pa.ArrowException, OSError, ValueError, KeyError, TypeError) as err:  # text cells
             record["status"] = f"unreadable: metrics.parquet {_first_line(err)}"
     elif metrics.exists():
         try:

@@ -138,8 +138,10 @@ def load_as(
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
-        except tomllib.TOMLDecodeError as err:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:  # binary: not text at all
             raise ConfigError(f"{path}: not valid TOML ({err})") from None
+        except OSError as err:  # a directory, a symlink loop, no permission: one line, not a trace
+            raise ConfigError(f"{path}: cannot read config ({err.strerror or err})") from None
     try:
         config = validate_as(data, model)
     except ConfigError as err:

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from archrefine.core import liveness
+from archrefine.core import liveness, metrics_table
 
 if TYPE_CHECKING:  # pandas and pyarrow load when a table is written or read, not at start-up
     import numpy as np
@@ -169,15 +169,18 @@ def open_run(path: Path, *, force: bool, kind: str, meta: dict[str, Any] | None 
 
     A directory whose run is still running in another process is refused even with `force`."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise StoreError(f"{path}: exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()):
-        _may_reuse(path, force)
-    path.mkdir(parents=True, exist_ok=True)
     command = " ".join(["archrefine", *sys.argv[1:]]) if _from_cli() else None
     info = {"kind": kind, "status": "running", "started": utc_now(), "command": command,
             **liveness.this_process()}  # fmt: skip
-    write_json(path / "run.json", {**info, **(meta or {})})
+    try:  # a path inside a file, read-only, too long, a symlink loop: one line, not a trace
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"{path}: exists and is not a directory")
+        if path.is_dir() and any(path.iterdir()):
+            _may_reuse(path, force)
+        path.mkdir(parents=True, exist_ok=True)
+        write_json(path / "run.json", {**info, **(meta or {})})
+    except OSError as err:
+        raise StoreError(f"{path}: cannot hold the run ({err.strerror or err})") from None
     _current.clear()
     _current.update(path=path, kind=kind, command=command)
     return path
@@ -388,4 +391,6 @@ def read_metrics(path: Path) -> pd.DataFrame:
         raise StoreError(
             f"{path}: not an archrefine metrics file (missing columns: {', '.join(missing)})"
         )
+    if (wrong := metrics_table.problem(frame, REQUIRED)) is not None:  # no traceback later
+        raise StoreError(f"{path}: corrupt metrics file ({wrong})")
     return frame

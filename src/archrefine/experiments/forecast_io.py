@@ -137,7 +137,9 @@ def hindcast_noise(path: str | Path, *, draws: int = 2000, seed: int = 0) -> dic
     div = "diversity" if "diversity" in obs.frame else "code_diversity"
     if obs.trials > 1 and obs.source == "run":
         metrics = read_metrics(Path(str(path)))
-        per = metrics.pivot_table(index="trial", columns="cycle", values=["validity", div])
+        per = metrics.pivot_table(  # dropna=False: an all-NaN column stays (NaN), not a KeyError
+            index="trial", columns="cycle", values=["validity", div], dropna=False
+        )
         valid = per["validity"].iloc[:, -1].to_numpy()
         first, last = per[div].iloc[:, 0].to_numpy(), per[div].iloc[:, -1].to_numpy()
         pick = np.random.default_rng(seed).integers(0, len(valid), (draws, len(valid)))

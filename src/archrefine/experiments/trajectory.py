@@ -25,6 +25,7 @@ class CalibrationError(ConfigError):
     """A bad trajectory or calibration request, in one line (a ValueError, like ConfigError)."""
 
 
+MAX_CYCLES = 10_000  # the most cycles a loop may run (loop.cycles' bound)
 RUN_MEAN = "all"  # the cycle of a row that gives means over every cycle of the run
 
 
@@ -42,6 +43,8 @@ def read_trajectory(path: str | Path) -> tuple[pd.DataFrame, dict[str, float]]:
         frame = pd.read_csv(path, comment="#", skip_blank_lines=True, dtype={"cycle": str})
     except FileNotFoundError:
         raise CalibrationError(f"{path}: no such file") from None
+    except OSError as err:  # a directory, no permission: one line, not a traceback
+        raise CalibrationError(f"{path}: cannot read it ({err.strerror or err})") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CalibrationError(f"{path}: not a readable CSV ({first})") from None
@@ -112,10 +115,13 @@ def check_trajectory(frame: pd.DataFrame, *, name: str = "trajectory") -> pd.Dat
         )
     if not [c for c in KNOWN_COLUMNS if c in frame.columns]:
         raise CalibrationError(f"{name}: needs at least one of {', '.join(KNOWN_COLUMNS)}")
+    if frame.empty:  # only a header (or only the run means): nothing to fit or forecast
+        raise CalibrationError(f"{name}: no per-cycle rows")
     out = frame.apply(pd.to_numeric, errors="coerce")
     bad = out["cycle"].isna() | (out["cycle"] < 1) | (out["cycle"] % 1 != 0)
+    bad |= out["cycle"] > MAX_CYCLES  # beyond any loop (and past int64 once cast)
     if bad.any():
-        raise CalibrationError(f"{name}: cycle must be whole numbers ≥ 1")
+        raise CalibrationError(f"{name}: cycle must be whole numbers from 1 to {MAX_CYCLES}")
     out["cycle"] = out["cycle"].astype(int)
     if out["cycle"].duplicated().any():
         raise CalibrationError(f"{name}: a cycle appears twice")
