@@ -8,41 +8,18 @@ the job after it, whose outcome is compared with the same job run before the att
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 pytest.importorskip("torch")
+
+from test_hostile import NET, SHAPE, digits_data  # noqa: E402
 
 from archrefine.real.guard import checked  # noqa: E402
 from archrefine.sandbox.sandbox import SandboxPool, TrainSpec  # noqa: E402
 
 pytestmark = [pytest.mark.torch]
-SHAPE = (1, 8, 8)
-NET = """
-import torch.nn as nn
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.f = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-
-    def forward(self, x):
-        return self.f(x)
-"""
 TRAIN = TrainSpec(epochs=1, seed=0)
-
-
-def _data(n_train: int = 300):
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32).reshape(-1, *SHAPE)
-    order = np.random.default_rng(0).permutation(len(y))
-    train, held = order[:n_train], order[-450:]
-    return x[train], y[train], x[held], y[held]
-
-
-DATA = _data()
+DATA = digits_data(300)
 
 
 @pytest.fixture(scope="module")
