@@ -290,3 +290,23 @@ def test_resume_with_a_corrupt_checkpoint_is_one_line_and_loses_nothing(tmp_path
     assert p.stderr.startswith("error: ") and p.stderr.count("\n") == 1, p.stderr
     assert "checkpoint.bin" in p.stderr and "Traceback" not in p.stderr
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+
+def test_resume_with_another_configs_checkpoint_is_refused_before_anything_changes(
+    tmp_path, finished
+):
+    """A checkpoint another config wrote is refused before `--resume` records itself in
+    run.json: every file of the directory stays as it was."""
+    out = shutil.copytree(finished, tmp_path / "run")
+    info = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**info, "status": "running"}))  # as if killed
+    other = tmp_path / "other"
+    p = cli("run", *sets({"trials": 2, "loop.cycles": 3, "seed": 9}), "--out", str(other))
+    assert p.returncode == 0, p.stderr
+    shutil.copy(other / "checkpoint.bin", out / "checkpoint.bin")
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+
+    p = cli("run", "--resume", str(out))
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "written by a run with another config" in p.stderr
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before

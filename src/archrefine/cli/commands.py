@@ -298,7 +298,7 @@ def _reopen(directory: Path, *, config, set_, out, force) -> tuple[Config, Path,
     for tmp in directory.glob(f".{CHECKPOINT}.*.tmp"):  # a write the kill cut short
         tmp.unlink()
     path = directory / CHECKPOINT
-    done = Checkpoint(path).completed() if path.exists() else 0
+    done = Checkpoint(path, cfg).completed() if path.exists() else 0  # and of this config
     if info is not None:
         resume_run(directory, info)  # refused while its process lives; records this one
     console.print(f"resuming {directory}/ after cycle {done} of {cfg.loop.cycles}", soft_wrap=True)

@@ -126,8 +126,13 @@ class Checkpoint:
         atomic_write_bytes(self.path, b"".join(parts))
 
     def completed(self) -> int:
-        """Cycles the checkpoint has completed (CheckpointError if it cannot be read)."""
-        return int(self._read(arrays=False)[0]["cycle"])
+        """Cycles the checkpoint has completed (CheckpointError if it cannot be read, or, for a
+        Checkpoint made with the run's config, if another config wrote it: `--resume` asks
+        before it records itself in run.json)."""
+        header = self._read(arrays=False)[0]
+        if self.config is not None and header.get("config") != self.config:
+            raise CheckpointError(f"{self.path}: written by a run with another config")
+        return int(header["cycle"])
 
     def restore(
         self, state: LoopState, rng: np.random.Generator, generator: Any, fitness: Any = None
