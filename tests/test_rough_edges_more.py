@@ -185,3 +185,12 @@ def test_sweep_refuses_fewer_than_one_worker(tmp_path):
     result = invoke("sweep", "--set", "seed=0,1", "--workers", "0", "--out", out)
     one_line_error(result, "--workers: must be at least 1")
     assert not out.exists()
+
+
+def test_a_config_error_names_the_file_it_is_in(tmp_path):
+    """A run's own config.toml gone bad (read again by `--resume`) or a config given on the
+    command line: the one-line error says which file is wrong, not only which key."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[loop]\npopulation = -3\n")
+    result = invoke("run", bad, "--out", tmp_path / "o")
+    one_line_error(result, f"{bad}: loop.population", "greater than or equal to 2")

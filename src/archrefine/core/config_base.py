@@ -145,7 +145,8 @@ def load_as(
     try:
         config = validate_as(data, model)
     except ConfigError as err:
-        raise (_other_kind(path, data, model) or err) from None
+        named = err if path is None else ConfigError(f"{path}: {err}")  # which file is wrong
+        raise (_other_kind(path, data, model) or named) from None
     return config.with_overrides(overrides) if overrides else config
 
 
