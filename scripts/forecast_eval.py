@@ -44,7 +44,7 @@ import numpy as np
 
 from archrefine.core.store import atomic_write_text, write_json
 from archrefine.experiments import forecast as fc
-from archrefine.experiments import forecast_io
+from archrefine.experiments import forecast_fit, forecast_io
 from archrefine.experiments.forecast_conformal import (
     DEV_SPREAD,
     dev_draw,
@@ -351,7 +351,15 @@ def main() -> None:
     ap.add_argument("--rows-from", type=Path, nargs="*", help="eval*.json to combine, no runs")
     ap.add_argument("--compare", nargs="+", metavar="N=DIR",
                     help="tabulate DIR/eval.json of --fit-cycles N, for several N")  # fmt: skip
+    ap.add_argument("--prior-sd", type=float, metavar="SD",
+                    help="an experiment: the fit's prior this wide (a fraction of each range; "
+                    f"default {forecast_fit.PRIOR_SD}); needs --out; writes no conformal "
+                    "factors")  # fmt: skip
     args = ap.parse_args()
+    if args.prior_sd is not None:
+        if args.out is None or not args.prior_sd > 0:
+            ap.error("--prior-sd needs a positive width and its own --out")
+        forecast_fit.PRIOR_SD = args.prior_sd  # read by the fit at call time; draws keep theirs
     if args.compare:
         text = compare_table(args.compare)
         print(text)
@@ -382,8 +390,10 @@ def main() -> None:
         command = "python scripts/forecast_eval.py " + (
             "--develop" if args.develop else "--out runs/forecast-eval --loop runs/loop-learned"
         )
+        if args.prior_sd is not None:
+            command += f" --prior-sd {args.prior_sd} --out {args.out}"
     text = table(rows, args.fit_cycles, command, develop=args.develop)
-    if args.develop and len(rows) == len(runs):  # the whole development set: the factors
+    if args.develop and len(rows) == len(runs) and args.prior_sd is None:  # the factors
         factors = conformal(rows, args.fit_cycles, command)
         write_json(Path(str(fc.conformal_path(args.fit_cycles))), factors)
         per_cycle = max(factors["scores"].values())

@@ -44,3 +44,22 @@ def test_compare_table_lines_up_runs_across_fit_lengths(tmp_path):
     assert "| slow | +20.0 / +4.0 | -1.0 / -0.5 |" in text
     assert "| default | +1.0 / -0.5 | +0.5 / +0.2 |" in text
     assert "| within ±5 pp / ±3 pp of 2 runs (mean absolute error) | 1 (10.5) / 2 (2.2) " in text
+
+
+def test_prior_sd_experiment_needs_its_own_out_and_widens_the_fits_prior(monkeypatch):
+    """`--prior-sd` refuses to run into the default directories (it writes no factors, and
+    must not mix with the shipped ones), and the width it sets is the one the fit reads."""
+    import numpy as np
+    import pytest
+
+    from archrefine.experiments import forecast_fit
+
+    for argv in (["--develop", "--prior-sd", "0.4"], ["--prior-sd", "0", "--out", "x"]):
+        monkeypatch.setattr("sys.argv", ["forecast_eval.py", *argv])
+        with pytest.raises(SystemExit) as done:
+            forecast_eval.main()
+        assert done.value.code == 2
+    u = forecast_fit.prior_centre("paper") + 0.2
+    assert np.allclose(forecast_fit._penalty("paper", u), 1.0)  # 0.2 of the range: one width
+    monkeypatch.setattr(forecast_fit, "PRIOR_SD", 0.4)
+    assert np.allclose(forecast_fit._penalty("paper", u), 0.5)
