@@ -205,7 +205,17 @@ class OpenAIGenerator:
             raise GeneratorUnavailable(
                 f"the OpenAI-compatible server at {self.base_url} lists no models; name one"
             )
-        return models[0]
+        first: object = models[0]
+        # the id is the server's word: it names the model in every request and in the saved
+        # state, so anything but a short printable name (a number, null, "", a megabyte) is
+        # refused here rather than failing later as a confusing mismatch
+        if not (isinstance(first, str) and 0 < len(first) <= 256 and first.isprintable()):
+            what = f"{len(first):,} characters" if isinstance(first, str) else type(first).__name__
+            raise GeneratorUnavailable(
+                f"the OpenAI-compatible server at {self.base_url} lists a model id that is not "
+                f"a name ({what}); set generator.model"
+            )
+        return first
 
     def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
         """`fn(*args)`, the client's errors turned into one-line `GeneratorUnavailable`s."""
