@@ -19,29 +19,14 @@ import pytest
 
 pytest.importorskip("openai")
 
+from test_openai_faults import chat, send  # noqa: E402
+
 from archrefine.real.http_limits import MAX_JSON_VALUES  # noqa: E402
 from archrefine.real.openai_api import OpenAIGenerator  # noqa: E402
 from archrefine.real.text import GeneratorUnavailable, Sampling  # noqa: E402
 
 Reply = Callable[[BaseHTTPRequestHandler, int], None]  # (request, POST number from 1)
 ANSWER = "```python\nx = 1\n```"
-
-
-def chat(content: object = ANSWER) -> bytes:
-    first = {"index": 0, "message": {"role": "assistant", "content": content},
-             "finish_reason": "stop"}  # fmt: skip
-    return json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                       "choices": [first]}).encode()  # fmt: skip
-
-
-def send(h: BaseHTTPRequestHandler, body: bytes, code: int = 200, **headers: str) -> None:
-    h.send_response(code)
-    h.send_header("Content-Type", "application/json")
-    for k, v in headers.items():
-        h.send_header(k.replace("_", "-"), v)
-    h.send_header("Content-Length", str(len(body)))
-    h.end_headers()
-    h.wfile.write(body)
 
 
 MODELS = json.dumps({"object": "list", "data": [{"id": "m"}]}).encode()
