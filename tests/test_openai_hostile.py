@@ -7,19 +7,18 @@ lines that never end. Each ends in one line naming the server, within its limits
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import json
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 pytest.importorskip("openai")
 
-from test_openai_faults import chat, send  # noqa: E402
+from test_openai_faults import Server, chat, send  # noqa: E402
 
 from archrefine.real.http_limits import MAX_JSON_VALUES  # noqa: E402
 from archrefine.real.openai_api import OpenAIGenerator  # noqa: E402
@@ -27,45 +26,6 @@ from archrefine.real.text import GeneratorUnavailable, Sampling  # noqa: E402
 
 Reply = Callable[[BaseHTTPRequestHandler, int], None]  # (request, POST number from 1)
 ANSWER = "```python\nx = 1\n```"
-
-
-MODELS = json.dumps({"object": "list", "data": [{"id": "m"}]}).encode()
-
-
-class Server:
-    """GET answers `models` (a model list), each POST `on_post(handler, n)`; counts the POSTs."""
-
-    def __init__(self, on_post: Reply, models: bytes = MODELS) -> None:
-        self.posts = 0
-        server = self
-
-        class H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                with contextlib.suppress(OSError):
-                    send(self, models)
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                server.posts += 1
-                with contextlib.suppress(OSError):  # the client gave up on an endless reply
-                    on_post(self, server.posts)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def within(seconds: float, fn: Callable[[], object]) -> object:
@@ -131,7 +91,7 @@ def test_commas_and_brackets_inside_strings_are_not_values() -> None:
 
 def test_a_model_list_of_too_many_values_is_one_line() -> None:
     models = b'{"object": "list", "data": [' + b",".join([b'{"id": "m"}'] * 150_000) + b"]}"
-    with Server(lambda h, n: send(h, chat()), models) as server:
+    with Server(lambda h, n: send(h, chat()), models=models) as server:
         with pytest.raises(GeneratorUnavailable, match="more than 100,000 JSON values") as info:
             within(5, lambda: ask(server.url, model=""))
         one_line_naming(info, server.url)
@@ -189,7 +149,7 @@ def _models(first: object) -> bytes:
     ids=["int", "null", "empty", "object", "100k-long", "control-characters"],
 )
 def test_a_listed_model_id_that_is_not_a_name_is_refused_at_start(first, what) -> None:
-    with Server(lambda h, n: send(h, chat()), _models(first)) as server:
+    with Server(lambda h, n: send(h, chat()), models=_models(first)) as server:
         with pytest.raises(GeneratorUnavailable, match=f"not a name \\({what}\\)") as info:
             within(5, lambda: ask(server.url, model=""))
         assert server.posts == 0  # nothing was asked of a model with no name
