@@ -2,6 +2,7 @@
 docs/rise-and-fall.md ("The run mean: what the other 17 cycles say").
 
     python scripts/run_mean_loo.py [--out runs/run-mean-loo] [--seeds 1,2,3] [--jobs 2]
+        [--trials 30] [--seeds-only]
 
 Three checks of `archrefine calibrate --generator drift-set --params (all four) --columns
 validity,mean_accuracy --run-means --loo`, each written to variants.json and printed as tables:
@@ -60,14 +61,16 @@ def observed() -> tuple:
     return frame, means, int(frame["cycle"].max())
 
 
-def seed_loo(seed: int) -> dict:
+def seed_loo(seed: int, trials: int = FIT["trials"]) -> dict:
     """Leave-one-out of the fit at one seed (common random numbers within the seed)."""
     frame, means, cycles = observed()
     started = time.time()
-    table, rmse = leave_one_out(frame, seed=seed, run_means=means, cycles=cycles, **FIT)
+    fit = FIT | {"trials": trials}
+    table, rmse = leave_one_out(frame, seed=seed, run_means=means, cycles=cycles, **fit)
     held = table[table["column"] == "validity"]
     return {
         "seed": seed,
+        "trials": trials,
         "loo_rmse": rmse,
         "heldout_validity": dict(zip(held["cycle"].astype(int), held["predicted"])),
         "seconds": time.time() - started,
@@ -122,6 +125,20 @@ def fold_loss(cycle: int) -> dict:
     return out
 
 
+def print_seeds(by_seed: list[dict]) -> None:
+    print("| seed | validity LOO | accuracy LOO | held-out validity (cycle) |\n|---|---|---|---|")
+    for r in by_seed:
+        held = ", ".join(f"{p:.3f} ({c})" for c, p in r["heldout_validity"].items())
+        print(
+            f"| {r['seed']} | {r['loo_rmse']['validity']:.3f} "
+            f"| {r['loo_rmse']['mean_accuracy']:.3f} | {held} |"
+        )
+    for column in ("validity", "mean_accuracy"):
+        v = np.array([r["loo_rmse"][column] for r in by_seed])
+        sd = v.std(ddof=1) if v.size > 1 else 0.0
+        print(f"{column}: mean {v.mean():.3f} ± {sd:.3f} (s.d.), median {np.median(v):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/run-mean-loo"))
@@ -129,9 +146,22 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-starts", action="store_true", help="skip the data-free starts")
     parser.add_argument(
+        "--trials", type=int, default=FIT["trials"], help="simulated trials per seed's fits (30)"
+    )
+    parser.add_argument(
+        "--seeds-only", action="store_true", help="only the per-seed leave-one-out table"
+    )
+    parser.add_argument(
+        "--trials", type=int, default=FIT["trials"], help="simulated trials per fit (30)"
+    )
+    parser.add_argument(
+        "--seeds-only", action="store_true", help="only the per-seed leave-one-out table"
+    )
+    parser.add_argument(
         "--fold-losses", action="store_true", help="only: each fold's loss from both kinds of start"
     )
     args = parser.parse_args()
+    FIT["trials"] = args.trials  # read by every check, in this process and in the workers (fork)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     frame, means, cycles = observed()
     folds = [int(c) for c in frame.dropna(subset=["validity"])["cycle"]]
@@ -151,9 +181,17 @@ def main() -> None:
                 f"| {b['loss']:.3f}, {b['predicted']:.3f} |"
             )
         return
+    trials = [args.trials] * len(seeds)
+    if args.seeds_only:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            by_seed = list(pool.map(seed_loo, seeds, trials))
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json(args.out / "seeds.json", by_seed)
+        print_seeds(by_seed)
+        return
     with ProcessPoolExecutor(args.jobs) as pool:
         starts = None if args.no_starts else pool.submit(shared_starts)  # the longest job
-        pending = pool.map(seed_loo, seeds)
+        pending = pool.map(seed_loo, seeds, trials)
         leaks = list(pool.map(leak, folds))
         by_seed = list(pending)
         free_starts = None if starts is None else starts.result()
@@ -173,13 +211,7 @@ def main() -> None:
             ],
         },
     )
-    print("| seed | validity LOO | accuracy LOO | held-out validity |\n|---|---|---|---|")
-    for r in by_seed:
-        held = ", ".join(f"{p:.3f} ({c})" for c, p in r["heldout_validity"].items())
-        print(
-            f"| {r['seed']} | {r['loo_rmse']['validity']:.3f} "
-            f"| {r['loo_rmse']['mean_accuracy']:.3f} | {held} |"
-        )
+    print_seeds(by_seed)
     print(f"\n| left out | predicted, mean as if ∓{DELTA} | leak |\n|---|---|---|")
     for r in leaks:
         lo, hi = r["predicted"][-1], r["predicted"][1]

@@ -195,3 +195,37 @@ def test_a_reply_that_never_ends_is_cut_off(on_post, timeout_s, message) -> None
         with pytest.raises(GeneratorUnavailable, match=message) as info:
             within(2 * timeout_s + 3, lambda: ask(server.url, timeout_s=timeout_s))
         one_line_naming(info, server.url)
+
+
+def _unavailable_then_html(h: BaseHTTPRequestHandler, n: int) -> None:
+    """Odd requests an HTTP 503 the client retries itself, even ones a 200 HTML page that only
+    the generator re-asks: a server failing both ways, which once cost (retries + 1)²."""
+    if n % 2:
+        send(h, b'{"error": {"message": "busy"}}', 503)
+    else:
+        send(h, b"<html>oops</html>")
+
+
+@pytest.mark.parametrize("max_retries", [0, 1, 3])
+def test_transport_retries_and_re_asks_share_one_budget_per_prompt(max_retries) -> None:
+    with Server(_unavailable_then_html) as server:
+        with pytest.raises(GeneratorUnavailable, match="HTTP 503|unusable answer") as err:
+            within(30, lambda: ask(server.url, max_retries=max_retries))
+        assert server.posts <= max_retries + 1
+    assert "\n" not in str(err.value)
+
+
+def test_a_passing_fault_on_the_re_ask_still_gives_the_answer() -> None:
+    """The shared budget still lets a 503 be retried after an unusable answer."""
+
+    def reply(h: BaseHTTPRequestHandler, n: int) -> None:
+        if n == 1:
+            send(h, b"<html>oops</html>")
+        elif n == 2:
+            send(h, b'{"error": {"message": "busy"}}', 503)
+        else:
+            send(h, chat(ANSWER))
+
+    with Server(reply) as server:
+        assert within(30, lambda: ask(server.url, max_retries=2)) == [ANSWER]
+        assert server.posts == 3

@@ -38,7 +38,14 @@ _NAME = next(
 httpx: Any = importlib.import_module(_NAME)
 httpcore: Any = importlib.import_module(_NAME.replace("httpx", "httpcore"))
 
-__all__ = ["MAX_JSON_VALUES", "MAX_REPLY_BYTES", "ReplyTooLarge", "bounded_client", "httpx"]
+__all__ = [
+    "MAX_JSON_VALUES",
+    "MAX_REPLY_BYTES",
+    "ReplyTooLarge",
+    "bounded_client",
+    "httpx",
+    "requests_sent",
+]
 
 MAX_REPLY_BYTES = 32 * 2**20  # a 32k-token completion is well under 1 MB of JSON
 MAX_JSON_VALUES = 100_000  # a completion holds a few dozen, a list of hundreds of models thousands
@@ -47,6 +54,14 @@ MAX_JSON_VALUES = 100_000  # a completion holds a few dozen, a list of hundreds 
 # backslash at the end, and the tail matches each of those at once, so nothing backtracks
 _JSON_STRING = re.compile(rb'"(?:[^"\\]+|\\.)*(?:"|\\?\Z)', re.S)
 _deadline = threading.local()  # the current request's end, per thread (requests are sync)
+_sent = threading.local()  # requests this thread has sent through a bounded client
+
+
+def requests_sent() -> int:
+    """How many requests this thread has sent through any bounded client (a sync client sends
+    from the calling thread): the difference over a call is what the call cost, retries
+    included."""
+    return getattr(_sent, "n", 0)
 
 
 class ReplyTooLarge(httpx.ReadError):
@@ -80,6 +95,7 @@ class _BoundedTransport(httpx.HTTPTransport):
         pool._network_backend = _DeadlineBackend(pool._network_backend)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        _sent.n = requests_sent() + 1
         _deadline.at = time.monotonic() + self.timeout_s
         _deadline.limit = self.timeout_s
         response = super().handle_request(request)

@@ -25,7 +25,7 @@ from archrefine.sandbox.sandbox import one_line
 try:  # optional (`archrefine[real]`): a missing client is reported when a generator starts
     import openai
 
-    from archrefine.real.http_limits import ReplyTooLarge, bounded_client, httpx
+    from archrefine.real.http_limits import ReplyTooLarge, bounded_client, httpx, requests_sent
 
     _MISSING: str | None = None
 except ImportError as error:  # pragma: no cover - exercised only without the extra
@@ -139,20 +139,27 @@ class OpenAIGenerator:
         """One completion, re-asked (with backoff) while the server's answer is unusable: not
         JSON, not a completion (an HTML error page), no choices, no text. The client retries
         transport and HTTP errors itself; these it would pass through as exceptions or empty
-        answers, which the loop must not store as the model's."""
-        for attempt in range(self.max_retries + 1):
+        answers, which the loop must not store as the model's. Both kinds of retry draw on one
+        budget of `max_retries + 1` requests per prompt (each ask lets the client retry only
+        what is left), so a server failing both ways costs that many requests, not its square."""
+        budget, first = self.max_retries + 1, requests_sent()
+        answers, problem = 0, ""
+        while True:
+            used = max(requests_sent() - first, answers)  # an answer took at least a request
+            if used >= budget:
+                raise GeneratorUnavailable(
+                    f"the OpenAI-compatible server at {self.base_url} gave an unusable answer "
+                    f"{answers} time(s) in {used} request(s): {problem}"
+                )
+            if answers:
+                time.sleep(min(0.25 * 2 ** (answers - 1), 8.0))
+            client = self.client.with_options(max_retries=budget - used - 1)
             try:
-                return self._answer(prompt, sampling, seed)
+                return self._answer(client, prompt, sampling, seed)
             except _Unusable as err:
-                problem = str(err)
-                if attempt < self.max_retries:
-                    time.sleep(min(0.25 * 2**attempt, 8.0))
-        raise GeneratorUnavailable(
-            f"the OpenAI-compatible server at {self.base_url} gave an unusable answer "
-            f"{self.max_retries + 1} time(s): {problem}"
-        )
+                problem, answers = str(err), answers + 1
 
-    def _answer(self, prompt: str, sampling: Sampling, seed: int) -> str:
+    def _answer(self, client: Any, prompt: str, sampling: Sampling, seed: int) -> str:
         common: dict[str, Any] = {
             "model": self.model,
             "temperature": sampling.temperature,
@@ -165,9 +172,9 @@ class OpenAIGenerator:
             if self.api == "chat":
                 system = [{"role": "system", "content": self.system}] if self.system else []
                 messages = [*system, {"role": "user", "content": prompt}]
-                reply: Any = self.client.chat.completions.create(messages=messages, **common)
+                reply: Any = client.chat.completions.create(messages=messages, **common)
             else:
-                reply = self.client.completions.create(prompt=prompt, **common)
+                reply = client.completions.create(prompt=prompt, **common)
         except openai.OpenAIError:
             raise
         except Exception as err:  # noqa: BLE001 - malformed or too deeply nested JSON
