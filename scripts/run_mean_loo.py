@@ -152,16 +152,9 @@ def main() -> None:
         "--seeds-only", action="store_true", help="only the per-seed leave-one-out table"
     )
     parser.add_argument(
-        "--trials", type=int, default=FIT["trials"], help="simulated trials per fit (30)"
-    )
-    parser.add_argument(
-        "--seeds-only", action="store_true", help="only the per-seed leave-one-out table"
-    )
-    parser.add_argument(
         "--fold-losses", action="store_true", help="only: each fold's loss from both kinds of start"
     )
     args = parser.parse_args()
-    FIT["trials"] = args.trials  # read by every check, in this process and in the workers (fork)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     frame, means, cycles = observed()
     folds = [int(c) for c in frame.dropna(subset=["validity"])["cycle"]]
