@@ -412,8 +412,9 @@ def _parse_result(raw: bytes, status: int, cpu: int, used: float = 0.0) -> dict:
         if sig == signal.SIGXCPU or (sig == signal.SIGKILL and used >= cpu):
             # SIGKILL past the CPU limit: the hard limit, after SIGXCPU was ignored (threads)
             return {"status": "timeout", "reason": f"timeout: exceeded the CPU limit of {cpu} s"}
-        if sig == signal.SIGKILL:
-            return {"status": "oom", "reason": "oom: killed by SIGKILL (likely out of memory)"}
+        if sig == signal.SIGKILL:  # the host, which can read the job's OOM count, may relabel
+            why = "oom: killed by SIGKILL (likely out of memory)"
+            return {"status": "oom", "reason": why, "sigkill": True}
         names = {s.value: s.name for s in signal.Signals}  # not every number has a name (SIGRT*)
         return {
             "status": "crashed",

@@ -404,6 +404,11 @@ class SandboxPool:
             mb = job.spec["memory_mb"]
             why = f"oom: the job's processes together exceeded {mb} MB (memory cgroup)"
             reply = dict(reply, status="oom", reason=why)
+        elif reply.get("sigkill") is True and w.cgroup is not None:
+            # the cgroup counts every OOM kill of its processes (its own limit's or the
+            # machine's): a SIGKILL it did not count is the job's own doing, or another's
+            why = "crashed: killed by SIGKILL (no OOM kill in the job's memory cgroup)"
+            reply = dict(reply, status="crashed", reason=why)
         results[job.index] = make_outcome(
             reply, job.y_val, job.started, self.isolation, job.spec["classes"]
         )
