@@ -8,6 +8,8 @@ the job after it, whose outcome is compared with the same job run before the att
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("torch")
@@ -15,6 +17,7 @@ pytest.importorskip("torch")
 from test_hostile import NET, SHAPE, digits_data  # noqa: E402
 
 from archrefine.real.guard import checked  # noqa: E402
+from archrefine.sandbox import confine  # noqa: E402
 from archrefine.sandbox.sandbox import SandboxPool, TrainSpec  # noqa: E402
 
 pytestmark = [pytest.mark.torch]
@@ -196,3 +199,58 @@ def test_an_orphan_that_outlives_its_job_cannot_kill_the_next(raw_pool: SandboxP
     first, *after = raw_pool.map([ORPHAN + spawn + NET, NET, NET], input_shape=SHAPE)
     assert first.status == "ok", first
     assert [o.status for o in after] == ["ok", "ok"], after
+
+
+# ---- a job's share of the CPU ------------------------------------------------------------------
+
+HOG = """
+import os
+for _ in range(40):  # as many busy processes as its task limit allows, each in its own session
+    try:
+        if os.fork() == 0:
+            os.setsid()  # a session of its own: the kernel's autogroup no longer pools them
+            break
+    except OSError:
+        break
+while True:
+    pass
+"""
+WORK = (
+    """
+import time
+t = time.process_time()
+while time.process_time() - t < 2.0:  # 2 s of CPU, then the honest network
+    pass
+"""
+    + NET
+)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """Two workers, no audit hook (which refuses fork): only the OS layer shares the CPU."""
+    with SandboxPool(2, timeout_s=8, audit=False) as p:
+        if p.cpu_share != "worker":
+            pytest.skip(f"no cpu cgroup per worker here: {confine.cpu_problem()}")
+        yield p
+
+
+def test_each_worker_has_a_cpu_cgroup_of_its_own(pair: SandboxPool) -> None:
+    def cpu_line(pid: int | str) -> str:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        return next((x for x in lines if "cpu" in x.split(":")[1].split(",")), lines[-1])
+
+    lines = {cpu_line(w.proc.pid) for w in pair._workers}
+    assert len(lines) == 2 and cpu_line("self") not in lines, lines
+
+
+def test_a_job_with_many_busy_processes_cannot_starve_another_workers_job(
+    pair: SandboxPool,
+) -> None:
+    """The hog's 30-odd processes share one worker's weight: the job beside it gets its core
+    and finishes 2 s of CPU well within 8 s (without per-worker shares it timed out)."""
+    assert [o.status for o in pair.map([NET, NET], input_shape=SHAPE)] == ["ok", "ok"]  # warm
+    hog, work = pair.map([HOG, WORK], input_shape=SHAPE)
+    checked(hog)
+    assert hog.status == "timeout", hog
+    assert work.status == "ok", work

@@ -159,15 +159,18 @@ def test_the_worker_view_holds_torch_and_numpy_but_no_dataset_package() -> None:
         assert site in hidden  # every site directory is emptied, then refilled from the list
 
 
-def test_a_cgroup_that_cannot_be_made_is_a_sandbox_error(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("maker", "what"), [("new_cgroup", "memory"), ("new_cpu_cgroup", "cpu")])
+def test_a_cgroup_that_cannot_be_made_is_a_sandbox_error(
+    monkeypatch: pytest.MonkeyPatch, maker: str, what: str
+) -> None:
     from archrefine.sandbox import confine
     from archrefine.sandbox.pool import SandboxPool
 
     def refuse(name: str) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(confine, "new_cgroup", refuse)
-    with pytest.raises(SandboxError, match="cannot create a memory cgroup for a worker"):
+    monkeypatch.setattr(confine, maker, refuse)
+    with pytest.raises(SandboxError, match=f"cannot create a {what} cgroup for a worker"):
         SandboxPool(1, isolation="rlimits")
 
 

@@ -13,6 +13,12 @@ Two concerns of `sandbox.py`/`pool.py` that need no worker process:
   its own memory cgroup whose limit is the warm worker's usage plus the job's `memory_mb`, so
   all of a job's processes (and its tmpfs files) share one budget and the kernel's OOM killer,
   counted in the cgroup, tells us the job ran out of memory.
+* **CPU per worker as a whole.** `RLIMIT_CPU` bounds each process's time, not its share of the
+  machine: a job running 30 busy processes (or torch at 30 threads), each in a session of its
+  own, would get 30 times the CPU of a job in another worker and could push that job past its
+  wall-clock limit. Where the machine lets us (root and a cpu cgroup), every worker runs in its
+  own cpu cgroup of the default weight, so under contention each worker's job gets an equal
+  share however many tasks it starts (`cpu_problem` says why not, where not).
 """
 
 from __future__ import annotations
@@ -257,6 +263,54 @@ def sweep_stale(parent: str) -> None:
 def cgroup_problem() -> str:
     """Why jobs get no memory cgroup here ("" when they do): recorded by the docs and tests."""
     found = cgroup_parent()
+    return found if isinstance(found, str) else ""
+
+
+@functools.cache
+def cpu_parent() -> tuple[str, int] | str:
+    """Where worker cpu cgroups go, (directory, version), or why there are none (a string).
+    On cgroup v2 the worker's memory cgroup is its cpu cgroup too: the cpu controller is
+    enabled beside memory in their parent."""
+    if os.geteuid() != 0:
+        return "not root"
+    own = _own_cgroup("cpu")
+    if own is None:
+        return "no cpu cgroup is mounted"
+    where, version = own
+    if version == 2:
+        memory = cgroup_parent()
+        if isinstance(memory, str) or memory[1] != 2:
+            return "the cpu controller is in cgroup v2, but no v2 memory cgroup to add it to"
+        where = memory[0]
+    try:
+        if version == 2:
+            ctl = Path(where, "cgroup.subtree_control")
+            if "cpu" not in ctl.read_text().split():
+                ctl.write_text("+cpu")
+        else:
+            probe = os.path.join(where, f"archrefine-probe-{uuid.uuid4().hex[:8]}")
+            os.mkdir(probe)
+            os.rmdir(probe)
+            sweep_stale(where)
+    except OSError as err:
+        return f"cpu cgroup at {where} not usable ({err.strerror or err})"
+    return where, version
+
+
+def new_cpu_cgroup(name: str) -> Cgroup | None:
+    """A fresh cpu cgroup (v1) for one worker; None where there is none to make: the machine
+    allows none, or (v2) the worker's memory cgroup is its cpu cgroup."""
+    found = cpu_parent()
+    if isinstance(found, str) or found[1] == 2:
+        return None
+    path = os.path.join(found[0], f"archrefine-{os.getpid()}-{name}-{uuid.uuid4().hex[:8]}")
+    os.mkdir(path)
+    return Cgroup(path, 1)
+
+
+def cpu_problem() -> str:
+    """Why workers get no cpu share of their own here ("" when they do)."""
+    found = cpu_parent()
     return found if isinstance(found, str) else ""
 
 

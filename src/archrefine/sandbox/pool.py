@@ -76,14 +76,19 @@ class _Worker:
 
     def __init__(self, spec: Launch, root: Path, startup_timeout_s: float) -> None:
         self.spec, self.buf = spec, bytearray()
-        self.cgroup, self.base, self.limit = None, 0, 0
+        self.cgroup, self.cpu, self.base, self.limit = None, None, 0, 0
         argv = spec.argv
-        try:
-            self.cgroup = confine.new_cgroup(spec.name)
-        except OSError as err:
-            raise SandboxError(f"cannot create a memory cgroup for a worker: {err}") from None
-        if self.cgroup is not None:  # the shell joins the cgroup, then becomes the worker
-            argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', self.cgroup.procs, *argv]
+        for what, make in (("memory", confine.new_cgroup), ("cpu", confine.new_cpu_cgroup)):
+            try:
+                setattr(self, "cgroup" if what == "memory" else "cpu", make(spec.name))
+            except OSError as err:
+                self.remove_cgroups()
+                raise SandboxError(f"cannot create a {what} cgroup for a worker: {err}") from None
+        joins = [c.procs for c in (self.cgroup, self.cpu) if c is not None]
+        if joins:  # the shell joins the cgroups, then becomes the worker
+            script = " && ".join(f'echo $$ > "${i}"' for i in range(1, len(joins) + 1))
+            argv = ["/bin/sh", "-c", f'{script} && shift {len(joins)} && exec "$@"', "sh",
+                    *joins, *argv]  # fmt: skip
         self.errlog = open(root / f"worker-{spec.name}.err", "a+b")  # noqa: SIM115 - lives with us
         self.proc = subprocess.Popen(
             argv,
@@ -125,15 +130,20 @@ class _Worker:
         for f in (self.proc.stdin, self.proc.stdout, self.errlog):
             with contextlib.suppress(OSError):
                 f.close()
-        if self.cgroup is not None:
-            self.cgroup.remove()
+        self.remove_cgroups()
+
+    def remove_cgroups(self) -> None:
+        for cgroup in (self.cgroup, self.cpu):
+            if cgroup is not None:
+                cgroup.remove()
 
     def kill_cgroup(self) -> int:
-        """SIGKILL whatever is left in the worker's cgroup; return how many there were."""
-        pids: list[str] = []
-        if self.cgroup is not None:
-            with contextlib.suppress(OSError):
-                pids = Path(self.cgroup.procs).read_text().split()
+        """SIGKILL whatever is left in the worker's cgroups; return how many there were."""
+        pids: set[str] = set()
+        for cgroup in (self.cgroup, self.cpu):
+            if cgroup is not None:
+                with contextlib.suppress(OSError):
+                    pids.update(Path(cgroup.procs).read_text().split())
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
@@ -205,6 +215,8 @@ class SandboxPool:
         # "cgroup": memory_mb caps each job as a whole; "process": each of its processes
         problem = confine.cgroup_problem()
         self.memory_scope = "process" if problem else "cgroup"
+        # "worker": each worker's jobs share one cpu weight; "process": the kernel's own sharing
+        self.cpu_share = "process" if confine.cpu_problem() else "worker"
         if gpus and problem:  # CUDA cannot start under the per-process RLIMIT_AS
             raise SandboxError(
                 f"gpus: jobs on a GPU need a memory cgroup to bound their memory ({problem}; "
