@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +196,41 @@ def test_a_config_error_names_the_file_it_is_in(tmp_path):
     bad.write_text("[loop]\npopulation = -3\n")
     result = invoke("run", bad, "--out", tmp_path / "o")
     one_line_error(result, f"{bad}: loop.population", "greater than or equal to 2")
+
+
+def console(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The installed entry point as a user runs it (`python -m archrefine` calls the same
+    `main`), not CliRunner, which never goes through `main`."""
+    cmd = [sys.executable, "-m", "archrefine", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "--no-such-option"], ["archrefine run", "No such option: --no-such-option"]),
+        (["run", "--trials", "many"], ["'--trials'", "valid integer"]),
+        (["run", "a.toml", "b.toml"], ["unexpected extra argument"]),
+        (["forecast"], ["archrefine forecast", "Missing argument"]),
+        (["--no-such-option"], ["No such option"]),
+        (["no-such-command"], ["No such command"]),
+    ],
+)
+def test_usage_errors_are_one_line_at_the_console(args: list[str], expected: list[str]) -> None:
+    done = console(*args)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and not done.stdout, done
+    assert lines[0].startswith("error: ") and "--help" in lines[0], lines
+    assert all(e in lines[0] for e in expected), lines
+
+
+def test_the_console_still_helps_runs_and_reports_errors(tmp_path: Path) -> None:
+    bare = console()  # no arguments: the help, as before
+    assert bare.returncode == 2 and "Usage" in bare.stdout + bare.stderr, bare
+    helped = console("run", "--help")
+    assert helped.returncode == 0 and "--trials" in helped.stdout, helped
+    ran = console("run", "--trials", "2", "--set", "loop.cycles=2", "--no-figures",
+                  "--out", tmp_path / "r")  # fmt: skip
+    assert ran.returncode == 0 and (tmp_path / "r" / "metrics.parquet").exists(), ran
+    bad = console("run", "--set", "loop.population=-1", "--out", tmp_path / "bad")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad

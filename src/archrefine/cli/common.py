@@ -11,7 +11,7 @@ import functools
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -135,14 +135,36 @@ def write_report(out: Path) -> None:
 
 
 def main() -> None:
-    """The console-script entry point: the command, then a quick exit (`_end_process`)."""
+    """The console-script entry point: the command, then a quick exit (`_end_process`). A
+    usage error (an unknown option, a value of the wrong type, a missing argument) is one line
+    like every other error, not a boxed panel; with no arguments at all, the help."""
     try:
-        app()
+        code = app(standalone_mode=len(sys.argv) < 2)
     except SystemExit as done:
         if done.code is not None and not isinstance(done.code, int):
             raise  # a message to print: the interpreter's own exit prints it
-        _end_process(done.code or 0)
-    _end_process(0)
+        code = done.code or 0
+    except Exception as err:
+        if not _is_usage_error(err):
+            raise
+        code = _usage_error(err)
+    _end_process(code if isinstance(code, int) else 0)
+
+
+def _is_usage_error(err: Exception) -> bool:
+    """A click exception, by what it does rather than its class: typer may carry its own copy
+    of click, whose exceptions are not `click.ClickException`."""
+    return callable(getattr(err, "format_message", None)) and isinstance(
+        getattr(err, "exit_code", None), int
+    )
+
+
+def _usage_error(err: Any) -> int:
+    """Say a usage error in one line, naming the command and where its help is; its exit code."""
+    command = getattr(getattr(err, "ctx", None), "command_path", "") or "archrefine"
+    message = " ".join(str(err.format_message()).split())
+    print(f"error: {command}: {message} (see {command} --help)", file=sys.stderr)
+    return err.exit_code
 
 
 def _end_process(code: int) -> None:
