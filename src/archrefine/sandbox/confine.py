@@ -200,14 +200,20 @@ def _own_cgroup(controller: str) -> tuple[str, int] | None:
     return None
 
 
+def _mounted(controller: str) -> tuple[str, int] | str:
+    """This process's cgroup with `controller`, (directory, version), or why not (a string)."""
+    if os.geteuid() != 0:
+        return "not root"
+    own = _own_cgroup(controller)
+    return own if own is not None else f"no {controller} cgroup is mounted"
+
+
 @functools.cache
 def cgroup_parent() -> tuple[str, int] | str:
     """Where worker cgroups go, (directory, version), or why there are none (a string)."""
-    if os.geteuid() != 0:
-        return "not root"
-    own = _own_cgroup("memory")
-    if own is None:
-        return "no memory cgroup is mounted"
+    own = _mounted("memory")
+    if isinstance(own, str):
+        return own
     where, version = own
     candidates = [where]
     if version == 2:  # v2: a cgroup with processes cannot delegate; the hierarchy root can
@@ -271,11 +277,9 @@ def cpu_parent() -> tuple[str, int] | str:
     """Where worker cpu cgroups go, (directory, version), or why there are none (a string).
     On cgroup v2 the worker's memory cgroup is its cpu cgroup too: the cpu controller is
     enabled beside memory in their parent."""
-    if os.geteuid() != 0:
-        return "not root"
-    own = _own_cgroup("cpu")
-    if own is None:
-        return "no cpu cgroup is mounted"
+    own = _mounted("cpu")
+    if isinstance(own, str):
+        return own
     where, version = own
     if version == 2:
         memory = cgroup_parent()
