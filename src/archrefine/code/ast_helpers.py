@@ -41,6 +41,11 @@ def syntax_message(err: Exception) -> str:
 
 
 UNKNOWN = object()  # what `literal_value` returns for anything not a known constant
+MAX_LITERAL = 32
+"""Most scalars a constant holds (tuples and lists, nested or not, dicts and sets), and most
+characters of a string in one: `K2 = (K1, K1)` nests each named constant twice in the next, so
+1.5 KB of source made 2**59 items to compare, hash and print (the loop's process hung), and a
+100 KB string named in 3,000 layers made a gigabyte of op names."""
 
 
 def parse_source(source: str) -> ast.Module:
@@ -87,8 +92,10 @@ def literal_value(node: ast.AST, consts: dict) -> object:
     if isinstance(node, ast.Name):
         return consts.get(node.id, UNKNOWN)
     if isinstance(node, ast.Tuple | ast.List):
+        if len(node.elts) > MAX_LITERAL:
+            return UNKNOWN
         items = [literal_value(e, consts) for e in node.elts]
-        if any(i is UNKNOWN for i in items):
+        if any(i is UNKNOWN for i in items) or _scalars(items) > MAX_LITERAL:
             return UNKNOWN
         return tuple(items) if isinstance(node, ast.Tuple) else items
     if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
@@ -99,9 +106,24 @@ def literal_value(node: ast.AST, consts: dict) -> object:
         value = _ARITH[type(node.op)](a, b)
         return value if abs(value) < 2**63 else UNKNOWN
     try:
-        return ast.literal_eval(node)
+        value = ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return UNKNOWN
+    return value if _scalars(value) <= MAX_LITERAL else UNKNOWN
+
+
+def _scalars(value: object) -> int:
+    """How many scalars `value` holds (more than MAX_LITERAL for a long string or an integer
+    past 64 bits). Cheap: the items of a constant were each checked when it was built."""
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, tuple | list | set | frozenset):
+        return sum(_scalars(v) for v in value) if len(value) <= MAX_LITERAL else MAX_LITERAL + 1
+    if isinstance(value, str | bytes):
+        return 1 if len(value) <= MAX_LITERAL else MAX_LITERAL + 1
+    if isinstance(value, int):
+        return 1 if abs(value) < 2**63 else MAX_LITERAL + 1
+    return 1
 
 
 _ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,

@@ -101,6 +101,21 @@ def static_check(
     except CodeError as err:
         return [str(err)]
     allowed = {name.split(".")[0] for name in allowed_imports}
+    try:
+        found = _found(tree, allowed)
+    except RecursionError:  # a chain of ~1,000 attributes parses, but is too deep to name
+        return [syntax_message(RecursionError())]
+    problems = [f"line {n}: {msg}" for n, msg in sorted(set(found))]
+    net = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Net"), None)
+    if net is None:
+        problems.append("no top-level class Net")
+    elif find_method(net, "forward") is None and not is_sequential(net):
+        problems.append("class Net has no forward method")
+    return problems
+
+
+def _found(tree: ast.Module, allowed: set[str]) -> list[tuple[int, str]]:
+    """(line, problem) for every forbidden import, name, attribute or string in `tree`."""
     found: list[tuple[int, str]] = []
     for node in ast.walk(tree):
         line = getattr(node, "lineno", 0)
@@ -120,13 +135,7 @@ def static_check(
             found.append((line, f"use of {prefix!r} is not allowed"))
         if isinstance(node, ast.Constant) and _unsafe_dunder(node.value):
             found.append((line, f"string {node.value!r} is not allowed"))
-    problems = [f"line {n}: {msg}" for n, msg in sorted(set(found))]
-    net = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Net"), None)
-    if net is None:
-        problems.append("no top-level class Net")
-    elif find_method(net, "forward") is None and not is_sequential(net):
-        problems.append("class Net has no forward method")
-    return problems
+    return found
 
 
 def _unsafe_dunder(name: object) -> bool:

@@ -94,6 +94,10 @@ QUIET_METHODS = frozenset({"size", "dim", "numel", "contiguous", "clone", "detac
 BUDGET = 200_000
 """AST nodes read and ops collected for one source: a 415-character Net of four nested
 `range(32)` loops took 118 s and growing memory in the loop's process before this bound."""
+MAX_OP = 80
+"""Characters of one op (a name as written, or a layer with its arguments) kept: the budget
+counts ops, not their length, and a 100,000-character method name called 5,000 times made a
+canonical form of 500 MB."""
 # fmt: on
 
 
@@ -163,8 +167,12 @@ class _Reader:
             self.active.discard(name)
 
     def op(self, name: str, call: ast.Call, offset: int, consts: dict) -> str:
-        """The normalized op for module/function/method `name` called as `call`; the tensor
-        is the first argument when offset is 1 (functional form)."""
+        """The normalized op for module/function/method `name` called as `call`, at most
+        `MAX_OP` characters; the tensor is the first argument when offset is 1 (functional
+        form)."""
+        return self._op(name[:MAX_OP], call, offset, consts)[:MAX_OP]
+
+    def _op(self, name: str, call: ast.Call, offset: int, consts: dict) -> str:
         key = name.lower().rstrip("_")
 
         def arg(i: int, kw: str, default: object = "?") -> object:

@@ -49,7 +49,7 @@ from archrefine.real.guard import (
 from archrefine.real.overlap import CycleWork
 from archrefine.real.prompts import Reference, prompt_check, read_template, render_fitted
 from archrefine.real.refining import refine_safely
-from archrefine.real.replies import code_or_error, row
+from archrefine.real.replies import code_or_error, row, too_long
 from archrefine.real.text import GeneratorUnavailable, Sampling, TextGenerator
 from archrefine.sandbox.sandbox import one_line
 from archrefine.sim.loop import recorded_rates
@@ -296,7 +296,7 @@ class Archive:
         from archrefine.space import LENGTH, token_id
 
         for r in rows:
-            if r["code"] is None or not _admitted(r, self.policy):
+            if r["code"] is None or too_long(r["code"]) or not _admitted(r, self.policy):
                 continue
             try:
                 self.codes.add(f"cand:{r['id']}", r["code"])

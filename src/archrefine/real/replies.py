@@ -56,12 +56,18 @@ def storable(text: str) -> str:
     return text
 
 
+def too_long(code: str) -> bool:
+    """Whether `code` is past `MAX_CODE`: stored (rejected), but never read, here or later (a
+    1 MB block cost ~14 s and 750 MB each time the archive took it in)."""
+    return len(code) > MAX_CODE[0] or code.count("\n") + 1 > MAX_CODE[1]
+
+
 def _parsed(response: str) -> dict:
     code, error = code_or_error(response)
     if code is None:
         return dict(status="no_code", reason=error)
-    lines = code.count("\n") + 1
-    if len(code) > MAX_CODE[0] or lines > MAX_CODE[1]:
+    if too_long(code):
+        lines = code.count("\n") + 1
         why = f"the code has {len(code):,} characters in {lines:,} lines (limit {MAX_CODE[0]:,}"
         return dict(code=code, status="rejected", reason=f"{why} in {MAX_CODE[1]:,})")
     problems = static_check(code)
