@@ -144,7 +144,8 @@ def fallback_view(prefixes: list[str]) -> dict[str, list[str]]:
 
 @dataclass(frozen=True)
 class Cgroup:
-    """One worker's memory cgroup (v1 `memory.*` or v2 `memory.*` files in `path`)."""
+    """One worker's cgroup: its memory cgroup (v1 `memory.*` or v2 `memory.*` files in `path`),
+    or (v1) its cpu cgroup, of which only `procs` and `remove` are used."""
 
     path: str
     version: int
