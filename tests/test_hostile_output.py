@@ -130,3 +130,110 @@ def test_a_long_attribute_chain_is_rejected_not_crashed(caplog) -> None:
     assert fields["status"] == "rejected", fields["reason"]
     assert fields["reason"] == "source is nested too deeply to read"
     assert not caplog.records
+
+
+def _nets(tag: str) -> list[str]:
+    """Three replies with networks far enough apart that no one is a near duplicate."""
+    bodies = [
+        "nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)",
+        "nn.Flatten(), nn.Linear(3072, 16), nn.Tanh(), nn.Linear(16, 10)",
+        "nn.AvgPool2d(4), nn.Conv2d(3, 6, 1), nn.SiLU(), nn.Flatten(), nn.Linear(384, 32), "
+        "nn.Dropout(0.1), nn.Linear(32, 10)",
+    ]
+    return [
+        f"```python\nimport torch\nfrom torch import nn\n\n\nclass Net(nn.Module):  # {tag}{i}\n"
+        f"    def __init__(self):\n        super().__init__()\n"
+        f"        self.body = nn.Sequential({body})\n\n"
+        "    def forward(self, x):\n        return self.body(x)\n```\n"
+        for i, body in enumerate(bodies)
+    ]
+
+
+def test_each_candidate_is_fingerprinted_and_sketched_once_per_process(
+    tmp_path, monkeypatch
+) -> None:
+    """A block just under `MAX_CODE` costs seconds to read, and one cycle read each candidate's
+    code 3 times for its fingerprint (its row, the metrics, the archive) and 6 times for its
+    novelty sketch (the filter's four looks, the diversity, the archive): ~15 s of the loop's
+    process per candidate. Both readers now remember each source's result (cachetools)."""
+    pytest.importorskip("datasketch")
+    pytest.importorskip("torch")
+    from test_loop_faults import FakePool, ScriptedGenerator, config, fake
+
+    import archrefine.code.fingerprint as fp
+    import archrefine.code.novelty_code as nc
+    from archrefine.real import run
+
+    tag = "read once, candidate "  # sources no other test has read in this process
+    reads: list[tuple[str, str]] = []
+    for module, name in ((fp, "parse_source"), (nc, "code_tokens")):
+
+        def counted(source: str, _read=getattr(module, name), _name=name) -> object:
+            if tag in source:
+                reads.append((_name, source[source.index(tag) + len(tag)]))
+            return _read(source)
+
+        monkeypatch.setattr(module, name, counted)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    fake(monkeypatch, FakePool())
+    settings = {"loop.cycles": 1, "loop.population": 3, "loop.top_k": 3}
+    run(config(**settings), tmp_path / "run", generator=ScriptedGenerator(_nets(tag)))
+    once = [(reader, i) for reader in ("code_tokens", "parse_source") for i in "012"]
+    assert sorted(reads) == once  # before: parse_source 3 times each, code_tokens 5 or 6 times
+
+
+def test_remembered_fingerprints_and_sketches_are_the_same_and_cannot_be_changed() -> None:
+    """What is remembered is shared by every later caller: a fingerprint is frozen, and each
+    sketch is a new MinHash whose values a caller may change without touching the next one."""
+    pytest.importorskip("datasketch")
+    from archrefine.code.code import extract_code
+    from archrefine.code.novelty_code import CodeNovelty
+
+    source = extract_code(_nets("shared, candidate ")[0])
+    assert fingerprint(source) is fingerprint(source)
+    novelty = CodeNovelty()
+    first = novelty.sketch(source)
+    before = list(first.hashvalues)
+    first.hashvalues[:] = 0
+    assert list(novelty.sketch(source).hashvalues) == before
+    assert list(CodeNovelty(seed=2).sketch(source).hashvalues) != before  # the setting counts
+
+
+def test_a_reason_that_quotes_the_code_is_one_short_line() -> None:
+    """`import <a 190,000-character name>` was rejected with a 190,000-character reason (the
+    static check quotes the name), as was an empty block whose tag is that long: a candidate's
+    reason is one line of at most 200 characters, whatever it quotes."""
+    from archrefine.real.replies import row
+
+    name = "a" * 190_000
+    replies = {
+        "import": f"```python\nimport {name}\nclass Net:\n    pass\n```\n",
+        "string": f"```python\nx = '__{name}__'\nclass Net:\n    pass\n```\n",
+        "tag": f"```{name}\n\n```\n",
+    }
+    for what, reply in replies.items():
+        fields = row(1, "prompt", reply, [])
+        assert fields["status"] in ("rejected", "no_code"), what
+        assert len(fields["reason"]) <= 200 and fields["reason"].endswith("..."), what
+    assert row(1, "prompt", replies["import"], [])["reason"].startswith("line 1: import of 'aaa")
+
+
+def test_a_byte_order_mark_or_invisible_character_before_a_fence_is_nothing() -> None:
+    """A reply that began with a byte-order mark (U+FEFF) before its ``` lost its code: the
+    opening fence was not at a line start, the closing one was read as an empty opening one,
+    and the candidate was `no_code`. Invisible format characters before a fence (a BOM, a
+    zero-width space, a direction mark) now count as indentation, and a leading BOM as nothing."""
+    from archrefine.code.code import extract_code
+    from archrefine.real.replies import row
+
+    reply = _nets("bom, candidate ")[0]
+    code = extract_code(reply)
+    for hostile in (
+        "\ufeff" + reply,
+        "Here it is:\n\u200b" + reply.replace("\n```\n", "\n\u200b```\n"),
+        "\ufeff  \u200e" + reply.replace("\n```\n", "\n\u2060```\n"),
+        "\ufeff" + code,  # no fence: the text itself is the code
+    ):
+        assert extract_code(hostile) == code, repr(hostile[:20])
+        fields = row(1, "prompt", hostile, [])
+        assert fields["code"] == code and "status" not in fields, fields.get("reason")

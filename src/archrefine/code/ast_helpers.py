@@ -7,6 +7,7 @@ reaches into the other's private ones. Everything here reads an AST; nothing run
 from __future__ import annotations
 
 import ast
+import hashlib
 import operator
 from collections.abc import Iterator
 
@@ -41,6 +42,14 @@ def syntax_message(err: Exception) -> str:
 
 
 UNKNOWN = object()  # what `literal_value` returns for anything not a known constant
+
+
+def source_key(source: str, *extra: object) -> tuple:
+    """A cache key for reading `source` with settings `extra`: the text's SHA-256, so a cache
+    never holds the (up to 200 KB) source itself; a lone surrogate hashes as itself."""
+    return (*extra, hashlib.sha256(source.encode("utf-8", "surrogatepass")).digest())
+
+
 MAX_LITERAL = 32
 """Most scalars a constant holds (tuples and lists, nested or not, dicts and sets), and most
 characters of a string in one: `K2 = (K1, K1)` nests each named constant twice in the next, so

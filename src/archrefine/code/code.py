@@ -40,8 +40,12 @@ _DUNDER = re.compile(r"^__\w+__$")
 # The info string after ``` is taken whole, its tag read from it afterwards (`_TAG`): splitting
 # it inside one pattern (`[ \t]*([\w+.-]*)[^\n]*\n`) backtracked quadratically on a fence
 # followed by spaces and no newline (a 1 MB reply cost the loop's process ~20 minutes).
-_FENCE = re.compile(r"^[ \t]*```([^\n]*)\n(.*?)^[ \t]*```", re.M | re.S)
-_OPEN_FENCE = re.compile(r"^[ \t]*```([^\n]*)\n", re.M)
+# Before a fence, invisible format characters (Unicode Cf: a byte-order mark, zero-width spaces,
+# direction marks) count as indentation: a reply that began with a BOM had its closing fence read
+# as an empty opening one, and lost its code.
+_INDENT = r"[ \t\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff]*"
+_FENCE = re.compile(rf"^{_INDENT}```([^\n]*)\n(.*?)^{_INDENT}```", re.M | re.S)
+_OPEN_FENCE = re.compile(rf"^{_INDENT}```([^\n]*)\n", re.M)
 _TAG = re.compile(r"[ \t]*([\w+.-]*)")
 
 
@@ -53,6 +57,8 @@ def extract_code(response: str, *, max_unfenced: int | None = None) -> str:
     `max_unfenced`: the longest text without a fence that is parsed at all (`ast.parse` costs
     ~0.75 GB and 2 s per MB of valid Python: a 30 MB reply would take the caller's process down).
     """
+    if isinstance(response, str):
+        response = response.removeprefix("\ufeff")  # a byte-order mark is no part of the text
     if not isinstance(response, str) or not response.strip():
         raise CodeError("empty response")
     blocks = [(_tag(info), body) for info, body in _FENCE.findall(response)]

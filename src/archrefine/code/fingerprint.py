@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import threading
 from dataclasses import dataclass
+
+from cachetools import LRUCache, cached
 
 from archrefine.code.ast_helpers import (
     UNKNOWN,
@@ -27,6 +30,8 @@ from archrefine.code.ast_helpers import (
     parse_source,
     preorder,
     return_values,
+    source_key,
+    syntax_message,
 )
 
 __all__ = ["Fingerprint", "fingerprint"]
@@ -57,16 +62,48 @@ class Fingerprint:
 def fingerprint(source: str) -> Fingerprint:
     """The structural fingerprint of the `Net` in `source`, from its AST (nothing is executed).
 
-    Raises CodeError when the source does not parse or defines no top-level `class Net`.
+    Raises CodeError when the source does not parse or defines no top-level `class Net`. Each
+    source is read once per process while it stays in `_MEMO` (the loop asks for it again for
+    the metrics and the archive; a 200 KB one costs seconds), its CodeError too.
     """
+    if not isinstance(source, str):
+        return _read(source)  # whatever ast.parse makes of it, as before
+    found = _remembered(source)
+    if isinstance(found, str):
+        raise CodeError(found)
+    return found
+
+
+def _read_or_why(source: str) -> Fingerprint | str:
+    """The fingerprint, or why there is none (a CodeError's message, remembered like one).
+
+    "Nested too deeply" is raised, not remembered: it depends on the caller's stack depth (and
+    free memory) as well as on the source, and each caller got its own answer before."""
+    try:
+        return _read(source)
+    except CodeError as err:
+        if str(err) == _TOO_DEEP:
+            raise
+        return str(err)
+
+
+def _read(source: str) -> Fingerprint:
     tree = parse_source(source)
     if not any(isinstance(n, ast.ClassDef) and n.name == "Net" for n in tree.body):
         raise CodeError("no top-level class Net")
     try:
         layers, forward = _Reader(tree).analyse("Net", {})
     except RecursionError:
-        raise CodeError("source is nested too deeply to read") from None
+        raise CodeError(_TOO_DEEP) from None
     return Fingerprint(tuple(layers), tuple(forward))
+
+
+def _weight(found: Fingerprint | str) -> int:
+    """About the bytes a remembered result holds: 1 KB for the entry (its key, the cache's
+    bookkeeping), then ~64 per string besides its text."""
+    if isinstance(found, str):
+        return 1024 + len(found)
+    return 1024 + sum(64 + len(op) for op in found.layers + found.forward)
 
 
 # ---- reading the AST ---------------------------------------------------------------------------
@@ -99,6 +136,12 @@ MAX_OP = 80
 counts ops, not their length, and a 100,000-character method name called 5,000 times made a
 canonical form of 500 MB."""
 # fmt: on
+_TOO_DEEP = syntax_message(RecursionError())  # "source is nested too deeply to read"
+_MEMO: LRUCache = LRUCache(maxsize=64_000_000, getsizeof=_weight)
+"""Fingerprints (or why not) of the sources read last, by their SHA-256, the least recently used
+dropped past ~64 MB (one within `BUDGET` holds at most 200,000 ops of `MAX_OP` characters,
+~30 MB)."""
+_remembered = cached(_MEMO, key=source_key, lock=threading.Lock())(_read_or_why)
 
 
 class _Reader:

@@ -27,10 +27,14 @@ from __future__ import annotations
 import builtins
 import io
 import keyword
+import threading
 import tokenize
 
 import numpy as np
+from cachetools import LRUCache, cached
 from datasketch import MinHash, MinHashLSH
+
+from archrefine.code.ast_helpers import source_key
 
 __all__ = ["CodeNovelty", "code_tokens"]
 
@@ -42,6 +46,9 @@ _STRINGS = {tokenize.STRING} | {
     getattr(tokenize, name) for name in ("FSTRING_START", "FSTRING_MIDDLE", "FSTRING_END")
     if hasattr(tokenize, name)
 }  # fmt: skip
+_SKETCHES: LRUCache = LRUCache(maxsize=512)
+"""MinHash values of the sources sketched last, by setting and SHA-256 (2 KB each at 256
+permutations, so ~1 MB for the default; 16 MB at the largest `num_perm`)."""
 
 
 def code_tokens(source: str) -> list[str]:
@@ -125,14 +132,16 @@ class CodeNovelty:
         return key in self._keyset
 
     def sketch(self, source: str) -> MinHash:
-        """The MinHash of `source`'s shingles; ValueError when it has no code tokens."""
-        tokens = code_tokens(source)
-        if not tokens:
+        """The MinHash of `source`'s shingles; ValueError when it has no code tokens.
+
+        A new MinHash each call, from hash values computed once per process for each source
+        and setting while they stay in `_SKETCHES` (the loop sketches a candidate ~6 times)."""
+        read = _remembered if isinstance(source, str) else _hash_values  # else: as before
+        values = read(self._blank, self.shingle, source)
+        if values is None:
             raise ValueError("source has no code tokens")
-        k = min(self.shingle, len(tokens))
-        shingles = {" ".join(tokens[i : i + k]) for i in range(len(tokens) - k + 1)}
         m = self._blank.copy()
-        m.update_batch([s.encode() for s in sorted(shingles)])
+        m.hashvalues[:] = values
         return m
 
     def add(self, key: str, source: str) -> None:
@@ -210,3 +219,25 @@ def _lsh(threshold: float, num_perm: int) -> MinHashLSH:
     agree = next(k for k in range(num_perm + 1) if k / num_perm >= threshold)
     bands = max(2, num_perm - agree + 1)  # datasketch refuses a single band
     return MinHashLSH(num_perm=num_perm, params=(bands, num_perm // bands))
+
+
+def _hash_values(blank: MinHash, shingle: int, source: str) -> np.ndarray | None:
+    """The MinHash values (read-only) of `source`'s shingles of `shingle` tokens, hashed as
+    `blank` hashes; None without code tokens."""
+    tokens = code_tokens(source)
+    if not tokens:
+        return None
+    k = min(shingle, len(tokens))
+    shingles = {" ".join(tokens[i : i + k]) for i in range(len(tokens) - k + 1)}
+    m = blank.copy()
+    m.update_batch([s.encode() for s in sorted(shingles)])
+    values = np.array(m.hashvalues)
+    values.flags.writeable = False  # shared by every later sketch of the same source
+    return values
+
+
+def _setting_key(blank: MinHash, shingle: int, source: str) -> tuple:
+    return source_key(source, shingle, len(blank.hashvalues), blank.seed)
+
+
+_remembered = cached(_SKETCHES, key=_setting_key, lock=threading.Lock())(_hash_values)

@@ -2,8 +2,9 @@
 
 The reply is hostile text: it may be huge, hold lone surrogates or NUL bytes, nest too deeply
 for `ast`, or carry code that costs seconds to read. `row` turns it into the fields the store
-takes (valid UTF-8 always) with a status and one-line reason when it is not code worth a sandbox
-run; nothing in it raises (docs/real-loop.md, "Hostile text reaches the store …").
+takes (valid UTF-8 always) with a status and a one-line reason of at most 200 characters (it may
+quote the code) when it is not code worth a sandbox run; nothing in it raises (docs/real-loop.md,
+"Hostile text reaches the store …").
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from archrefine.code.code import CodeError, extract_code, static_check
 from archrefine.code.fingerprint import fingerprint
 from archrefine.real.guard import contained, describe
+from archrefine.sandbox.sandbox import one_line
 
 MAX_RESPONSE = 1_000_000  # characters of one response kept; a longer one is rejected
 MAX_CODE = (200_000, 5_000)  # characters, lines of extracted code; reading more costs seconds
@@ -42,7 +44,10 @@ def row(c: int, prompt: str, response: object, parents: list[int]) -> dict:
         return dict(cycle=c, prompt=prompt, response=response[:MAX_RESPONSE],
                     parent_ids=parents, status="rejected", reason=why)  # fmt: skip
     fields = dict(cycle=c, prompt=prompt, response=response, parent_ids=parents)
-    return fields | contained("parsing the response", lambda: _parsed(response))
+    parsed = contained("parsing the response", lambda: _parsed(response))
+    if parsed.get("reason"):  # it may quote the code: `import <a 190,000-character name>`
+        parsed["reason"] = one_line(parsed["reason"])
+    return fields | parsed
 
 
 def storable(text: str) -> str:
