@@ -198,11 +198,11 @@ def test_a_config_error_names_the_file_it_is_in(tmp_path):
     one_line_error(result, f"{bad}: loop.population", "greater than or equal to 2")
 
 
-def console(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def console(*args: str) -> subprocess.CompletedProcess:
     """The installed entry point as a user runs it (`python -m archrefine` calls the same
     `main`), not CliRunner, which never goes through `main`."""
     cmd = [sys.executable, "-m", "archrefine", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize(
