@@ -232,6 +232,8 @@ def pair():
     with SandboxPool(2, timeout_s=8, audit=False) as p:
         if p.cpu_share != "worker":
             pytest.skip(f"no cpu cgroup per worker here: {confine.cpu_problem()}")
+        # both ready: a worker's shell joins its cgroups before it starts, and a job waits for it
+        assert [o.status for o in p.map([NET, NET], input_shape=SHAPE)] == ["ok", "ok"]
         yield p
 
 
@@ -249,7 +251,6 @@ def test_a_job_with_many_busy_processes_cannot_starve_another_workers_job(
 ) -> None:
     """The hog's 30-odd processes share one worker's weight: the job beside it gets its core
     and finishes 2 s of CPU well within 8 s (without per-worker shares it timed out)."""
-    assert [o.status for o in pair.map([NET, NET], input_shape=SHAPE)] == ["ok", "ok"]  # warm
     hog, work = pair.map([HOG, WORK], input_shape=SHAPE)
     checked(hog)
     assert hog.status == "timeout", hog
