@@ -8,6 +8,7 @@ the job after it, whose outcome is compared with the same job run before the att
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -242,7 +243,12 @@ def test_each_worker_has_a_cpu_cgroup_of_its_own(pair: SandboxPool) -> None:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
         return next((x for x in lines if "cpu" in x.split(":")[1].split(",")), lines[-1])
 
-    lines = {cpu_line(w.proc.pid) for w in pair._workers}
+    deadline = time.monotonic() + 10  # a worker's shell joins before it starts: allow a slow one
+    while True:
+        lines = {cpu_line(w.proc.pid) for w in pair._workers}
+        if (len(lines) == 2 and cpu_line("self") not in lines) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert len(lines) == 2 and cpu_line("self") not in lines, lines
 
 
