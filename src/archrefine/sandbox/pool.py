@@ -30,7 +30,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,13 +78,9 @@ class _Worker:
         self.spec, self.buf = spec, bytearray()
         self.cgroup, self.cpu, self.base, self.limit = None, None, 0, 0
         argv = spec.argv
-        for what, make in (("memory", confine.new_cgroup), ("cpu", confine.new_cpu_cgroup)):
-            try:
-                setattr(self, "cgroup" if what == "memory" else "cpu", make(spec.name))
-            except OSError as err:
-                self.remove_cgroups()
-                raise SandboxError(f"cannot create a {what} cgroup for a worker: {err}") from None
-        joins = [c.procs for c in (self.cgroup, self.cpu) if c is not None]
+        self.cgroup = self._new_cgroup("memory", confine.new_cgroup)
+        self.cpu = self._new_cgroup("cpu", confine.new_cpu_cgroup)
+        joins = [c.procs for c in self.cgroups]
         if joins:  # the shell joins the cgroups, then becomes the worker
             script = " && ".join(f'echo $$ > "${i}"' for i in range(1, len(joins) + 1))
             argv = ["/bin/sh", "-c", f'{script} && shift {len(joins)} && exec "$@"', "sh",
@@ -132,18 +128,30 @@ class _Worker:
                 f.close()
         self.remove_cgroups()
 
+    @property
+    def cgroups(self) -> list[confine.Cgroup]:
+        """The worker's memory and cpu cgroups, those it has."""
+        return [c for c in (self.cgroup, self.cpu) if c is not None]
+
+    def _new_cgroup(
+        self, what: str, make: Callable[[str], confine.Cgroup | None]
+    ) -> confine.Cgroup | None:
+        try:
+            return make(self.spec.name)
+        except OSError as err:
+            self.remove_cgroups()  # the memory cgroup, when the cpu one cannot be made
+            raise SandboxError(f"cannot create a {what} cgroup for a worker: {err}") from None
+
     def remove_cgroups(self) -> None:
-        for cgroup in (self.cgroup, self.cpu):
-            if cgroup is not None:
-                cgroup.remove()
+        for cgroup in self.cgroups:
+            cgroup.remove()
 
     def kill_cgroup(self) -> int:
         """SIGKILL whatever is left in the worker's cgroups; return how many there were."""
         pids: set[str] = set()
-        for cgroup in (self.cgroup, self.cpu):
-            if cgroup is not None:
-                with contextlib.suppress(OSError):
-                    pids.update(Path(cgroup.procs).read_text().split())
+        for cgroup in self.cgroups:
+            with contextlib.suppress(OSError):
+                pids.update(Path(cgroup.procs).read_text().split())
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
