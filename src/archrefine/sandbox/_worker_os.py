@@ -155,7 +155,7 @@ def _snapshot(
     workroot: str, private_work: bool, private_ipc: bool, mqueue: str | None = None
 ) -> tuple:
     """What a job could have changed in this zygote or left for the next job, in one value:
-    our rlimits, niceness, CPU affinity, scheduling policy and I/O priority, our uid's kernel
+    our rlimits, niceness, CPU affinity, scheduling attributes and I/O priority, our uid's kernel
     keys, parent and directory, the work root's owner, mode and (on its private tmpfs, and
     /tmp's) inode and block counts, System V IPC objects and POSIX message queues (a private
     ipc namespace, its mqueue fs mounted at `mqueue`)."""
@@ -184,10 +184,26 @@ def _snapshot(
         tuple(sorted(os.sched_getaffinity(0))),
         os.sched_getscheduler(0),  # a job may make us SCHED_IDLE: same uid, no ptrace needed
         os.sched_getparam(0).sched_priority,
+        _sched_attr(),  # the rest of it (sched_setattr): slice, utilisation clamps, flags
         _ioprio(),
         _my_keys(),
     )
     return limits, me, os.getppid(), os.getcwd(), work, ipc
+
+
+SCHED_GETATTR = {"x86_64": 315, "aarch64": 275, "i686": 352, "ppc64le": 356, "s390x": 346}
+
+
+def _sched_attr() -> bytes:
+    """All our scheduling attributes as the kernel reports them (sched_getattr, struct
+    sched_attr version 1); b"" where unknown. Besides policy and priority, what a job of the
+    same uid can set on us with sched_setattr (no ptrace needed) and every later job inherits:
+    the fair scheduler's slice (`sched_runtime`), utilisation clamps, flags."""
+    nr = SCHED_GETATTR.get(os.uname().machine)
+    attr = ctypes.create_string_buffer(56)
+    if nr is None or _libc.syscall(nr, 0, attr, 56, 0) != 0:
+        return b""
+    return attr.raw
 
 
 IOPRIO_GET = {"x86_64": 252, "aarch64": 31, "i686": 290, "ppc64le": 274, "s390x": 283}

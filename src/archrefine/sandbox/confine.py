@@ -81,12 +81,47 @@ def allowed_entries() -> dict[str, frozenset[str]]:
 
 
 def package_dirs(prefixes: list[str]) -> list[str]:
-    """Every site-/dist-packages directory under the system and the interpreter prefixes."""
-    patterns = ["/usr/lib/python3*/*-packages", "/usr/local/lib/python3*/*-packages"]
-    patterns += [f"{p}/lib/python3*/*-packages" for p in prefixes]
-    patterns += [f"{p}/lib64/python3*/*-packages" for p in prefixes]
-    dirs = {os.path.realpath(d) for pat in patterns for d in glob.glob(pat) if os.path.isdir(d)}
-    return sorted(dirs | set(allowed_entries()))
+    """Every package directory under the system and the interpreter prefixes (and those the
+    allowed packages live in)."""
+    return sorted(found_package_dirs((*SYSTEM_DIRS, *prefixes)) | set(allowed_entries()))
+
+
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+"""What every worker sees of the host (read-only), besides the interpreter prefixes."""
+PACKAGE_DIR_NAMES = frozenset(("site-packages", "dist-packages"))
+CONDA_PACKAGES = ("pkgs", "conda-meta")
+"""A conda prefix's package cache (`pkgs`, beside its `conda-meta`): archives of every package
+it installed, scikit-learn's (and so the digits) among them."""
+
+
+@functools.cache
+def found_package_dirs(tops: tuple[str, ...]) -> frozenset[str]:
+    """Every Python package directory (site-/dist-packages) under `tops`, at any depth: other
+    Pythons keep theirs where no fixed pattern looks (a conda base under /usr/local, Fedora's
+    /usr/lib64/python3*, an application's own Python under /usr/lib, the `envs` and unpacked
+    `pkgs` of a conda prefix), and any of them may hold scikit-learn's digits; so may a conda
+    prefix's package cache (`CONDA_PACKAGES`), which is found too. Symlinks below `tops` (which
+    may be links) are not followed; the hidden system data (`SYSTEM_HIDDEN`) and a package
+    directory's own contents are not searched. Once per process (~0.2 s warm, ~1.5 s cold)."""
+    found: set[str] = set()
+    real = {os.path.realpath(t) for t in tops if os.path.isdir(t)}  # a prefix may be a link
+    todo = [t for t in real if not any(t.startswith(f"{o}/") for o in real)]  # each tree once
+    while todo:
+        with contextlib.suppress(OSError), os.scandir(todo.pop()) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if not entry.is_dir(follow_symlinks=False) or entry.path in SYSTEM_HIDDEN:
+                        continue
+                    if entry.name in PACKAGE_DIR_NAMES or _conda_cache(entry.path):
+                        found.add(os.path.realpath(entry.path))
+                    else:
+                        todo.append(entry.path)
+    return frozenset(found)
+
+
+def _conda_cache(path: str) -> bool:
+    cache, meta = CONDA_PACKAGES
+    return os.path.basename(path) == cache and os.path.isdir(os.path.join(path, "..", meta))
 
 
 def bwrap_view(prefixes: list[str]) -> list[str]:
