@@ -48,6 +48,9 @@ def one_line_errors(fn):
             print("error: out of memory; lower trials or loop.cycles", file=sys.stderr)
             raise typer.Exit(2) from None
         except Exception as err:
+            if isinstance(err, OSError) and err.filename is not None:  # a path, not a bug
+                print(f"error: {os_error(err)}", file=sys.stderr)
+                raise typer.Exit(2) from None
             if not isinstance(err, user_errors()):
                 raise
             print(f"error: {err}", file=sys.stderr)  # one line, never wrapped
@@ -61,16 +64,44 @@ def one_line_errors(fn):
     return wrapper
 
 
+def os_error(err: OSError) -> str:
+    """An OSError on a path the command reads or writes (a directory where a results file
+    belongs, a file where a folder does, no permission, a full disk) as one line naming the
+    path: the destination of a rename (`filename2`), else the file."""
+    path = err.filename2 if err.filename2 is not None else err.filename
+    why = "a folder on its path is a file" if isinstance(err, NotADirectoryError) else None
+    return f"{path}: cannot use it ({why or err.strerror or type(err).__name__})"
+
+
 @contextlib.contextmanager
-def output_file(path: Path) -> Iterator[None]:
+def output_file(path: Path, suffix: str) -> Iterator[None]:
     """Around the writing of a file the user named (`--out FILE`): a path that cannot hold it
-    (a directory, inside a file, read-only, too long) is one line, not a traceback."""
+    (a directory, inside a file, read-only, too long) is one line, not a traceback; nor is a
+    file there that is another kind than the `suffix` written (a run's metrics.parquet,
+    config.toml) or a result its run directory lists, which would be lost."""
+    if path.is_file():
+        if path.name in _run_files(path.parent):
+            raise StoreError(f"{path}: a file of the run in {path.parent}/; choose another --out")
+        if path.suffix.lower() != suffix:
+            raise StoreError(f"{path}: exists and is not a {suffix} file; choose another --out")
     try:
         yield
     except OSError as err:
         parent = isinstance(err, (FileExistsError, NotADirectoryError))  # mkdir of its folder
         why = "a folder on its path is a file" if parent else err.strerror or err
         raise StoreError(f"{path}: cannot write it there ({why})") from None
+
+
+def _run_files(directory: Path) -> set[str]:
+    """The files a run directory's run.json lists as its results, and run.json itself."""
+    from archrefine.core.store import read_run
+
+    if not (directory / "run.json").exists():
+        return set()
+    try:
+        return {"run.json", *read_run(directory).get("files", [])}
+    except StoreError:
+        return {"run.json"}
 
 
 app = typer.Typer(

@@ -7,8 +7,9 @@ configuration (or the key reference). Registered right after commands.py (cli/__
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -36,10 +37,8 @@ def plot(directory: Annotated[Path, typer.Argument(help="A run or reproduce dire
     cfg = (
         load_config(directory / "config.toml") if (directory / "config.toml").exists() else Config()
     )
-    phases_file = directory / "phases.json"
-    try:
-        found = Phases(**json.loads(phases_file.read_text()))
-    except (OSError, ValueError, TypeError):
+    found = _saved_phases(directory / "phases.json", Phases)
+    if found is None:  # none saved, or not readable as phases: found again, as they were
         found = detect(frame, cfg.schedule.kind, seed=cfg.seed)
     draw(
         directory,
@@ -53,12 +52,35 @@ def plot(directory: Annotated[Path, typer.Argument(help="A run or reproduce dire
     console.print(f"redrew the figures in {directory}/")
 
 
+def _saved_phases(path: Path, phases: type) -> Any:
+    """A directory's phases.json as `phases` (None when it cannot be read as one: missing,
+    not JSON, or a field that is not what `detect` writes)."""
+    try:
+        found = phases(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    lists = [v for k, v in vars(found).items() if k != "min_gain"]
+    numbers = [x for v in lists if isinstance(v, list) for x in v]
+    if not all(isinstance(v, list) for v in lists) or not all(
+        _finite(x) for x in [*numbers, found.min_gain]
+    ):
+        return None
+    return found
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _c1_verdict(path: Path) -> bool | None:
     """C1's verdict from a directory's claims.json (None when it cannot be read)."""
     from archrefine.experiments.reproduce import phases_found
 
     try:
-        found = phases_found(json.loads(path.read_text()))
+        claims = json.loads(path.read_text())
+        if not isinstance(claims, list) or not all(isinstance(c, dict) for c in claims):
+            return None
+        found = phases_found(claims)
     except (OSError, ValueError, TypeError, KeyError):
         return None
     return found if isinstance(found, bool) else None

@@ -59,6 +59,8 @@ def sweep(
 
     if workers is not None and workers < 1:  # 0 or less would silently mean "one per core"
         raise ConfigError(f"--workers: must be at least 1 (got {workers})")
+    if address is not None and backend != "ray":  # else silently run here, not on the cluster
+        raise ConfigError(f"--address {address}: a Ray cluster's address needs --backend ray")
     if resume is not None:
         if config is not None:
             raise ConfigError("--resume uses the sweep's own config.toml: drop CONFIG")
@@ -67,8 +69,16 @@ def sweep(
             saved = json.loads((resume / "sweep.json").read_text())
         except (OSError, ValueError):
             raise StoreError(f"{resume}: no sweep to resume (no readable sweep.json)") from None
+        grid = saved.get("grid", {}) if isinstance(saved, dict) else None
+        if not set_ and not (
+            isinstance(grid, dict) and all(isinstance(v, list) for v in grid.values())
+        ):
+            raise StoreError(
+                f"{resume / 'sweep.json'}: not a sweep record (its grid should map each key to "
+                "a list of values); pass the grid again with --set"
+            )
         base = load_config(resume / "config.toml")
-        sets: list[str] | dict = list(set_) if set_ else saved.get("grid", {})
+        sets: list[str] | dict = list(set_) if set_ else grid
         out = resume
     else:
         base = load_config(config)
@@ -179,6 +189,6 @@ def compare(
                 n += 1
                 key = f"{label} ({n})"
             overlaid[key] = frame
-    with output_file(out):
+    with output_file(out, ".png"):
         plots.overlay(overlaid, out)
     console.print(f"wrote {out} ({len(overlaid)} trajectories)", soft_wrap=True)

@@ -26,9 +26,11 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
-    """A config section: an unknown key or a value of the wrong type is an error, never ignored."""
+    """A config section: an unknown key or a value of the wrong type is an error, never ignored;
+    nor is NaN or an infinity (TOML's `nan`, `inf`), which no setting means and which would run
+    through the loop into NaN metrics."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -135,7 +137,7 @@ def load_as(
     if path is not None:
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Notepad) too
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:  # binary: not text at all

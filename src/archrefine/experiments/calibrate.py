@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from archrefine.core.config import Config
+from archrefine.core.config import Config, ConfigError
 from archrefine.experiments.evaluations import Evaluations, FitStart, default_workers
 from archrefine.experiments.fitting import (  # noqa: F401 - re-exported, as before the split
     ACCURACY_CUT,
@@ -160,9 +160,14 @@ def parse_params(text: str, generator: str) -> dict[str, tuple[float, float]]:
             continue
         key, _, bounds = (p.strip() for p in item.partition("="))
         try:
-            config_value(Config(), key)
+            value = config_value(Config(), key)
         except AttributeError:
             raise CalibrationError(f"--params: {key!r} is not a config key") from None
+        if not isinstance(value, float):  # an integer, a choice, a section: not fitted by steps
+            held = "a section" if hasattr(value, "model_fields") else f"its default is {value!r}"
+            raise CalibrationError(
+                f"--params: {key} is not a real-valued parameter ({held}); only those are fitted"
+            )
         if not bounds:
             if key not in known:
                 raise CalibrationError(f"--params: no default bounds for {key}; give {key}=LO:HI")
@@ -174,6 +179,11 @@ def parse_params(text: str, generator: str) -> dict[str, tuple[float, float]]:
             raise CalibrationError(f"--params: {item!r} is not KEY=LO:HI") from None
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
             raise CalibrationError(f"--params: {key} needs finite bounds LO < HI, got {bounds}")
+        for end in (lo, hi):  # else the fit stops with that error midway, the run unfinished
+            try:
+                Config().with_overrides({key: end})
+            except ConfigError as err:
+                raise CalibrationError(f"--params: {key}={bounds}: {err}") from None
         out[key] = (lo, hi)
     if not out:
         raise CalibrationError("--params: no parameter named")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from archrefine.core.analysis import Phases
-from archrefine.core.config import Config
+from archrefine.core.config import Config, ConfigError
 from archrefine.core.store import atomic_write_text, close_run, open_run, write_json, write_parquet
 from archrefine.experiments import intervene
 from archrefine.experiments.claims import (
@@ -28,6 +28,7 @@ from archrefine.experiments.runner import call_held, count_unique, forked_pool, 
 
 FIGURES = ("fig1_trajectory.png", "fig2_topk.png", "fig3_phases.png", "fig4_schedules.png")
 COMPARE = "fig5_compare.png"  # only when the generator is not the paper's
+MIN_CYCLES = 2
 
 
 @dataclass
@@ -62,6 +63,7 @@ def reproduce(
     (`workers`, default one per core) the claims are checked in a short-lived process of their
     own: scipy and ruptures (~60 MB) and the bootstrap arrays never enter this one, which goes
     on to write the files and the report."""
+    check_cycles(config)
     frame = run_plan(
         config,
         plan(config),
@@ -224,7 +226,18 @@ def _plot(name: str, *args, **kw) -> None:
     getattr(plots, name)(*args, **kw)
 
 
+def check_cycles(config: Config) -> None:
+    """The experiments need at least two cycles (a rate of change, a phase); one is a one-line
+    ConfigError before anything is written, not a traceback after the simulations."""
+    if config.loop.cycles < MIN_CYCLES:
+        raise ConfigError(
+            f"loop.cycles: the paper's experiments need at least {MIN_CYCLES} cycles to measure "
+            f"a change (got {config.loop.cycles})"
+        )
+
+
 def start(out: Path, config: Config, *, force: bool) -> float:
+    check_cycles(config)
     open_run(
         out, force=force, kind="reproduce", meta={"seed": config.seed, "trials": config.trials}
     )

@@ -177,20 +177,30 @@ def _rgba(color: str, alpha: float) -> str:
 
 def _phase_shapes(phases: dict, panels: int) -> list[dict[str, Any]]:
     """The detected phase boundaries as dashed lines in every panel, their 90% intervals
-    shaded."""
-    bounds = phases.get("boundaries") or []
-    lows, highs = phases.get("low") or [], phases.get("high") or []
+    shaded; a value that is not a finite number (a phases.json edited or damaged) is left out."""
+    bounds, lows, highs = (_cycles(phases.get(k)) for k in ("boundaries", "low", "high"))
     shapes = []
     for j, b in enumerate(bounds):
+        if b is None:
+            continue
         refs = [(_axes(n)["xaxis"], _axes(n)["yaxis"] + " domain") for n in range(1, panels + 1)]
-        if j < len(lows) and j < len(highs) and highs[j] > lows[j]:
+        low, high = (lows[j] if j < len(lows) else None), (highs[j] if j < len(highs) else None)
+        if low is not None and high is not None and high > low:
             shapes += [{"fillcolor": "#e76f51", "line": {"width": 0}, "opacity": 0.12,
-                        "type": "rect", "x0": lows[j], "x1": highs[j], "xref": xr, "y0": 0,
+                        "type": "rect", "x0": low, "x1": high, "xref": xr, "y0": 0,
                         "y1": 1, "yref": yr} for xr, yr in refs]  # fmt: skip
         shapes += [{"line": {"color": "#e76f51", "dash": "dash", "width": 1.5}, "type": "line",
                     "x0": b, "x1": b, "xref": xr, "y0": 0, "y1": 1, "yref": yr}
                    for xr, yr in refs]  # fmt: skip
     return shapes
+
+
+def _cycles(values: Any) -> list[float | None]:
+    """A phases.json list as floats, None for an entry that is not a finite number."""
+    if not isinstance(values, list):
+        return []
+    finite = [isinstance(v, (int, float)) and not isinstance(v, bool) for v in values]
+    return [float(v) if ok and math.isfinite(v) else None for v, ok in zip(values, finite)]
 
 
 def to_json(fig: dict[str, Any] | go.Figure) -> str:

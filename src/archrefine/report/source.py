@@ -22,6 +22,9 @@ KINDS = ("run", "reproduce", "sweep", "loop", "sweep-point")
 """Directory kinds (run.json `kind`) a report covers."""
 CANDIDATE_FIELDS = ("id", "cycle", "trial", "status", "reason", "accuracy", "novelty", "params",
                     "seconds", "near_duplicate", "selected", "parent_ids", "code")  # fmt: skip
+PHASE_LISTS = ("boundaries", "low", "high", "three_phase_fit", "three_phase_low",
+               "three_phase_high", "r2")  # fmt: skip
+"""phases.json's fields that are lists (of cycles, or of R² values)."""
 RESPONSE_CHARS = 4000
 """A reply with no code in it is kept (this much of it) so the reader sees what went wrong."""
 
@@ -67,8 +70,9 @@ def load(directory: Path, info: dict[str, Any] | None = None) -> RunData:
     if claims is not None and not all(isinstance(c, dict) and "id" in c for c in claims):
         raise ReportError(f"{directory / 'claims.json'}: not a list of claims")
     phases = _json(directory / "phases.json", dict)
-    if phases is not None and not isinstance(phases.get("boundaries", []), list):
-        raise ReportError(f"{directory / 'phases.json'}: 'boundaries' is not a list")
+    wrong = [k for k in PHASE_LISTS if not isinstance((phases or {}).get(k, []), list)]
+    if wrong:
+        raise ReportError(f"{directory / 'phases.json'}: {wrong[0]!r} is not a list")
     return RunData(
         directory=directory,
         kind=kind,

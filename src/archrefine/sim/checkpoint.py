@@ -132,7 +132,7 @@ class Checkpoint:
         header = self._read(arrays=False)[0]
         if self.config is not None and header.get("config") != self.config:
             raise CheckpointError(f"{self.path}: written by a run with another config")
-        return int(header["cycle"])
+        return header["cycle"]
 
     def restore(
         self, state: LoopState, rng: np.random.Generator, generator: Any, fitness: Any = None
@@ -189,6 +189,7 @@ class Checkpoint:
             missing = {"cycle", "config", "rng"} - header.keys()
             if missing:
                 raise ValueError(f"header lacks {', '.join(sorted(missing))}")
+            _check_cycle(header)
         except FileNotFoundError:
             raise CheckpointError(f"{self.path}: no such file") from None
         except _BROKEN as err:
@@ -223,6 +224,17 @@ class Checkpointer:
             pending, self.pending = self.pending, None
             self.checkpoint.write(pending)
             self.since = _now()
+
+
+def _check_cycle(header: dict[str, Any]) -> None:
+    """The header's `cycle` is a count that the per-cycle records agree with: a damaged one
+    would resume at the wrong cycle, with the random state of another, and silently differ."""
+    cycle = header["cycle"]
+    if not isinstance(cycle, int) or isinstance(cycle, bool) or cycle < 0:
+        raise ValueError(f"cycle {json.dumps(cycle)[:40]} is not a count of cycles")
+    rows = {tuple(shape[:1]) for name, _, shape in header["arrays"] if name.startswith("records/")}
+    if rows != ({(cycle,)} if cycle else set()):
+        raise ValueError(f"its records do not hold the {cycle} cycles it says are done")
 
 
 def _why(err: BaseException) -> str:
