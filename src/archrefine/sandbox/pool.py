@@ -298,7 +298,9 @@ class SandboxPool:
             return self._run_all(jobs)
 
     def _store_data(self, data: Data) -> str:
-        """Write (x, y, x_val) once per distinct dataset; y_val stays here to score predictions."""
+        """Write (x, y, x_val) once per distinct dataset; y_val stays here to score predictions.
+        Only the dataset of the current call stays in the inputs every job can read: an earlier
+        call's file of another split held labels of this split's held-out images."""
         if not (isinstance(data, tuple | list) and len(data) == 4):
             raise ValueError("data: expected a tuple (X, y, X_val, y_val) of numpy arrays")
         x, y, x_val, y_val = (np.ascontiguousarray(a) for a in data)
@@ -319,7 +321,10 @@ class SandboxPool:
                 )
             tmp.chmod(0o644)
             tmp.rename(self._root / "in" / name)
-            self._data.add(name)
+        for old in self._data - {name}:  # another split's training labels may be this one's
+            with contextlib.suppress(OSError):  # answers (1.00 by lookup): only one is readable
+                (self._root / "in" / old).unlink()
+        self._data = {name}
         return name
 
     def _run_all(self, jobs: list[_Job]) -> list[Outcome]:
