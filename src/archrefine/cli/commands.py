@@ -371,9 +371,18 @@ def calibrate(
     common = {"generator": generator, "trials": trials, "seed": seed, "columns": cols}
     common |= {"params": free, "run_means": means}
     common |= {"cycles": int(observed["cycle"].max())} if means else {}  # the means' cycles
-    if loo:  # every refit needs fewer free parameters than observed values: check before fitting
-        from archrefine.experiments.loo import check_folds
+    from archrefine.experiments.loo import check_folds, check_values
 
+    # as many observed values as free parameters at least, before the run directory is made
+    check_values(
+        observed,
+        generator=generator,
+        columns=cols,
+        params=free,
+        run_means=means,
+        name=str(trajectory),
+    )
+    if loo:  # every refit needs fewer free parameters than observed values: check before fitting
         check_folds(observed, generator=generator, columns=cols, params=free, run_means=means)
     out = out or default_dir("calibrate")
     meta = {"trajectory": str(trajectory), "generator": generator, "trials": trials, "seed": seed}

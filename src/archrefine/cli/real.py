@@ -64,8 +64,16 @@ def loop(
             raise ConfigError("--resume uses the run's own config.toml: drop CONFIG and --set")
         from archrefine.real.trust import check_files
 
+        if not resume.is_dir():  # the directory itself, not a file in it, is what is missing
+            what = "a file, not a loop directory" if resume.exists() else "no such loop directory"
+            raise ConfigError(f"--resume {resume}: {what}")
         check_files(resume)  # before reading any of it: no FIFO, device or link to elsewhere
         info = expect_kind(resume, "loop")  # a simulator run or sweep says what it holds
+        if info is None and not (resume / "config.toml").exists():
+            raise ConfigError(
+                f"--resume {resume}: holds no loop run (no run.json, no config.toml); start one "
+                "with archrefine loop --out DIR"
+            )
         cfg = load_config(resume / "config.toml", model=RealConfig)
         out, done = resume, real.completed_cycles(resume)
         if info is not None and real.finished(resume, cfg):

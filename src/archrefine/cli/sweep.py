@@ -137,14 +137,11 @@ def runs(
     """List the runs and sweeps under a directory: kind, date, status, config, final metrics."""
     from archrefine.core.catalog import scan
     from archrefine.core.metrics import METRICS
+    from archrefine.core.store import dumps_strict
 
     records = scan(directory)
     if as_json:
-        clean = [
-            {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
-            for r in records
-        ]
-        print(json.dumps(clean, indent=1))
+        print(dumps_strict(records, indent=1))
         return
     table = Table(title=f"Runs under {directory}", box=box.SIMPLE_HEAD, show_edge=False, padding=0)
     table.add_column("name", overflow="fold", min_width=6)

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from archrefine.core import liveness
 from archrefine.core.metrics import METRICS
-from archrefine.core.store import StoreError, read_metrics, read_run
+from archrefine.core.store import StoreError, not_a_directory, read_metrics, read_run
 
 FIELDS = ("name", "kind", "date", "status", "config_hash", *METRICS, "path")
 
@@ -27,7 +27,7 @@ def scan(root: Path) -> list[dict[str, Any]]:
     """One record per run directory under `root` (itself included), oldest first."""
     root = Path(root)
     if not root.is_dir():
-        raise StoreError(f"{root}: no such directory")
+        raise StoreError(f"{root}: {not_a_directory(root)}")
     found = []
     for here, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))

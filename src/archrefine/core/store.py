@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shlex
 import sys
@@ -82,12 +83,34 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+    """Write `data` as strict JSON (what `JSON.parse` and jq read): a value that is not a finite
+    number (NaN, ±inf, numpy's too) is written as null; one missed raises rather than writing
+    Python's `NaN`/`Infinity`, which no strict parser accepts."""
+    atomic_write_text(path, dumps_strict(data, indent=2) + "\n")
+
+
+def dumps_strict(data: Any, **kwargs: Any) -> str:
+    """`json.dumps` of `data` with every non-finite number null (`finite`); strict JSON."""
+    return json.dumps(finite(data), allow_nan=False, default=_jsonable, **kwargs)
+
+
+def finite(data: Any) -> Any:
+    """`data` (nested dicts, lists, tuples; numpy scalars and arrays) with each number that is
+    not finite replaced by None."""
+    if isinstance(data, float):  # numpy's float64 too
+        return data if math.isfinite(data) else None
+    if isinstance(data, Mapping):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(v) for v in data]
+    if type(data).__module__ == "numpy" and hasattr(data, "tolist"):  # a numpy scalar or array
+        return finite(data.tolist())
+    return data
 
 
 def _jsonable(x: Any) -> Any:
     if hasattr(x, "item"):
-        return x.item()
+        return finite(x.item())
     raise TypeError(f"not JSON serializable: {type(x).__name__}")
 
 
@@ -119,6 +142,13 @@ def _arrow(values: np.ndarray) -> Any:
     valid = pa.py_buffer(np.packbits(~missing, bitorder="little")) if nulls else None
     kind = pa.from_numpy_dtype(values.dtype)
     return pa.Array.from_buffers(kind, len(values), [valid, pa.py_buffer(values)], nulls)
+
+
+def not_a_directory(path: Path) -> str:
+    """Why `path`, which should be a directory, is not one: missing, or a file."""
+    if not Path(path).exists():
+        return "no such directory"
+    return "a file, not a directory" if Path(path).is_file() else "not a directory"
 
 
 def default_dir(kind: str, root: Path = Path("runs")) -> Path:

@@ -195,7 +195,8 @@ def load_conformal(fit_cycles: int = DEFAULT_FIT_CYCLES) -> tuple[dict[str, floa
         return {}, None
     nearest = min(measured, key=lambda n: (abs(n - fit_cycles), n))
     raw = json.loads(conformal_path(nearest).read_text())["factor"]
-    return {c: float(q) for c, q in raw.items()}, nearest
+    # null: too few development scores for the quantile, an unbounded factor (written as inf)
+    return {c: float("inf") if q is None else float(q) for c, q in raw.items()}, nearest
 
 
 def conformal_scores(point, lo, hi, observed) -> np.ndarray:
@@ -227,10 +228,16 @@ def widened(point, lo, hi, factor: float) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(point - factor * down, 0, 1), np.clip(point + factor * up, 0, 1)
 
 
+#: the fewest observed cycles a forecast fits (so also the smallest --fit-cycles)
+MIN_FIT_CYCLES = 3
+
+
 def check_request(obs: Observed, fit_cycles: int) -> pd.DataFrame:
     """The observed rows the fit may use; one-line errors for impossible requests."""
-    if fit_cycles < 2:
-        raise ForecastError(f"--fit-cycles {fit_cycles}: need at least 2 cycles to fit")
+    if fit_cycles < MIN_FIT_CYCLES:  # fewer could not hold the observed cycles asked for below
+        raise ForecastError(
+            f"--fit-cycles {fit_cycles}: need at least {MIN_FIT_CYCLES} cycles to fit"
+        )
     if fit_cycles >= obs.cycles:
         raise ForecastError(
             f"--fit-cycles {fit_cycles}: the run has {obs.cycles} cycles, so nothing is left to "
@@ -243,10 +250,10 @@ def check_request(obs: Observed, fit_cycles: int) -> pd.DataFrame:
         raise ForecastError(
             f"{obs.name}: only {last} cycles recorded, fewer than --fit-cycles {fit_cycles}"
         )
-    if len(seen) < 3:
+    if len(seen) < MIN_FIT_CYCLES:
         raise ForecastError(
-            f"{obs.name}: {len(seen)} observed cycles among 1..{fit_cycles}; need at least 3 "
-            "(raise --fit-cycles)"
+            f"{obs.name}: {len(seen)} observed cycles among 1..{fit_cycles}; need at least "
+            f"{MIN_FIT_CYCLES} (raise --fit-cycles)"
         )
     return frame.reset_index(drop=True)
 

@@ -23,6 +23,7 @@ from archrefine.experiments.calibrate import (
     check_trajectory,
     load_trajectory,
 )
+from archrefine.experiments.trajectory import MAX_CYCLES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -72,6 +73,8 @@ def load_observed(path: str | Path, *, cycles: int | None = None) -> Observed:
         raise ForecastError(f"{path}: no such file or directory")
     obs = _from_directory(path) if path.is_dir() else _from_csv(path)
     if cycles is not None:
+        if cycles > MAX_CYCLES:  # loop.cycles' bound, said of the option that set it
+            raise ForecastError(f"--cycles {cycles}: at most {MAX_CYCLES} (a loop's longest)")
         if cycles < int(obs.frame["cycle"].max()):
             raise ForecastError(f"--cycles {cycles}: the run already has more observed cycles")
         obs.cycles = cycles

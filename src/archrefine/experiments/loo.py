@@ -64,6 +64,36 @@ def thin_fold(
     return None
 
 
+def check_values(
+    trajectory: pd.DataFrame,
+    *,
+    generator: str = "paper",
+    columns: Sequence[str] | None = None,
+    params: Any = None,
+    run_means: Mapping[str, float] | None = None,
+    name: str = "trajectory",
+) -> None:
+    """Raise `CalibrationError` when the fit would have fewer observed values (each run mean
+    counts as one) than free parameters (the generator's and the observation maps'): such a
+    fit is not determined, and its standard errors mean nothing. Cheap: call it before the fit.
+    (`calibrate` itself does not check: a forecast fits its first cycles under a prior.)"""
+    obs = check_trajectory(trajectory, name=name)
+    means = set(run_means or ())
+    keep = [c for c in (columns or KNOWN_COLUMNS) if c in obs.columns]
+    keep = [c for c in keep if obs[c].notna().any() or c in means]
+    values = int(obs[keep].notna().sum().sum()) + len(means & set(keep))
+    n_model = len(free_params(generator, params))
+    n_maps = sum(MAP_COEFFICIENTS.get(c, 0) for c in keep)
+    if values < n_model + n_maps:
+        maps = f" and {n_maps} of the observation maps" if n_maps else ""
+        raise CalibrationError(
+            f"{name}: {values} observed value{'s' * (values != 1)} for {n_model + n_maps} free "
+            f"parameters ({n_model} of the {generator} generator{maps}): a fit needs at least "
+            "as many values as parameters; observe more cycles or columns, or fit fewer "
+            "parameters (--params)"
+        )
+
+
 def check_folds(
     trajectory: pd.DataFrame,
     *,

@@ -9,6 +9,8 @@ forecast that fits the first cycles must never see a mean that includes the rest
 
 from __future__ import annotations
 
+import csv
+import io
 from importlib import resources
 from pathlib import Path
 
@@ -40,7 +42,11 @@ def read_trajectory(path: str | Path) -> tuple[pd.DataFrame, dict[str, float]]:
     cycles 1 to the file's last cycle}` (empty when the file has no `all` row)."""
     path = Path(str(path))
     try:
-        frame = pd.read_csv(path, comment="#", skip_blank_lines=True, dtype={"cycle": str})
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Notepad) is not in the header
+        _fields(text, str(path))
+        frame = pd.read_csv(
+            io.StringIO(text), comment="#", skip_blank_lines=True, dtype={"cycle": str}
+        )
     except FileNotFoundError:
         raise CalibrationError(f"{path}: no such file") from None
     except OSError as err:  # a directory, no permission: one line, not a traceback
@@ -61,6 +67,34 @@ def read_trajectory(path: str | Path) -> tuple[pd.DataFrame, dict[str, float]]:
     out = check_trajectory(frame, name=str(path))
     _in_range(out, means, str(path))
     return out, means
+
+
+def _fields(text: str, name: str) -> None:
+    """A header naming a column twice, or a row with more fields than the header, is an error
+    naming it: pandas would rename the second `x` to `x.1`, and read a row with one field too
+    many as if its first field were a row label (its cycle taken from the next field)."""
+    lines = ((n, line.split("#", 1)[0]) for n, line in enumerate(text.splitlines(), 1))
+    header: list[str] | None = None
+    for n, line in lines:
+        if not line.strip():
+            continue
+        try:
+            fields = next(csv.reader([line]))
+        except (csv.Error, StopIteration):  # pandas says what is wrong with it
+            return
+        if header is None:
+            header = [f.strip() for f in fields]
+            for i, col in enumerate(header):
+                if col and col in header[:i]:
+                    raise CalibrationError(
+                        f"{name}: column {col!r} is repeated in the header (fields "
+                        f"{header.index(col) + 1} and {i + 1}); keep one"
+                    )
+        elif len(fields) > len(header):
+            raise CalibrationError(
+                f"{name}: line {n} has too many fields ({len(fields)}; the header has "
+                f"{len(header)}): a stray comma, or a value without a column?"
+            )
 
 
 #: columns that are shares or [0, 1] scores (a CSV in percent is the usual mistake); the others

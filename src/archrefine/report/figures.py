@@ -178,7 +178,7 @@ def _rgba(color: str, alpha: float) -> str:
 def _phase_shapes(phases: dict, panels: int) -> list[dict[str, Any]]:
     """The detected phase boundaries as dashed lines in every panel, their 90% intervals
     shaded; a value that is not a finite number (a phases.json edited or damaged) is left out."""
-    bounds, lows, highs = (_cycles(phases.get(k)) for k in ("boundaries", "low", "high"))
+    bounds, lows, highs = (finite_list(phases.get(k)) for k in ("boundaries", "low", "high"))
     shapes = []
     for j, b in enumerate(bounds):
         if b is None:
@@ -195,8 +195,8 @@ def _phase_shapes(phases: dict, panels: int) -> list[dict[str, Any]]:
     return shapes
 
 
-def _cycles(values: Any) -> list[float | None]:
-    """A phases.json list as floats, None for an entry that is not a finite number."""
+def finite_list(values: Any) -> list[float | None]:
+    """A phases.json list as floats, None for an entry that is not a finite number (null)."""
     if not isinstance(values, list):
         return []
     finite = [isinstance(v, (int, float)) and not isinstance(v, bool) for v in values]

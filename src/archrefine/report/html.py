@@ -240,7 +240,7 @@ def _trajectories(data: RunData) -> list[str]:
 def _num(x: Any) -> str:
     if isinstance(x, (int, float)) and not isinstance(x, bool):
         return f"{x:g}" if isinstance(x, float) and math.isfinite(x) else str(x)
-    return _e(fmt(x))
+    return _e(fmt(x))  # None (a value that was not a finite number) as a dash
 
 
 def _interval(points: list, lows: list, highs: list) -> str:
@@ -257,11 +257,11 @@ def _phases(data: RunData) -> str:
     p = data.phases
     if p is None:
         return ""
-    r2 = [float(x) for x in p.get("r2") or [] if isinstance(x, (int, float))]
-    gains = [b - a for a, b in zip(r2, r2[1:])]
+    r2 = figures.finite_list(p.get("r2"))  # null (no fit with that many kinks) keeps its place
+    gains = [None if a is None or b is None else b - a for a, b in zip(r2, r2[1:])]
     rows = "".join(
-        f"<tr><td class='num'>{k}</td><td class='num'>{v:.4f}</td>"
-        f"<td class='num'>{'' if k == 0 else f'{gains[k - 1]:+.4f}'}</td></tr>"
+        f"<tr><td class='num'>{k}</td><td class='num'>{'–' if v is None else f'{v:.4f}'}</td>"
+        f"<td class='num'>{_gain(gains[k - 1]) if k else ''}</td></tr>"
         for k, v in enumerate(r2)
     )
     table = (
@@ -285,6 +285,10 @@ standardised validity and novelty curves kinks; a further kink counts when it ad
         )
     }</dd></dl>
 {table}</section>"""
+
+
+def _gain(x: float | None) -> str:
+    return "–" if x is None else f"{x:+.4f}"
 
 
 def _claims(data: RunData) -> str:

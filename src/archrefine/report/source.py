@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from archrefine.core.store import StoreError, read_metrics
+from archrefine.core.store import StoreError, not_a_directory, read_metrics
 
 KINDS = ("run", "reproduce", "sweep", "loop", "sweep-point")
 """Directory kinds (run.json `kind`) a report covers."""
@@ -53,7 +53,7 @@ def load(directory: Path, info: dict[str, Any] | None = None) -> RunData:
     `info` stands for run.json where the caller is about to write exactly that."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ReportError(f"{directory}: no such directory")
+        raise ReportError(f"{directory}: {not_a_directory(directory)}")
     if info is None:
         info = _json(directory / "run.json", dict) or {}
     has_db = (directory / "candidates.sqlite").is_file()
