@@ -205,6 +205,25 @@ def test_the_paper_experiments_need_two_cycles(tmp_path, command):
 
 
 @pytest.mark.parametrize(
+    "command",
+    [
+        ["reproduce", "--trials", "1", "--workers", "1"],
+        ["robustness", "--seeds", "1", "--trials", "1", "--workers", "1"],
+    ],
+)
+def test_a_condition_the_settings_make_invalid_is_named_before_anything_is_written(
+    tmp_path, command
+):
+    """`loop.top_k = 2` is a valid setting, but the schedules experiment's islands condition
+    (4 islands) is not valid on top of it: the error came after the run directory was made,
+    which was left marked running and refused the next start without --force."""
+    out = tmp_path / "o"
+    result = invoke(*command, "--set", "loop.population=4", "--set", "loop.top_k=2", "--out", out)
+    one_line_error(result, "schedules experiment, condition islands", "loop.top_k (2)")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
     ("command", "target", "said"),
     [
         ("report", "config.toml", "a file of the run in"),

@@ -63,7 +63,7 @@ def reproduce(
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(config, overrides)
-    rep.check_cycles(cfg)
+    rep.check_plan(cfg)
     check_memory(cfg)
     tracking = tracker(cfg, track)
     out = out or default_dir("reproduce")
@@ -138,10 +138,10 @@ def robustness(
             trajectories=4 if trajectories is None else trajectories,
             morris_trials=morris_trials,
         ).validate()  # the options' own one-line errors first, then the memory they need
-        from archrefine.experiments.reproduce import check_cycles
+        from archrefine.experiments.reproduce import check_plan
         from archrefine.sim.budget import check_memory
 
-        check_cycles(base)
+        check_plan(base)
         check_memory(base.with_overrides({"trials": settings.trials}))
         out = out or default_dir("robustness")
     counts = {"ran": 0, "skipped": 0}

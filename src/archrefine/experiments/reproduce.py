@@ -63,7 +63,7 @@ def reproduce(
     (`workers`, default one per core) the claims are checked in a short-lived process of their
     own: scipy and ruptures (~60 MB) and the bootstrap arrays never enter this one, which goes
     on to write the files and the report."""
-    check_cycles(config)
+    check_plan(config)
     frame = run_plan(
         config,
         plan(config),
@@ -226,18 +226,26 @@ def _plot(name: str, *args, **kw) -> None:
     getattr(plots, name)(*args, **kw)
 
 
-def check_cycles(config: Config) -> None:
-    """The experiments need at least two cycles (a rate of change, a phase); one is a one-line
-    ConfigError before anything is written, not a traceback after the simulations."""
+def check_plan(config: Config) -> None:
+    """Every simulation the experiments will run is a valid config: at least two cycles (a rate
+    of change, a phase), and each condition's settings on top of `config` (e.g. 4 islands need
+    `loop.top_k` ≥ 4). A ConfigError naming the condition before anything is written, not a
+    traceback after the simulations or a run directory left unfinished."""
     if config.loop.cycles < MIN_CYCLES:
         raise ConfigError(
             f"loop.cycles: the paper's experiments need at least {MIN_CYCLES} cycles to measure "
             f"a change (got {config.loop.cycles})"
         )
+    for experiment, conds in plan(config).items():
+        for name, overrides in conds.items():
+            try:
+                config.with_overrides(overrides)
+            except ConfigError as err:
+                raise ConfigError(f"{experiment} experiment, condition {name}: {err}") from None
 
 
 def start(out: Path, config: Config, *, force: bool) -> float:
-    check_cycles(config)
+    check_plan(config)
     open_run(
         out, force=force, kind="reproduce", meta={"seed": config.seed, "trials": config.trials}
     )

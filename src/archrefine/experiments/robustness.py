@@ -345,10 +345,10 @@ def run_robustness(
 ) -> dict[str, Any]:
     """Run (or, with `resume`, finish) a robustness study in `out`; return robustness.json.
     `force` starts afresh in a directory that holds a run (its job records are removed)."""
-    from archrefine.experiments.reproduce import check_cycles
+    from archrefine.experiments.reproduce import check_plan
 
     settings.validate()
-    check_cycles(base)
+    check_plan(base)
     out = Path(out)
     if resume:
         saved_base, saved = load_study(out)
