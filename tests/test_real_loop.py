@@ -378,4 +378,4 @@ def test_export_writes_parquet_and_fine_tuning_pairs(tmp_path: Path) -> None:
     missing = runner.invoke(app, ["export", str(tmp_path)])
     assert missing.exit_code == 2 and "no candidates.sqlite" in missing.output
     nothing = runner.invoke(app, ["loop", "--resume", str(tmp_path / "nowhere")])
-    assert nothing.exit_code == 2 and "no such config file" in nothing.output
+    assert nothing.exit_code == 2 and "no such loop directory" in nothing.output
