@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cachetools import LRUCache, cached
 
@@ -33,6 +33,7 @@ from archrefine.code.ast_helpers import (
     source_key,
     syntax_message,
 )
+from archrefine.code.reachable import empty_iterable, live, same_shape_view, taken, truth
 
 __all__ = ["Fingerprint", "fingerprint"]
 
@@ -45,6 +46,9 @@ class Fingerprint:
 
     layers: tuple[str, ...]
     forward: tuple[str, ...]
+    detail: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    """`forward` with the arguments of `HYPER` that are not the default (`Dropout[p=0.3]`):
+    what `novelty_code.structure` compares. Not part of `canonical`, `sha1` or equality."""
 
     @property
     def canonical(self) -> str:
@@ -95,7 +99,9 @@ def _read(source: str) -> Fingerprint:
         layers, forward = _Reader(tree).analyse("Net", {})
     except RecursionError:
         raise CodeError(_TOO_DEEP) from None
-    return Fingerprint(tuple(layers), tuple(forward))
+    plain = tuple(op.partition(_DETAIL)[0] for op in forward)
+    return Fingerprint(tuple(op.partition(_DETAIL)[0] for op in layers), plain,
+                       tuple(op.replace(_DETAIL, "") for op in forward))  # fmt: skip
 
 
 def _weight(found: Fingerprint | str) -> int:
@@ -103,7 +109,7 @@ def _weight(found: Fingerprint | str) -> int:
     bookkeeping), then ~64 per string besides its text."""
     if isinstance(found, str):
         return 1024 + len(found)
-    return 1024 + sum(64 + len(op) for op in found.layers + found.forward)
+    return 1024 + sum(64 + len(op) for op in found.layers + found.forward + found.detail)
 
 
 # ---- reading the AST ---------------------------------------------------------------------------
@@ -120,6 +126,19 @@ PLAIN_OPS = ACTIVATIONS | {
     "mul": "Mul", "matmul": "MatMul", "bmm": "MatMul", "cat": "Cat",
 }  # fmt: skip
 """Lower-cased module, functional and tensor-method names that need no parameters."""
+_P, _SLOPE = {"p": (0, 0.5)}, {"negative_slope": (0, 0.01)}
+HYPER = {
+    "dropout": _P,
+    "dropout2d": _P,
+    "alphadropout": _P,
+    "leakyrelu": _SLOPE,
+    "leaky_relu": _SLOPE,
+    "elu": {"alpha": (0, 1.0)},
+    "conv2d": {"dilation": (5, 1), "bias": (7, True), "padding_mode": (8, "zeros")},
+}
+"""Arguments (position after the tensor, default) written into an op's `Fingerprint.detail`
+when set to something else: they change the network, though the op names leave them out."""
+_DETAIL = "\x00"  # between an op and its HYPER arguments while reading (code has no NUL)
 CONTAINERS = frozenset({"Sequential", "ModuleList", "ModuleDict"})
 # fmt: off
 SHAPE_METHODS = frozenset({"view", "reshape", "permute", "transpose", "expand", "repeat", "size",
@@ -198,7 +217,7 @@ class _Reader:
             scope = _Scope(self, self.consts, cls)
             scope.consts |= scope.bind(cls, None) | bound
             if init is not None:
-                for stmt in init.body:
+                for stmt in live(init.body):
                     scope.read_init(stmt)
             if (forward := find_method(cls, "forward")) is not None:
                 ops = _Forward(scope).run(forward)
@@ -213,7 +232,14 @@ class _Reader:
         """The normalized op for module/function/method `name` called as `call`, at most
         `MAX_OP` characters; the tensor is the first argument when offset is 1 (functional
         form)."""
-        return self._op(name[:MAX_OP], call, offset, consts)[:MAX_OP]
+        op = self._op(name[:MAX_OP], call, offset, consts)[:MAX_OP]
+        hyper = HYPER.get(name[:MAX_OP].lower().rstrip("_"), {}) if op else {}
+        if offset and name.lower() == "conv2d":
+            hyper = {}  # F.conv2d(x, weight, ...) is read by name only
+        values = {k: literal_arg(call, i + offset, k, d, consts) for k, (i, d) in hyper.items()}
+        set_ = [f"{k}={'?' if v is UNKNOWN else v!r}"[:MAX_OP] for k, (_, d) in hyper.items()
+                if (v := values[k]) != d and not (isinstance(v, bool) and v == d)]  # fmt: skip
+        return f"{op}{_DETAIL}[{','.join(set_)}]" if set_ else op
 
     def _op(self, name: str, call: ast.Call, offset: int, consts: dict) -> str:
         key = name.lower().rstrip("_")
@@ -244,6 +270,8 @@ class _Reader:
             return "GlobalAvgPool" if spatial else "Mean"
         if key in ("linear", "lazylinear") and offset == 0:
             return f"Linear(o={arg(1 if key == 'linear' else 0, 'out_features')})"
+        if key in ("view", "reshape", "view_as", "reshape_as") and same_shape_view(call, offset):
+            return ""  # x.view(x.shape), x.reshape(*x.size()), x.view_as(x): no op
         if key in ("view", "reshape"):
             flat = len(call.args) == 2 + offset and literal_value(call.args[-1], consts) == -1
             return "Flatten" if flat else "Reshape"
@@ -261,12 +289,20 @@ class _Scope:
         self.local: dict[str, list[list[str]]] = {}
 
     def read_init(self, stmt: ast.stmt) -> None:
+        if isinstance(stmt, ast.If | ast.While) and (body := taken(stmt, self.consts)) is not None:
+            for inner in live(body):  # `if False:` / `while 0:`: only the branch that runs
+                self.read_init(inner)
+            return
         if isinstance(stmt, ast.For | ast.If | ast.With):
-            for value in self.unroll(stmt):
+            if not (values := self.unroll(stmt)):
+                for inner in live(stmt.orelse):
+                    self.read_init(inner)
+            for value in values:
                 if value is not UNKNOWN:
                     self.consts[stmt.target.id] = value
-                for inner in stmt.body + getattr(stmt, "orelse", []):
-                    self.read_init(inner)
+                for part in (stmt.body, getattr(stmt, "orelse", [])):
+                    for inner in live(part):
+                        self.read_init(inner)
             return
         for node in preorder(stmt):
             self.reader.spend()
@@ -300,6 +336,8 @@ class _Scope:
                 values = list(span) if len(span) <= 32 else UNKNOWN
             except (TypeError, ValueError, OverflowError):
                 values = UNKNOWN
+        if isinstance(values, list | tuple) and not values:
+            return []  # `for _ in []:` never runs its body (only its `else`)
         ok = isinstance(values, list | tuple) and 0 < len(values) <= 32
         return list(values) if ok else [UNKNOWN]  # type: ignore[arg-type]
 
@@ -345,7 +383,7 @@ class _Scope:
         self.reader.active.add(key)  # a builder method such as self._make_layer(...)
         try:
             sub = _Scope(self.reader, self.consts, self.cls)
-            for stmt in fn.body:
+            for stmt in live(fn.body):
                 sub.read_init(stmt)
             if layers:
                 return sub.layers
@@ -389,9 +427,47 @@ class _Forward(ast.NodeVisitor):
         self.depth = 0
 
     def run(self, fn: ast.FunctionDef) -> list[str]:
-        for stmt in fn.body:
+        for stmt in live(fn.body):
             self.visit(stmt)
         return [op for op in self.ops if op]
+
+    def generic_visit(self, node: ast.AST) -> None:
+        """As NodeVisitor's, but a block of statements (the body of a `with`, `try`, `except`,
+        `match` case ...) only up to its first `return`, `raise`, `break` or `continue`."""
+        for _, value in ast.iter_fields(node):
+            if isinstance(value, list):
+                for item in live(value):
+                    if isinstance(item, ast.AST):
+                        self.visit(item)
+            elif isinstance(value, ast.AST):
+                self.visit(value)
+
+    def visit_If(self, node: ast.If | ast.While) -> None:
+        body = taken(node, self.scope.consts)
+        if body is None:  # decided at run time: both branches may run
+            self.generic_visit(node)
+        for stmt in live(body or []):
+            self.visit(stmt)
+
+    visit_While = visit_If
+
+    def visit_IfExp(self, node: ast.IfExp) -> None:
+        test = truth(node.test, self.scope.consts)
+        if test is None:
+            self.generic_visit(node)
+        else:
+            self.visit(node.body if test else node.orelse)
+
+    def visit_ListComp(self, node: ast.ListComp | ast.SetComp | ast.GeneratorExp) -> None:
+        if not any(empty_iterable(g.iter, self.scope.consts) for g in node.generators):
+            self.generic_visit(node)  # `[... for _ in []]` never evaluates its element
+
+    visit_SetComp = visit_GeneratorExp = visit_DictComp = visit_ListComp
+
+    def visit_FunctionDef(self, node: ast.AST) -> None:  # like a lambda: not run where defined
+        return None
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_FunctionDef
 
     def visit(self, node: ast.AST) -> None:
         self.scope.reader.spend()  # a loop over a container revisits its body per module
@@ -422,11 +498,15 @@ class _Forward(ast.NodeVisitor):
         items: list[list[str] | None] = [None]
         if isinstance(node.target, ast.Name) and dotted_name(node.iter).startswith("self."):
             items = self.scope.attrs.get(node.iter.attr, [None])[:32]  # type: ignore[assignment]
+        if empty_iterable(node.iter, self.scope.consts):
+            items = []  # `for _ in []:` runs only its `else`
         for item in items:  # `for block in self.blocks:` runs the body once per block
             if item is not None:
                 self.loops[node.target.id] = item
-            for stmt in node.body + node.orelse:
+            for stmt in live(node.body):
                 self.visit(stmt)
+        for stmt in live(node.orelse):
+            self.visit(stmt)
 
     def visit_Lambda(self, node: ast.Lambda) -> None:  # not evaluated where defined
         return None

@@ -25,6 +25,7 @@ Example
 from __future__ import annotations
 
 import builtins
+import hashlib
 import io
 import keyword
 import threading
@@ -35,8 +36,9 @@ from cachetools import LRUCache, cached
 from datasketch import MinHash, MinHashLSH
 
 from archrefine.code.ast_helpers import source_key
+from archrefine.code.fingerprint import fingerprint
 
-__all__ = ["CodeNovelty", "code_tokens"]
+__all__ = ["CodeNovelty", "code_tokens", "structure"]
 
 KEPT_NAMES = frozenset({"torch", "nn", "F", "self", "super", "forward", "__init__"})
 BUILTINS = frozenset(n for n in dir(builtins) if not n.startswith("_"))
@@ -94,6 +96,23 @@ def code_tokens(source: str) -> list[str]:
     return out
 
 
+def structure(source: str) -> str | None:
+    """A key for the network `source` runs: the SHA-1 of the forward ops its fingerprint reads
+    (what `forward` reaches: no dead branch, no layer it never calls, no identity op), with the
+    hyperparameters of `fingerprint.HYPER` (`Fingerprint.detail`), or None when that reading is
+    too thin to vouch for: no `Conv2d`/`Linear`, or anything unresolved (`?`). Two sources with
+    the same key are the same network, however different their text."""
+    if not isinstance(source, str):
+        return None
+    try:
+        ops = fingerprint(source).detail
+    except Exception:  # noqa: BLE001 - unreadable code simply has no structural key
+        return None
+    if any("?" in op for op in ops) or not any(op.startswith(("Conv2d(", "Linear(")) for op in ops):
+        return None
+    return hashlib.sha1("\n".join(ops).encode()).hexdigest()
+
+
 class CodeNovelty:
     """An archive of code sketches, scoring how new a candidate is against it.
 
@@ -104,10 +123,18 @@ class CodeNovelty:
         sqrt(J (1 - J) / num_perm).
     threshold : estimated Jaccard at or above which a candidate is a near duplicate.
     seed : seeds the MinHash permutations; equal seeds give equal scores, run after run.
+    twins : a member whose `structure` equals the candidate's counts as Jaccard 1 whatever the
+        text: dead code, identity ops or a rewrite cannot make a copy of a network look new.
+        False: the text alone, as a plain MinHash–Jaccard filter (Khalid et al.) judges it.
     """
 
     def __init__(
-        self, shingle: int = 10, num_perm: int = 256, threshold: float = 0.90, seed: int = 1
+        self,
+        shingle: int = 10,
+        num_perm: int = 256,
+        threshold: float = 0.90,
+        seed: int = 1,
+        twins: bool = True,
     ) -> None:
         for name, value, low in (("shingle", shingle, 1), ("num_perm", num_perm, 2)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -124,6 +151,8 @@ class CodeNovelty:
         self._keyset: set[str] = set()
         self._rows: list[np.ndarray] = []
         self._matrix: np.ndarray | None = None  # rows stacked, rebuilt after an add
+        self.twins = bool(twins)
+        self._twins: dict[str, list[str]] = {}  # `structure` -> keys of the members with it
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -154,16 +183,24 @@ class CodeNovelty:
         self._keyset.add(key)
         self._rows.append(np.asarray(m.hashvalues))
         self._matrix = None
+        if self.twins and (struct := structure(source)) is not None:
+            self._twins.setdefault(struct, []).append(key)
 
     def similarities(self, source: str) -> dict[str, float]:
         """Estimated Jaccard similarity of `source` to every archive member, by key."""
-        return self._similarities(self.sketch(source)) if self._keys else {}
+        return self._similarities(self.sketch(source), source) if self._keys else {}
 
-    def _similarities(self, m: MinHash) -> dict[str, float]:
+    def _similarities(self, m: MinHash, source: str) -> dict[str, float]:
         if self._matrix is None:
             self._matrix = np.vstack(self._rows)
         sims = (self._matrix == np.asarray(m.hashvalues)).mean(axis=1)
-        return dict(zip(self._keys, sims.tolist(), strict=True))
+        out = dict(zip(self._keys, sims.tolist(), strict=True))
+        return out | dict.fromkeys(self._same(source), 1.0)
+
+    def _same(self, source: str) -> list[str]:
+        """Keys of the members that run the same network as `source` (equal `structure`)."""
+        struct = structure(source) if self._twins else None
+        return self._twins.get(struct, []) if struct is not None else []
 
     def score(self, source: str) -> float:
         """Novelty: 1 - the largest estimated Jaccard similarity to the archive (1.0 if empty)."""
@@ -171,7 +208,8 @@ class CodeNovelty:
         return 1.0 - max(sims.values()) if sims else 1.0
 
     def near_duplicates(self, source: str) -> list[str]:
-        """Keys of archive members whose estimated Jaccard with `source` reaches `threshold`.
+        """Keys of archive members whose estimated Jaccard with `source` reaches `threshold`
+        (a member with the same `structure` counts as Jaccard 1).
 
         The LSH index proposes candidates with a banding that proposes every member at or above
         the threshold (`_lsh`); each is then confirmed on the same estimate `score` uses, so
@@ -180,8 +218,8 @@ class CodeNovelty:
         if not self._keys:
             return []
         m = self.sketch(source)
-        found = self._lsh.query(m)
-        sims = self._similarities(m) if found else {}
+        found = set(self._lsh.query(m)) | set(self._same(source))
+        sims = self._similarities(m, source) if found else {}
         return sorted(k for k in found if sims[k] >= self.threshold)
 
     def is_near_duplicate(self, source: str) -> bool:

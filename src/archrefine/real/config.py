@@ -121,6 +121,7 @@ class NoveltyConfig(StrictModel):
     num_perm: int = Field(256, ge=16, le=4096, description="MinHash permutations")
     threshold: float = Field(0.9, gt=0, le=1, description="Jaccard at which code is a duplicate")
     seed_known: bool = Field(True, description="seed the archive with KNOWN's sources")
+    twins: bool = Field(True, description="the same network in other text is a duplicate too")
 
 
 class RealConfig(OverridableModel):

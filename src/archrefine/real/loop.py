@@ -286,7 +286,7 @@ class Archive:
 
         nv = config.novelty
         self.policy = config.loop.archive
-        self.codes = CodeNovelty(nv.shingle, nv.num_perm, nv.threshold, seed=1)
+        self.codes = CodeNovelty(nv.shingle, nv.num_perm, nv.threshold, seed=1, twins=nv.twins)
         self._mapped = [list(seq) for seq in KNOWN.values()] if nv.seed_known else []
         if nv.seed_known:
             self.codes.seed_with_known()

@@ -55,7 +55,7 @@ class CycleWork:
         self.store, self.evaluation, self.archive, self.c = store, evaluation, archive, c
         self.config, self.data, self.notify, self.event = config, data, notify, event
         nv = config.novelty
-        self.seen = CodeNovelty(nv.shingle, nv.num_perm, nv.threshold, seed=1)
+        self.seen = CodeNovelty(nv.shingle, nv.num_perm, nv.threshold, seed=1, twins=nv.twins)
         self.scored = 0  # rows of the cycle scored so far (in the order they were added)
         self.ready: list[dict] = []  # scored and pending, not yet sent to the sandbox
         self.done = 0
