@@ -6,38 +6,15 @@ traceback), and what a run already wrote is left as it was."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from test_rough_edges_more import checksums, invoke, one_line_error
 
-from archrefine.cli import app
 from archrefine.sim.checkpoint import MAGIC
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, *expected: str) -> str:
-    """The single `error: ...` line of a failed command (no traceback, exit status 2)."""
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == 2 and len(lines) == 1, result.output
-    assert lines[0].startswith("error: ") and all(e in lines[0] for e in expected), lines[0]
-    return lines[0]
-
-
-def checksums(directory: Path) -> dict[str, str]:
-    return {
-        p.relative_to(directory).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
 
 
 def as_if_killed(directory: Path) -> None:

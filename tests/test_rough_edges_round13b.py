@@ -14,24 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_rough_edges_more import invoke, one_line_error
 from typer.testing import CliRunner
 
 from archrefine.cli import app
 from archrefine.core import store
 from archrefine.core.store import write_json
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, *expected: str) -> str:
-    """The single `error: ...` line of a failed command (no traceback, exit status 2)."""
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == 2 and len(lines) == 1, result.output
-    assert lines[0].startswith("error: ") and all(e in lines[0] for e in expected), lines[0]
-    return lines[0]
 
 
 def strict(path: Path):
