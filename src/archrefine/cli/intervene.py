@@ -20,6 +20,9 @@ from archrefine.cli.common import (
 )
 from archrefine.core.config import ConfigError, load_config
 
+MAX_BUDGET = 100_000  # Optuna trials: each one a simulation
+MAX_SEEDS = 1_000  # seeds per measurement
+
 
 @app.command()
 @one_line_errors
@@ -55,10 +58,11 @@ def intervene(
     from archrefine.core.store import atomic_write_text, close_run, default_dir, open_run
     from archrefine.experiments import intervene as iv
 
-    if budget < 1:
-        raise ConfigError(f"--budget: must be at least 1 (got {budget})")
-    if seeds < 1:
-        raise ConfigError(f"--seeds: must be at least 1 (got {seeds})")
+    for name, value, most in (("--budget", budget, MAX_BUDGET), ("--seeds", seeds, MAX_SEEDS)):
+        if value < 1:
+            raise ConfigError(f"{name}: must be at least 1 (got {value})")
+        if value > most:  # a huge one would run for ever, not fail
+            raise ConfigError(f"{name}: must be at most {most:,} (got {value})")
     if abs(search_seed - report_seed) < seeds:
         raise ConfigError(
             "--report-seed must differ from --search-seed by at least --seeds: the front is "

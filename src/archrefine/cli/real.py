@@ -200,8 +200,8 @@ def serve(
     if generator not in ("learned", "hf"):
         raise ConfigError(f"--generator: {generator!r} is not one of learned, hf")
     check_address(host, port)  # a busy port fails before the model is built
-    cfg = RealConfig(seed=seed).with_overrides(
-        {"generator.kind": generator, "generator.model": model}
+    cfg = RealConfig().with_overrides(  # a bad --seed is one line naming it, as in --set
+        {"seed": seed, "generator.kind": generator, "generator.model": model}
     )
     server = GeneratorServer(make_generator(cfg), model_name=model or generator, host=host,
                              port=port)  # fmt: skip

@@ -65,10 +65,12 @@ class LearnedConfig(StrictModel):
     lr: float = Field(3e-3, ge=0, description="fine-tuning learning rate (Adam)")
     steps: int = Field(20, ge=0, le=100_000, description="fine-tuning steps per cycle")
     batch: int = Field(32, ge=1, le=100_000, description="fine-tuning minibatch per trial")
-    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    # below 0.01 logits / T overflows to inf and sampling draws garbage, silently
+    temperature: float = Field(1.0, ge=0.01, le=10, description="sampling temperature")
     temperature_span: float = Field(
         0.0,
         ge=0,
+        le=10,
         description="temperature added per unit of mutation rate: T = temperature + span · rate",
     )
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling mass")

@@ -8,6 +8,8 @@ sections and real/config.py the real loop's, both on these public names.
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +25,28 @@ else:  # pragma: no cover
 
 class ConfigError(ValueError):
     """A configuration problem, with a one-line message naming the key and what is allowed."""
+
+
+MAX_TEXT_BYTES = 4 << 20
+"""The largest config or prompt-template file read: both are a few kilobytes of text."""
+
+
+def read_text_file(
+    path: str | Path, *, encoding: str = "utf-8", limit: int = MAX_TEXT_BYTES
+) -> str:
+    """The text of the regular file at `path`, read without hanging: a FIFO, a device
+    (/dev/zero) or a file over `limit` bytes is an OSError naming the path, not a read that
+    blocks forever or fills memory. Other errors are those of `open` and decoding."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            why = "Is a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise OSError(0, why, str(path))
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(0, f"larger than {limit >> 20} MiB", str(path))
+    return data.decode(encoding)
 
 
 class StrictModel(BaseModel):
@@ -137,7 +161,7 @@ def load_as(
     if path is not None:
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Notepad) too
+            data = tomllib.loads(read_text_file(path, encoding="utf-8-sig"))  # a BOM (Notepad) too
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:  # binary: not text at all

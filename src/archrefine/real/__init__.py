@@ -96,12 +96,16 @@ def start(
         if not saved.exists():
             raise StoreError(f"{out}: no loop to resume (no config.toml)")
         if trust_config and not (out / TEMPLATE_FILE).exists():  # a run from before the copy
-            atomic_write_text(out / TEMPLATE_FILE, template_text(config.prompt.template))
+            atomic_write_text(
+                out / TEMPLATE_FILE,
+                template_text(config.prompt.template, references=config.prompt.references),
+            )
         refuse_live(out, read_run(out))  # a checked record, whose process is gone, first
         trust.verify(out, level, trust_config=trust_config, weaker_isolation=weaker_isolation)
         resume_run(out, read_run(out))  # records this process and the time
         return out
-    text = template_text(config.prompt.template)  # read (and checked) before anything is written
+    # read (and checked) before anything is written
+    text = template_text(config.prompt.template, references=config.prompt.references)
     open_run(out, force=force, kind="loop", meta={"seed": config.seed, "isolation": level})
     for name in LOOP_STATE:  # --force starts afresh: an old loop's state must not be resumed
         path = out / name

@@ -8,9 +8,10 @@ to `hf` (a local model directory) or `openai` (a server), as in configs/real-*.t
 from __future__ import annotations
 
 import os
+import re
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from archrefine.core.config import SEED_MAX, LearnedConfig, ScheduleConfig, TrackingConfig
 from archrefine.core.config_base import OverridableModel, StrictModel
@@ -44,7 +45,7 @@ class RealGeneratorConfig(StrictModel):
         "", description="openai: server URL (empty: $OPENAI_BASE_URL, which must then be set)"
     )
     api: Literal["chat", "completions"] = Field("chat", description="openai: which endpoint")
-    temperature: float = Field(0.8, gt=0, le=5, description="sampling temperature")
+    temperature: float = Field(0.8, ge=0.01, le=5, description="sampling temperature")
     temperature_span: float = Field(
         0.0, ge=0, le=5, description="temperature added per unit of mutation rate"
     )
@@ -58,6 +59,30 @@ class RealGeneratorConfig(StrictModel):
     device: str = Field("auto", description="hf: auto, cpu, cuda, cuda:1, …")
     lora: LoraConfig = LoraConfig()
     learned: LearnedConfig = LearnedConfig()
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(value)
+            host = parts.hostname
+            parts.port  # noqa: B018 - a port that is not a number raises here
+        except ValueError as err:
+            raise ValueError(f"not a URL ({err})") from None
+        if value and (parts.scheme not in ("http", "https") or not host):
+            raise ValueError(
+                "not an http:// or https:// URL with a host (e.g. http://127.0.0.1:8000/v1)"
+            )
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device_named(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d+)?", value):
+            raise ValueError("not a device: auto, cpu, mps, cuda or cuda:N")
+        return value
 
 
 class PromptConfig(StrictModel):

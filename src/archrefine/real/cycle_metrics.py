@@ -78,4 +78,5 @@ def _grounded(codes: list[str], mapped_archive: np.ndarray) -> dict:
     filled = np.array([len(mapped_archive)])
     nov = simmetrics.novelty(arr[None], mapped_archive[None], filled, GROUNDED_K)
     div = simmetrics.diversity(arr[None], len(VOCAB)) if len(arr) > 1 else [np.nan]
-    return out | dict(grounded_novelty=float(np.nanmean(nov)), grounded_diversity=float(div[0]))
+    novelty = float(np.nanmean(nov)) if np.isfinite(nov).any() else np.nan  # empty archive
+    return out | dict(grounded_novelty=novelty, grounded_diversity=float(div[0]))

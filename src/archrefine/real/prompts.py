@@ -21,6 +21,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from archrefine.core.config import ConfigError
+from archrefine.core.config_base import read_text_file
 from archrefine.real.config import PromptConfig
 
 TEMPLATE_FILE = "prompt.txt"  # the run directory's copy of the template it started with
@@ -42,18 +43,36 @@ def default_template() -> str:
     return (files("archrefine") / "data" / "prompts" / "default.txt").read_text()
 
 
-def template_text(path: str) -> str:
-    """The text of the template at `path` (the built-in one when empty), checked."""
+def template_text(path: str, *, references: int = 0) -> str:
+    """The text of the template at `path` (the built-in one when empty), checked: a FIFO, a
+    device or a huge file is refused unread, and so is a blank template, or (with `references`
+    to show) one without `$references`, which would silently never show them."""
     if path:
         try:
-            text = Path(path).read_text()
+            text = read_text_file(path)
         except (OSError, UnicodeDecodeError) as err:
             why = getattr(err, "strerror", None) or "not UTF-8 text"
             raise ConfigError(f"prompt.template: cannot read {path} ({why})") from None
+        if not text.strip():
+            raise ConfigError(f"prompt.template: {path} is empty; write the prompt into it")
     else:
         text = default_template()
     parse_template(text, path or "the built-in")
+    if references and not _names(text, "references"):
+        raise ConfigError(
+            f"prompt.template: {path or 'the built-in template'} has no $references, so the "
+            f"{references} reference architectures per prompt would never be shown; add "
+            "$references or set prompt.references = 0"
+        )
     return text
+
+
+def _names(text: str, name: str) -> bool:
+    """Whether the template `text` uses the placeholder `name` ($name or ${name})."""
+    return any(
+        (m.group("named") or m.group("braced")) == name
+        for m in string.Template.pattern.finditer(text)
+    )
 
 
 def load_template(path: str) -> string.Template:
