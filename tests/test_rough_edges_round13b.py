@@ -18,7 +18,7 @@ from test_rough_edges_more import invoke, one_line_error
 from typer.testing import CliRunner
 
 from archrefine.cli import app
-from archrefine.core import store
+from archrefine.core import formats, store
 from archrefine.core.store import write_json
 
 
@@ -62,7 +62,7 @@ def test_written_json_is_strict_with_null_for_every_non_finite_number(tmp_path):
 def test_a_non_finite_number_the_cleaning_misses_fails_loudly(tmp_path, monkeypatch):
     """The writer refuses NaN itself (allow_nan=False): a missed case is an error, never a
     file no strict parser reads."""
-    monkeypatch.setattr(store, "finite", lambda data: data)
+    monkeypatch.setattr(formats, "finite", lambda data: data)
     with pytest.raises(ValueError):
         write_json(tmp_path / "out.json", {"x": float("nan")})
     assert not (tmp_path / "out.json").exists()

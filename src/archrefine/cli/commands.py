@@ -373,17 +373,10 @@ def calibrate(
     common |= {"cycles": int(observed["cycle"].max())} if means else {}  # the means' cycles
     from archrefine.experiments.loo import check_folds, check_values
 
-    # as many observed values as free parameters at least, before the run directory is made
-    check_values(
-        observed,
-        generator=generator,
-        columns=cols,
-        params=free,
-        run_means=means,
-        name=str(trajectory),
-    )
+    fit = dict(generator=generator, columns=cols, params=free, run_means=means)
+    check_values(observed, name=str(trajectory), **fit)  # before the run directory is made
     if loo:  # every refit needs fewer free parameters than observed values: check before fitting
-        check_folds(observed, generator=generator, columns=cols, params=free, run_means=means)
+        check_folds(observed, **fit)
     out = out or default_dir("calibrate")
     meta = {"trajectory": str(trajectory), "generator": generator, "trials": trials, "seed": seed}
     meta |= {"columns": cols, "loo": loo, "params": params, "run_means": means or None}

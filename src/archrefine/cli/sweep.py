@@ -136,8 +136,8 @@ def runs(
 ) -> None:
     """List the runs and sweeps under a directory: kind, date, status, config, final metrics."""
     from archrefine.core.catalog import scan
+    from archrefine.core.formats import dumps_strict
     from archrefine.core.metrics import METRICS
-    from archrefine.core.store import dumps_strict
 
     records = scan(directory)
     if as_json:

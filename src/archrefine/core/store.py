@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shlex
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from archrefine.core import liveness, metrics_table
+from archrefine.core.formats import arrow_column, dumps_strict
 
 if TYPE_CHECKING:  # pandas and pyarrow load when a table is written or read, not at start-up
     import numpy as np
@@ -89,31 +89,6 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, dumps_strict(data, indent=2) + "\n")
 
 
-def dumps_strict(data: Any, **kwargs: Any) -> str:
-    """`json.dumps` of `data` with every non-finite number null (`finite`); strict JSON."""
-    return json.dumps(finite(data), allow_nan=False, default=_jsonable, **kwargs)
-
-
-def finite(data: Any) -> Any:
-    """`data` (nested dicts, lists, tuples; numpy scalars and arrays) with each number that is
-    not finite replaced by None."""
-    if isinstance(data, float):  # numpy's float64 too
-        return data if math.isfinite(data) else None
-    if isinstance(data, Mapping):
-        return {k: finite(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [finite(v) for v in data]
-    if type(data).__module__ == "numpy" and hasattr(data, "tolist"):  # a numpy scalar or array
-        return finite(data.tolist())
-    return data
-
-
-def _jsonable(x: Any) -> Any:
-    if hasattr(x, "item"):
-        return finite(x.item())
-    raise TypeError(f"not JSON serializable: {type(x).__name__}")
-
-
 def write_parquet(path: Path, frame: pd.DataFrame | Mapping[str, np.ndarray]) -> None:
     """Write a DataFrame, or named numpy columns (no pandas import needed), atomically."""
     import pyarrow as pa
@@ -121,27 +96,11 @@ def write_parquet(path: Path, frame: pd.DataFrame | Mapping[str, np.ndarray]) ->
 
     sink = pa.BufferOutputStream()
     if isinstance(frame, Mapping):
-        table = pa.Table.from_arrays([_arrow(v) for v in frame.values()], names=list(frame))
+        table = pa.Table.from_arrays([arrow_column(v) for v in frame.values()], names=list(frame))
     else:
         table = pa.Table.from_pandas(frame, preserve_index=False)
     pq.write_table(table, sink)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
-
-
-def _arrow(values: np.ndarray) -> Any:
-    """A numeric numpy column as an Arrow array, NaN as null (as `Table.from_pandas` writes it),
-    built from its buffer: `pa.array` would import pandas (~0.25 s) to rule out a Series."""
-    import numpy as np
-    import pyarrow as pa
-
-    values = np.ascontiguousarray(values)
-    if values.dtype.kind not in "iuf":  # not one buffer of fixed-width numbers
-        return pa.array(values)
-    missing = np.isnan(values) if values.dtype.kind == "f" else np.zeros(len(values), bool)
-    nulls = int(missing.sum())
-    valid = pa.py_buffer(np.packbits(~missing, bitorder="little")) if nulls else None
-    kind = pa.from_numpy_dtype(values.dtype)
-    return pa.Array.from_buffers(kind, len(values), [valid, pa.py_buffer(values)], nulls)
 
 
 def not_a_directory(path: Path) -> str:

@@ -260,8 +260,8 @@ def _phases(data: RunData) -> str:
     r2 = figures.finite_list(p.get("r2"))  # null (no fit with that many kinks) keeps its place
     gains = [None if a is None or b is None else b - a for a, b in zip(r2, r2[1:])]
     rows = "".join(
-        f"<tr><td class='num'>{k}</td><td class='num'>{'–' if v is None else f'{v:.4f}'}</td>"
-        f"<td class='num'>{_gain(gains[k - 1]) if k else ''}</td></tr>"
+        f"<tr><td class='num'>{k}</td><td class='num'>{_num4(v)}</td>"
+        f"<td class='num'>{'' if k == 0 else _num4(gains[k - 1], '+')}</td></tr>"
         for k, v in enumerate(r2)
     )
     table = (
@@ -271,24 +271,19 @@ def _phases(data: RunData) -> str:
         if rows
         else ""
     )
+    best = _interval(*(p.get(f"three_phase_{k}") or [] for k in ("fit", "low", "high")))
     return f"""<section id="sec-phases"><h2>Phases</h2>
 <p class="note">Phase boundaries are the cycles where a continuous piecewise-linear fit to the
 standardised validity and novelty curves kinks; a further kink counts when it adds at least
 {_num(p.get("min_gain", "–"))} to R². Intervals: 90% bootstrap over trials.</p>
 <dl class="facts"><dt>detected boundaries</dt>
 <dd>{_interval(p.get("boundaries") or [], p.get("low") or [], p.get("high") or [])}</dd>
-<dt>best two-kink fit</dt><dd>{
-        _interval(
-            p.get("three_phase_fit") or [],
-            p.get("three_phase_low") or [],
-            p.get("three_phase_high") or [],
-        )
-    }</dd></dl>
+<dt>best two-kink fit</dt><dd>{best}</dd></dl>
 {table}</section>"""
 
 
-def _gain(x: float | None) -> str:
-    return "–" if x is None else f"{x:+.4f}"
+def _num4(x: float | None, sign: str = "") -> str:
+    return "–" if x is None else f"{x:{sign}.4f}"
 
 
 def _claims(data: RunData) -> str:
