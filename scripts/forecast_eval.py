@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import subprocess
 import sys
@@ -171,11 +172,31 @@ def with_noise(row: dict) -> dict:
     return row
 
 
+NULLABLE = ("final_validity", "observed_final_validity", "observed_validity_se",
+            "validity_error_pp", "diversity_kept", "observed_diversity_kept", "observed_kept_se",
+            "kept_error_pp", "validity_band_coverage", "fit_validity_error_pp")  # fmt: skip
+"""A row's numbers that eval.json (strict JSON) holds as null where they were not finite."""
+
+
+def nan_for_null(row: dict) -> dict:
+    """`row` with NULLABLE's nulls (and its bands') as NaN, so sums and means still work."""
+    out = {**row, **{k: math.nan for k in NULLABLE if k in row and row[k] is None}}
+    for key in ("final_validity_band", "diversity_kept_band"):
+        if key in row:
+            out[key] = [math.nan if b is None else b for b in row[key]]
+    return out
+
+
+def num(value: float | None, spec: str) -> str:
+    """`value` formatted; "–" where it is null or not finite (nothing was measured)."""
+    return "–" if value is None or not math.isfinite(value) else format(value, spec)
+
+
 def table(rows: list[dict], fit_cycles: int, command: str, develop: bool = False) -> str:
-    rows = [with_noise(r) for r in rows]
+    rows = [nan_for_null(with_noise(r)) for r in rows]
 
     def band(b: list[float]) -> str:
-        return f"{b[0]:.2f}–{b[1]:.2f}"
+        return "–" if not all(map(math.isfinite, b)) else f"{b[0]:.2f}–{b[1]:.2f}"
 
     def mark(ok: bool) -> str:
         return "yes" if ok else "**no**"
@@ -193,13 +214,13 @@ def table(rows: list[dict], fit_cycles: int, command: str, develop: bool = False
     for r in rows:
         div_cov = r["diversity_band_coverage"]
         lines.append(
-            f"| {r['run']} | {r['generator']} | {r['final_validity']:.3f} "
-            f"({band(r['final_validity_band'])}) | {r['observed_final_validity']:.3f} "
-            f"± {r['observed_validity_se']:.3f} | {r['validity_error_pp']:+.1f} "
-            f"| {mark(r['validity_inside'])} | {r['diversity_kept']:.3f} "
-            f"({band(r['diversity_kept_band'])}) | {r['observed_diversity_kept']:.3f} "
-            f"± {r['observed_kept_se']:.3f} | {r['kept_error_pp']:+.1f} "
-            f"| {mark(r['kept_inside'])} | {r['validity_band_coverage']:.0%} / "
+            f"| {r['run']} | {r['generator']} | {num(r['final_validity'], '.3f')} "
+            f"({band(r['final_validity_band'])}) | {num(r['observed_final_validity'], '.3f')} "
+            f"± {num(r['observed_validity_se'], '.3f')} | {num(r['validity_error_pp'], '+.1f')} "
+            f"| {mark(r['validity_inside'])} | {num(r['diversity_kept'], '.3f')} "
+            f"({band(r['diversity_kept_band'])}) | {num(r['observed_diversity_kept'], '.3f')} "
+            f"± {num(r['observed_kept_se'], '.3f')} | {num(r['kept_error_pp'], '+.1f')} "
+            f"| {mark(r['kept_inside'])} | {num(r['validity_band_coverage'], '.0%')} / "
             + ("–" if div_cov is None else f"{div_cov:.0%}")
             + " |"
         )
@@ -262,7 +283,8 @@ def compare_table(sets: list[str]) -> str:
     found = {}
     for item in sets:
         n, _, where = item.partition("=")
-        found[int(n)] = {r["run"]: r for r in json.loads((Path(where) / "eval.json").read_text())}
+        rows = json.loads((Path(where) / "eval.json").read_text())
+        found[int(n)] = {r["run"]: nan_for_null(r) for r in rows}
     ns = sorted(found)
     names = [r for r in found[ns[0]] if all(r in found[n] for n in ns)]
     cols = " / ".join(str(n) for n in ns)
@@ -271,8 +293,8 @@ def compare_table(sets: list[str]) -> str:
         "|---|---|---|",
     ]
     for name in names:
-        v = " / ".join(f"{found[n][name]['validity_error_pp']:+.1f}" for n in ns)
-        k = " / ".join(f"{found[n][name]['kept_error_pp']:+.1f}" for n in ns)
+        v = " / ".join(num(found[n][name]["validity_error_pp"], "+.1f") for n in ns)
+        k = " / ".join(num(found[n][name]["kept_error_pp"], "+.1f") for n in ns)
         lines.append(f"| {name} | {v} | {k} |")
 
     def goal(n: int, key: str, within: float) -> str:

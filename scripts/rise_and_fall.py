@@ -48,6 +48,12 @@ def load(directory: Path) -> dict:
     }
 
 
+def num(value: float | None, spec: str) -> str:
+    """`value` formatted; "–" for null (strict JSON's non-finite number: an RMSE or a
+    standard error the fit could not measure)."""
+    return "–" if value is None else format(value, spec)
+
+
 def tables(runs: dict[str, dict]) -> str:
     lines = ["| model | column | RMSE (fit) | leave-one-out RMSE | held-out predictions |"]
     lines.append("|---|---|---|---|---|")
@@ -56,15 +62,16 @@ def tables(runs: dict[str, dict]) -> str:
             loo = run["loo"][run["loo"]["column"] == col]
             preds = ", ".join(f"{p:.3f} ({c})" for c, p in zip(loo["cycle"], loo["predicted"]))
             lines.append(
-                f"| {name} | {col} | {run['params']['rmse'][col]:.3f} | "
-                f"{run['params']['loo_rmse'][col]:.3f} | {preds} |"
+                f"| {name} | {col} | {num(run['params']['rmse'][col], '.3f')} | "
+                f"{num(run['params']['loo_rmse'][col], '.3f')} | {preds} |"
             )
     lines.append("")
     lines.append("| model | parameter | fitted | ± s.e. |")
     lines.append("|---|---|---|---|")
     for name, run in runs.items():
         for key, value in run["params"]["params"].items():
-            lines.append(f"| {name} | `{key}` | {value:.4g} | {run['params']['stderr'][key]:.2g} |")
+            se = num(run["params"]["stderr"][key], ".2g")
+            lines.append(f"| {name} | `{key}` | {value:.4g} | {se} |")
     for name, run in runs.items():
         v = run["fitted"].set_index("cycle")["validity"]
         lines.append(f"\n{name} fitted validity by cycle: " + ", ".join(f"{x:.3f}" for x in v))
@@ -122,7 +129,7 @@ def figure(runs: dict[str, dict], path: Path, variants: list[dict] | None = None
             x = np.array([int(c) for c in held]) + 0.25 * (i + 1)
             ax.plot(x, list(held.values()), "+", ms=6, color=MARKS[i % len(MARKS)],
                     label=f"{var['variant']} (LOO "
-                    f"{var['loo_rmse']['validity']:.3f})")  # fmt: skip
+                    f"{num(var['loo_rmse']['validity'], '.3f')})")  # fmt: skip
         ax.plot(obs["cycle"], obs["observed"], "o", color="black", label="Khalid et al. 2026")
         for run in runs.values():  # the published mean over every cycle, where a fit used it
             means = run["residuals"][run["residuals"]["column"] == col + "_run_mean"]

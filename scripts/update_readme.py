@@ -71,6 +71,11 @@ FITTED = {
 }
 
 
+def _pct(share: float | None) -> str:
+    """A share as a percentage; "–" for null (no seed measured it)."""
+    return "–" if share is None else f"{share:.0%}"
+
+
 def robustness_section(paper: Path, robust: Path) -> str:
     """Per claim: the seed-0 verdict and confidence (`paper`'s claims.json), and the shares of
     fresh seeds and of the ±FRAC neighbourhood where it held (`robust`'s robustness.json)."""
@@ -90,8 +95,7 @@ def robustness_section(paper: Path, robust: Path) -> str:
         robust_ = {True: "yes", False: "**no**", None: "–"}[r.get("robust")]
         lines.append(
             f"| {r['id']} | {verdict} | {'–' if conf is None else f'{conf:.2f}'} | "
-            f"{r['held']}/{r['seeds']} ({r['share_seeds']:.0%}) | "
-            f"{'–' if nb is None else f'{nb:.0%}'} | {robust_} | "
+            f"{r['held']}/{r['seeds']} ({_pct(r['share_seeds'])}) | {_pct(nb)} | {robust_} | "
             f"{FITTED.get(r['id'], 'predicted')} |"
         )
     return (

@@ -200,7 +200,6 @@ def test_report_command_rebuilds_and_can_write_elsewhere(dirs: dict[str, Path], 
         ("claims.json", "claims.json: not valid JSON"),
         ("run.json", "run.json: not readable text"),
         ("phases.json", "phases.json: expected a JSON object"),
-        ("candidates.sqlite", "candidates.sqlite: not a readable SQLite candidate store"),
         ("calibrate", "holds a 'calibrate' run"),
     ],
 )

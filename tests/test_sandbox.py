@@ -7,9 +7,12 @@ well under 90 s on two cores; each hostile case still runs in a fresh, confined 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import resource
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -74,9 +77,57 @@ def sandbox_pids() -> set[int]:
     return pids
 
 
-def settles_within(seconds: float, allowed: set[int]) -> bool:
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, session id) of a live process, None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # after the command name, which may hold ")"
+    return int(fields[1]), int(fields[3])
+
+
+def _descends_from_us(pid: int) -> bool:
+    me = os.getpid()
+    while pid > 1:
+        if pid == me:
+            return True
+        pid = (_stat(pid) or (0, 0))[0]
+    return False
+
+
+@contextlib.contextmanager
+def own_sandbox_sessions() -> Iterator[set[int]]:
+    """The sessions of the sandbox processes this test process starts inside the block (the pool
+    starts each worker in a new session, bwrap another inside; forks inherit it, and keep it when
+    orphaned): what is left in them is this test's, whatever other test runs (or this module's
+    warm pools, whose sessions are older) use the sandbox."""
+
+    def ours() -> set[int]:
+        return {st[1] for pid in sandbox_pids()
+                if (st := _stat(pid)) is not None and _descends_from_us(pid)}  # fmt: skip
+
+    older, sessions = ours(), set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            sessions.update(ours() - older)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield sessions
+    finally:
+        done.set()
+        watcher.join()
+
+
+def own_settle_within(seconds: float, sessions: set[int]) -> bool:
+    """Whether every sandbox process in `sessions` is gone within `seconds`."""
     deadline = time.monotonic() + seconds
-    while sandbox_pids() - allowed:
+    while any((_stat(pid) or (0, 0))[1] in sessions for pid in sandbox_pids()):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
@@ -212,12 +263,13 @@ def test_pool_survives_hostile_jobs_in_the_middle(pool: SandboxPool) -> None:
 
 @needs_bwrap
 def test_fork_bomb_is_contained_and_leaves_no_process() -> None:
-    before = sandbox_pids()
     start = time.monotonic()
-    out = run_code(STUBBORN_FORK_BOMB, timeout_s=2, isolation="bwrap", audit=False)
+    with own_sandbox_sessions() as sessions:  # not another test run's sandboxes
+        out = run_code(STUBBORN_FORK_BOMB, timeout_s=2, isolation="bwrap", audit=False)
     assert out.status in {"timeout", "crashed", "forbidden"}, out
     assert time.monotonic() - start < 30
-    assert settles_within(5, before), "processes of the sandbox outlived it"
+    assert sessions, "the sandbox's processes were never seen"
+    assert own_settle_within(5, sessions), "processes of the sandbox outlived it"
 
 
 @needs_bwrap
@@ -268,7 +320,8 @@ def test_fallback_times_out_promptly(fallback_pool: SandboxPool) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the fallback contains fork bombs only as root")
 def test_fallback_contains_a_fork_bomb_without_the_hook() -> None:
-    before = sandbox_pids()
-    out = run_code(STUBBORN_FORK_BOMB, timeout_s=2, isolation="rlimits", audit=False)
+    with own_sandbox_sessions() as sessions:
+        out = run_code(STUBBORN_FORK_BOMB, timeout_s=2, isolation="rlimits", audit=False)
     assert out.status in {"timeout", "crashed", "forbidden"}, out
-    assert settles_within(5, before), "processes of the sandbox outlived it"
+    assert sessions, "the sandbox's processes were never seen"
+    assert own_settle_within(5, sessions), "processes of the sandbox outlived it"

@@ -161,8 +161,30 @@ def write_report(out: Path) -> None:
     line, never a failed run: the results are already written."""
     from archrefine.report.html import write_safely
 
-    if (problem := write_safely(out)) is not None:
+    with report_warnings():
+        problem = write_safely(out)
+    if problem is not None:
         print(f"warning: report.html not written: {problem}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def report_warnings() -> Iterator[None]:
+    """What the report left out (`ReportWarning`s) as one `warning: ...` line each."""
+    import warnings
+
+    from archrefine.report.source import ReportWarning
+
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ReportWarning)
+            yield
+    finally:  # printed once the filters are back: any other warning as Python shows it
+        for w in caught:
+            if issubclass(w.category, ReportWarning):
+                print(f"warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from archrefine.cli.common import app, console, one_line_errors, output_file
+from archrefine.cli.common import app, console, one_line_errors, output_file, report_warnings
 
 
 @app.command()
@@ -22,6 +22,6 @@ def report(
     trajectory, phases, claims and, for a loop, every candidate's code, reason and lineage."""
     from archrefine.report.html import FILE, write
 
-    with output_file(out or directory / FILE, ".html"):  # unreadable inputs: ReportErrors
+    with output_file(out or directory / FILE, ".html"), report_warnings():  # ReportErrors
         path = write(directory, out)
     console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)", soft_wrap=True)

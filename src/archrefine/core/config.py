@@ -62,7 +62,7 @@ class LearnedConfig(StrictModel):
     d_model: int = Field(64, ge=8, le=1024, description="transformer width")
     layers: int = Field(2, ge=1, le=12, description="transformer blocks")
     heads: int = Field(4, ge=1, le=64, description="attention heads (must divide d_model)")
-    lr: float = Field(3e-3, ge=0, description="fine-tuning learning rate (Adam)")
+    lr: float = Field(3e-3, ge=0, le=10, description="fine-tuning learning rate (Adam)")
     steps: int = Field(20, ge=0, le=100_000, description="fine-tuning steps per cycle")
     batch: int = Field(32, ge=1, le=100_000, description="fine-tuning minibatch per trial")
     # below 0.01 logits / T overflows to inf and sampling draws garbage, silently
@@ -78,7 +78,7 @@ class LearnedConfig(StrictModel):
     pretrain_noise: float = Field(
         0.1, ge=0, le=1, description="token-replacement rate of the noisy KNOWN copies"
     )
-    pretrain_lr: float = Field(3e-3, ge=0, description="pre-training learning rate (Adam)")
+    pretrain_lr: float = Field(3e-3, ge=0, le=10, description="pre-training learning rate (Adam)")
     target_validity: float = Field(
         0.4, ge=0, le=1, description="pre-training stops once sampled validity reaches this"
     )
@@ -97,10 +97,20 @@ class GeneratorConfig(StrictModel):
     kind: Literal["paper", "learned"] = Field(
         "paper", description="who proposes: the paper model, or a small transformer (grounded)"
     )
-    base_logit: float = Field(1.34, description="per-token correctness log-odds before learning")
-    bonus_max: float = Field(8.0, ge=0, description="largest learned validity bonus (log-odds)")
-    bonus_rate: float = Field(0.034, ge=0, description="bonus gained per full selection")
-    familiarity: float = Field(0.43, ge=0, description="log-odds per nat of token familiarity")
+    # bounded: ±1e308 passed and overflowed into NaN metrics; log-odds beyond ±100
+    # are certainty to double precision, a bonus_rate above 10 completes in one tenth of a step
+    base_logit: float = Field(
+        1.34, ge=-100, le=100, description="per-token correctness log-odds before learning"
+    )
+    bonus_max: float = Field(
+        8.0, ge=0, le=100, description="largest learned validity bonus (log-odds)"
+    )
+    bonus_rate: float = Field(
+        0.034, ge=0, le=10, description="bonus gained per full selection (1: full at once)"
+    )
+    familiarity: float = Field(
+        0.43, ge=0, le=10, description="log-odds per nat of token familiarity"
+    )
     ceiling: float = Field(0.97, gt=0, le=1, description="validity ceiling (non-structural faults)")
     prior_rate: float = Field(0.56, ge=0, le=1, description="prior step toward the selection")
     smoothing: float = Field(0.26, ge=0, le=1, description="label smoothing of fine-tune targets")

@@ -119,7 +119,8 @@ def validate_as(data: dict[str, Any], model: type[BaseModel]) -> Any:
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set `data`'s dotted `key` in place; a ConfigError names an unknown section or key."""
+    """Set `data`'s dotted `key` in place; a ConfigError names an unknown section or key. A
+    table for a section (`generator={kind="paper"}`) sets the keys it names, not the section."""
     parts = key.split(".")
     node = data
     for i, part in enumerate(parts[:-1]):
@@ -128,6 +129,10 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         node = node[part]
     if parts[-1] not in node:
         raise ConfigError(f"{key}: unknown key")
+    if isinstance(node[parts[-1]], dict) and isinstance(value, dict):
+        for name, inner in value.items():  # a table sets its keys; the section's others stay
+            set_dotted(node, f"{parts[-1]}.{name}", inner)
+        return
     node[parts[-1]] = value
 
 

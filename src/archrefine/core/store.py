@@ -161,11 +161,8 @@ def open_run(path: Path, *, force: bool, kind: str, meta: dict[str, Any] | None 
     command = " ".join(["archrefine", *sys.argv[1:]]) if _from_cli() else None
     info = {"kind": kind, "status": "running", "started": utc_now(), "command": command,
             **liveness.this_process()}  # fmt: skip
+    check_out(path, force=force)
     try:  # a path inside a file, read-only, too long, a symlink loop: one line, not a trace
-        if path.exists() and not path.is_dir():
-            raise StoreError(f"{path}: exists and is not a directory")
-        if path.is_dir() and any(path.iterdir()):
-            _may_reuse(path, force)
         path.mkdir(parents=True, exist_ok=True)
         write_json(path / "run.json", {**info, **(meta or {})})
     except OSError as err:
@@ -173,6 +170,19 @@ def open_run(path: Path, *, force: bool, kind: str, meta: dict[str, Any] | None 
     _current.clear()
     _current.update(path=path, kind=kind, command=command)
     return path
+
+
+def check_out(path: Path, *, force: bool) -> None:
+    """Refuse (one line), writing nothing, a `path` that `open_run` would refuse: so a command
+    can check its --out before slow preparation (loading a model) and open it after."""
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"{path}: exists and is not a directory")
+        if path.is_dir() and any(path.iterdir()):
+            _may_reuse(path, force)
+    except OSError as err:
+        raise StoreError(f"{path}: cannot hold the run ({err.strerror or err})") from None
 
 
 def _may_reuse(path: Path, force: bool) -> None:

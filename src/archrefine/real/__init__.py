@@ -23,6 +23,7 @@ import pandas as pd
 from archrefine.core.store import (
     StoreError,
     atomic_write_text,
+    check_out,
     close_run,
     open_run,
     read_metrics,
@@ -145,9 +146,18 @@ def run(
     if resume and finished(Path(out), config):
         return read_metrics(out)  # nothing to do: every output stays as it is
     started = time.time()
-    start(out, config, force=force, resume=resume, trust_config=trust_config,
-          weaker_isolation=weaker_isolation)  # fmt: skip
-    gen = generator or make_generator(config)
+    gen = generator
+    if not resume:  # a generator that cannot be built leaves --out as it was (nothing to clear)
+        check_out(Path(out), force=force)  # a refused --out is said before a slow model load
+        gen = gen or make_generator(config)
+    try:  # a resume builds it only after trust.verify: its config.toml may not be the user's
+        start(out, config, force=force, resume=resume, trust_config=trust_config,
+              weaker_isolation=weaker_isolation)  # fmt: skip
+        gen = gen or make_generator(config)
+    except BaseException:
+        if gen is not None and generator is None:
+            gen.close()
+        raise
     try:
         frame = run_loop(config, out, gen, on_event=on_event)
     finally:

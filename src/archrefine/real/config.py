@@ -134,7 +134,10 @@ class EvaluateConfig(StrictModel):
     isolation: Literal["auto", "bwrap", "rlimits"] = Field(
         "auto", description="sandbox isolation (auto: bubblewrap when it works)"
     )
-    train: bool = Field(True, description="train valid candidates (else: build + forward only)")
+    train: bool = Field(
+        True,
+        description="train valid candidates (else: build, forward and one train-mode backward)",
+    )
     epochs: int = Field(1, ge=1, le=100, description="training epochs (first-epoch accuracy)")
     lr: float = Field(1e-3, gt=0, description="training learning rate (Adam)")
     batch_size: int = Field(32, ge=2, description="training minibatch")

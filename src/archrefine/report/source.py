@@ -3,13 +3,16 @@
 The report never reruns anything: it reads `run.json`, `config.toml`, `metrics.parquet`,
 `claims.json`, `phases.json`, `sweep.json` and, for a loop, `candidates.sqlite`. A file that is
 missing is a section left out; a file that is there but unreadable is a one-line `ReportError`
-naming it, so `archrefine report` never prints a traceback.
+naming it, so `archrefine report` never prints a traceback. The one exception is the candidate
+store: one that cannot be read (a directory, a broken link, unreadable, corrupt) is a
+`ReportWarning` naming it, and the report is written without the candidates.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,10 @@ RESPONSE_CHARS = 4000
 
 class ReportError(StoreError):
     """A directory the report cannot read; the message is one line naming the file."""
+
+
+class ReportWarning(UserWarning):
+    """A part of the directory left out of the report; the message is one line naming it."""
 
 
 @dataclass
@@ -56,7 +63,8 @@ def load(directory: Path, info: dict[str, Any] | None = None) -> RunData:
         raise ReportError(f"{directory}: {not_a_directory(directory)}")
     if info is None:
         info = _json(directory / "run.json", dict) or {}
-    has_db = (directory / "candidates.sqlite").is_file()
+    db = directory / "candidates.sqlite"
+    has_db = db.exists() or db.is_symlink()  # a broken link is a store gone wrong, not none
     if not info and not (directory / "metrics.parquet").exists():
         raise ReportError(f"{directory}: not a run directory (no run.json, no metrics.parquet)")
     metrics = read_metrics(directory)
@@ -82,7 +90,7 @@ def load(directory: Path, info: dict[str, Any] | None = None) -> RunData:
         claims=claims,
         phases=phases,
         sweep=_json(directory / "sweep.json", dict),
-        candidates=read_candidates(directory / "candidates.sqlite") if has_db else None,
+        candidates=_candidates_or_warning(db) if has_db else None,
     )
 
 
@@ -119,6 +127,20 @@ def _json(path: Path, kind: type) -> Any:
 
 
 _JSON_NAMES = {dict: "object", list: "list"}
+
+
+def _candidates_or_warning(path: Path) -> pd.DataFrame | None:
+    """The candidates, or None and a one-line ReportWarning naming the file and its problem."""
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "a broken link" if not path.exists() else None
+        problem = f"{path}: {what or 'not a regular file'}, not a candidate store"
+    else:
+        try:
+            return read_candidates(path)
+        except Exception as err:  # noqa: BLE001  (CandidateStoreError, ReportError, sqlite's)
+            problem = _line(err) if str(path) in str(err) else f"{path}: {_line(err)}"
+    warnings.warn(f"{problem}; report written without the candidates", ReportWarning, 2)
+    return None
 
 
 def read_candidates(path: Path) -> pd.DataFrame:

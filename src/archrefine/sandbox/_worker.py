@@ -196,7 +196,8 @@ def _classify(exc: BaseException, stage: str) -> tuple[str, str]:
 
 
 def _evaluate(job: dict, result: dict) -> None:
-    """Compile, build, check the forward shape, count parameters and optionally train."""
+    """Compile, build, check the forward shape, count parameters and train, or (without
+    training) check one training step: a forward in train mode and one backward."""
     import numpy as np
     import torch
     from torch import nn
@@ -244,6 +245,9 @@ def _evaluate(job: dict, result: dict) -> None:
         if data is not None:
             stage = "training"
             result["preds"] = _train(net, data, job["train"], device)
+        else:  # code that fails only when trained is invalid here too, not `ok`
+            stage = "train-mode forward and backward"
+            _train_step_check(net, job, device)
         status, reason = "ok", "ok"
     except _Invalid as exc:
         status, reason = "invalid", f"invalid: {exc}"
@@ -270,6 +274,24 @@ def _shape(out: object) -> tuple[int, ...] | str:
         return type(out).__name__
     with torch._C.DisableTorchFunctionSubclass():
         return tuple(torch._C.TensorBase.size(out))
+
+
+def _train_step_check(net, job: dict, device) -> None:
+    """What training does first, on a tiny random batch (>= 2: BatchNorm needs it): a forward
+    in train mode, the loss and its backward (no optimizer step: the net is not trained, and
+    is discarded after, so nothing more of the candidate's is called)."""
+    import torch
+    from torch import nn
+
+    batch, classes = max(2, int(job["batch"])), int(job["classes"])
+    net.train()
+    out = net(torch.randn(batch, *job["input_shape"]).to(device))
+    if (got := _shape(out)) != (batch, classes):
+        raise _Invalid(f"forward in train mode returned shape {got}, expected {(batch, classes)}")
+    if not out.requires_grad:
+        raise _Invalid("nothing to train: the output depends on no trainable parameter")
+    labels = torch.randint(0, classes, (batch,)).to(device)
+    nn.functional.cross_entropy(out, labels).backward()
 
 
 def _train(net, data: dict, spec: dict, device) -> list[int]:

@@ -100,7 +100,9 @@ def run_code(
     input_shape, classes, batch : the dummy batch is ``(batch, *input_shape)`` and the output
         must have shape ``(batch, classes)``.
     train, data : with both, train on ``data = (X, y, X_val, y_val)`` per `train` and report
-        accuracy on the held-out part; ``y_val`` never enters the sandbox.
+        accuracy on the held-out part; ``y_val`` never enters the sandbox. With neither, one
+        training step is still checked (a forward in train mode and a backward, no update), so
+        code that fails only when trained is `invalid`.
     isolation : "auto" (bwrap if it works, else rlimits), "bwrap" or "rlimits".
     audit : install the audit-hook policy in the child (turn off only to test the OS layer).
     gpus : build and train on the GPU (`SandboxPool`'s `gpus`).
