@@ -55,6 +55,7 @@ MAX_LITERAL = 32
 characters of a string in one: `K2 = (K1, K1)` nests each named constant twice in the next, so
 1.5 KB of source made 2**59 items to compare, hash and print (the loop's process hung), and a
 100 KB string named in 3,000 layers made a gigabyte of op names."""
+MAX_NESTING = 8  # lists and tuples in each other: an honest constant has two or three
 
 
 def parse_source(source: str) -> ast.Module:
@@ -96,14 +97,16 @@ def preorder(node: ast.AST) -> Iterator[ast.AST]:
         yield from preorder(child)
 
 
-def literal_value(node: ast.AST, consts: dict) -> object:
-    """The value of a constant expression: literals, known names, + - * // on integers."""
+def literal_value(node: ast.AST, consts: dict, _depth: int = 0) -> object:
+    """The value of a constant expression: literals, known names, + - * // on integers. Lists
+    and tuples nested more than `MAX_NESTING` deep are unknown: each level counted the scalars
+    of all below it, so 1,000 lines of `[[[…]]]` 90 deep cost the loop's process 5 s."""
     if isinstance(node, ast.Name):
         return consts.get(node.id, UNKNOWN)
     if isinstance(node, ast.Tuple | ast.List):
-        if len(node.elts) > MAX_LITERAL:
+        if len(node.elts) > MAX_LITERAL or _depth >= MAX_NESTING:
             return UNKNOWN
-        items = [literal_value(e, consts) for e in node.elts]
+        items = [literal_value(e, consts, _depth + 1) for e in node.elts]
         if any(i is UNKNOWN for i in items) or _scalars(items) > MAX_LITERAL:
             return UNKNOWN
         return tuple(items) if isinstance(node, ast.Tuple) else items

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import re
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from archrefine.code.ast_helpers import (
     CodeError,
@@ -98,21 +98,23 @@ def static_check(
 
     It must parse, define a top-level `class Net` with a `forward` method (inherited from
     `nn.Sequential` counts), import only `allowed_imports` (by top-level module), and avoid
-    exec/eval/compile/__import__/open, os/sys/subprocess/socket and dunder attribute tricks.
-    This is a filter for obvious junk, NOT a security boundary: hostile code can evade any
-    static check, which is why every candidate still runs only inside the sandbox.
+    exec/eval/compile/__import__/open, os/sys/subprocess/socket and dunder attribute tricks,
+    and leave `Net` and its methods what their statements say (`_rebinds`). This is a filter
+    for obvious junk, NOT a security boundary: hostile code can evade any static check, which
+    is why every candidate still runs only inside the sandbox.
     """
     try:
         tree = parse_source(source)
     except CodeError as err:
         return [str(err)]
     allowed = {name.split(".")[0] for name in allowed_imports}
+    nets = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Net"]
     try:
-        found = _found(tree, allowed)
+        found = _found(tree, allowed) + _rebinds(tree, nets)
     except RecursionError:  # a chain of ~1,000 attributes parses, but is too deep to name
         return [syntax_message(RecursionError())]
     problems = [f"line {n}: {msg}" for n, msg in sorted(set(found))]
-    net = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Net"), None)
+    net = nets[0] if nets else None
     if net is None:
         problems.append("no top-level class Net")
     elif find_method(net, "forward") is None and not is_sequential(net):
@@ -123,7 +125,8 @@ def static_check(
 def _found(tree: ast.Module, allowed: set[str]) -> list[tuple[int, str]]:
     """(line, problem) for every forbidden import, name, attribute or string in `tree`."""
     found: list[tuple[int, str]] = []
-    for node in ast.walk(tree):
+    inner: set[int] = set()  # attributes inside a chain already named whole (`torch.hub.load`)
+    for node in ast.walk(tree):  # outer nodes first: naming each link was quadratic, 20 s
         line = getattr(node, "lineno", 0)
         for module in _imports(node):
             top = module.split(".")[0]
@@ -137,11 +140,117 @@ def _found(tree: ast.Module, allowed: set[str]) -> list[tuple[int, str]]:
             found.append((line, f"use of {node.id!r} is not allowed"))
         if isinstance(node, ast.Attribute) and _unsafe_dunder(node.attr):
             found.append((line, f"access to attribute {node.attr!r} is not allowed"))
-        if isinstance(node, ast.Attribute) and (prefix := _torch_io(dotted_name(node))):
-            found.append((line, f"use of {prefix!r} is not allowed"))
+        if isinstance(node, ast.Attribute) and id(node) not in inner:
+            inner.add(id(node.value))
+            if prefix := _torch_io(dotted_name(node)):
+                found.append((line, f"use of {prefix!r} is not allowed"))
+        elif isinstance(node, ast.Attribute):
+            inner.add(id(node.value))
         if isinstance(node, ast.Constant) and _unsafe_dunder(node.value):
             found.append((line, f"string {node.value!r} is not allowed"))
     return found
+
+
+def _rebinds(tree: ast.Module, nets: list[ast.ClassDef]) -> list[tuple[int, str]]:
+    """(line, problem) for each way a class or method could be other than the statement the
+    fingerprint reads: a second `class Net`, a binding of `Net` (`Net = Other`, `for Net in`,
+    an import, `global`), a patched attribute (`Net.forward = f`, `nn.GELU = nn.ReLU`), a
+    class or method replaced by a decorator or metaclass, a method defined twice or rebound in
+    its class body (`forward = Other.forward`). The sandbox runs what the names hold last, so a
+    copy of a known network rebound to `Net` after a decoy `class Net` scored as the decoy."""
+    found = [(n.lineno, "a second class Net") for n in nets[1:]]
+    found += [(n.lineno, "a class Net inside a block") for n in _blocks(tree.body)
+              if isinstance(n, ast.ClassDef) and n.name == "Net"]  # fmt: skip
+    imported, shadowed = {"Net"}, set()  # shadowed: bound here, so `@staticmethod` may be any
+    classes, stores, calls = [], [], []  # checked once every import is known (one walk)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.alias):
+            imported.add(node.asname or node.name.split(".")[0])
+            shadowed |= {node.asname} if node.asname and node.asname != node.name else set()
+            if (node.asname or node.name) == "Net":
+                found.append((getattr(node, "lineno", 0), "an import named Net"))
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            shadowed.add(node.name)
+            if isinstance(node, ast.ClassDef):
+                classes.append(node)
+            elif node.name == "Net":
+                found.append((node.lineno, "a function named Net"))
+        elif isinstance(node, ast.Name | ast.Attribute) and not isinstance(node.ctx, ast.Load):
+            stores.append(node)
+            shadowed |= {node.id} if isinstance(node, ast.Name) else set()
+        elif isinstance(node, ast.Global | ast.Nonlocal) and "Net" in node.names:
+            found.append((node.lineno, "global Net"))
+        elif isinstance(node, ast.ExceptHandler) and node.name == "Net":
+            found.append((node.lineno, "assignment to Net"))
+        elif isinstance(node, ast.Call) and dotted_name(node.func) in _REBINDERS | _SETTERS:
+            calls.append(node)
+    for node in stores:
+        if isinstance(node, ast.Name) and node.id == "Net":
+            found.append((node.lineno, "assignment to Net"))
+        elif isinstance(node, ast.Name) and node.id in imported and isinstance(node.ctx, ast.Store):
+            found.append((node.lineno, f"assignment to the imported name {node.id!r}"))
+        elif isinstance(node, ast.Attribute) and (root := _root(node)) in imported:
+            if dotted_name(node).startswith("torch.backends."):  # cudnn.benchmark: no op changes
+                continue
+            found.append((node.lineno, f"assignment to an attribute of {root}"))
+    for call in calls:
+        name = dotted_name(call.func)
+        root = _root(call.args[0]) if call.args else ""
+        if name in _REBINDERS or root in imported:
+            found.append((call.lineno, f"{name}() on {root}" if root else f"{name}()"))
+    found = [(n, f"{what} is not allowed") for n, what in found]
+    return found + [f for cls in classes for f in _class_rebinds(cls, shadowed)]
+
+
+def _root(node: ast.AST) -> str:
+    """The name a chain of attributes starts from (`nn` in `nn.GELU`), else ""."""
+    return dotted_name(node).split(".")[0]
+
+
+def _blocks(body: list[ast.stmt], nested: bool = False) -> Iterator[ast.stmt]:
+    """The statements inside `body`'s `if`, `for`, `with`, `try`, `match` blocks (`nested`:
+    and `body` itself): they bind names where `body` does, unlike a function's or class's."""
+    for stmt in body:
+        if nested:
+            yield stmt
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            for inner in getattr(stmt, field, []):  # a handler or a case holds a body
+                yield from _blocks([inner] if isinstance(inner, ast.stmt) else inner.body, True)
+
+
+def _class_rebinds(cls: ast.ClassDef, shadowed: set[str]) -> list[tuple[int, str]]:
+    """A class's own ways of being other than it reads (see `_rebinds`)."""
+    found = []
+    if cls.decorator_list or cls.keywords:
+        found.append((cls.lineno, f"class {cls.name} with a decorator or metaclass is not allowed"))
+    methods = [n for n in cls.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    names = {"forward", "__init__"} | {m.name for m in methods}
+    seen: set[str] = set()
+    for m in methods:
+        if m.name in seen:
+            found.append((m.lineno, f"method {m.name!r} defined twice is not allowed"))
+        seen.add(m.name)
+        for d in m.decorator_list:  # `@torch.no_grad()` is its call's name
+            name = dotted_name(d.func if isinstance(d, ast.Call) else d)
+            swaps = name == "property" and m.name in ("forward", "__init__")  # any callable
+            if name not in _DECORATORS or name.split(".")[0] in shadowed or swaps:
+                found.append((d.lineno, f"a decorator on method {m.name!r} is not allowed"))
+    for stmt in cls.body:
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Name) and node.id in names and isinstance(node.ctx, ast.Store):
+                found.append((node.lineno, f"rebinding method {node.id!r} is not allowed"))
+    return found
+
+
+_DECORATORS = frozenset({"staticmethod", "classmethod", "property", "torch.no_grad",
+                         "torch.inference_mode", "torch.enable_grad", "torch.jit.ignore",
+                         "torch.jit.export", "torch.jit.unused"})  # fmt: skip
+_REBINDERS = frozenset({"globals", "locals", "vars"})  # they reach the module's names by string
+_SETTERS = frozenset({"setattr", "delattr"})
 
 
 def _unsafe_dunder(name: object) -> bool:

@@ -163,6 +163,9 @@ dropped past ~64 MB (one within `BUDGET` holds at most 200,000 ops of `MAX_OP` c
 _remembered = cached(_MEMO, key=source_key, lock=threading.Lock())(_read_or_why)
 
 
+_Method = ast.FunctionDef
+
+
 class _Reader:
     """Resolves names through the module's imports and reads classes into op lists."""
 
@@ -178,13 +181,19 @@ class _Reader:
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 for a in node.names:
                     self.alias[a.asname or a.name] = f"{node.module}.{a.name}"
+        self.instances: dict[str, ast.Call] = {}  # `MODEL = Copy()` at module level
+        self.instance_items: dict[str, list[list[str]]] = {}  # what each one holds, read once
         for node in tree.body:
             bind_literal(node, self.consts)
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+                self.instances |= {t.id: node.value for t in node.targets
+                                   if isinstance(t, ast.Name)}  # fmt: skip
         stars = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
                  and any(a.name == "*" for a in n.names)}  # fmt: skip
         self.star_nn = "torch.nn" in stars  # `from torch.nn import *`: Conv2d is nn.Conv2d
         self.cache: dict[tuple, tuple[list[str], list[str]]] = {}
         self.active: set[str] = set()
+        self.mros: dict[str, list[ast.ClassDef]] = {}  # local classes, in method lookup order
         self.spent = 0
 
     def spend(self, items: list | None = None) -> list:
@@ -194,6 +203,37 @@ class _Reader:
         if self.spent > BUDGET:
             raise CodeError(f"source is too intricate to read (over {BUDGET:,} steps)")
         return [] if items is None else items
+
+    def method(self, cls: ast.ClassDef, name: str, *, above: bool = False) -> _Method | None:
+        """Method `name` of `cls` as Python finds it: in `cls` (unless `above`, as `super()`
+        does), else in its local base classes. A copy of a known network that `Net` inherits
+        (`class Net(Copy)`) was read as an empty network, and scored as novel text."""
+        if (order := self.mros.get(cls.name)) is None:
+            order, todo, seen = [], [cls], set()
+            while todo and len(order) < 256:  # breadth first: Python's order without diamonds
+                c = todo.pop(0)
+                if c.name not in seen:
+                    seen.add(c.name)
+                    order.append(c)
+                    todo += [self.classes[b.id] for b in c.bases
+                             if isinstance(b, ast.Name) and b.id in self.classes]  # fmt: skip
+            self.mros[cls.name] = order
+        return next((f for c in order[above:] if (f := find_method(c, name))), None)
+
+    def base_method(self, cls: ast.ClassDef, call: ast.Call) -> _Method | None:
+        """The method a `super().<name>(...)` or `Base.<name>(self, ...)` call in `cls` runs,
+        when it is a local class's (else None)."""
+        func = call.func
+        if _on_super(func):
+            return self.method(cls, func.attr, above=True)  # type: ignore[union-attr]
+        if (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and func.value.id in self.classes
+            and dotted_name(call.args[0] if call.args else call) == "self"
+        ):
+            return self.method(self.classes[func.value.id], func.attr)
+        return None
 
     def qual(self, node: ast.AST) -> str:
         dotted = dotted_name(node)
@@ -213,13 +253,13 @@ class _Reader:
         self.active.add(name)
         try:
             cls = self.classes[name]
-            init = find_method(cls, "__init__")
+            init = self.method(cls, "__init__")
             scope = _Scope(self, self.consts, cls)
             scope.consts |= scope.bind(cls, None) | bound
             if init is not None:
                 for stmt in live(init.body):
                     scope.read_init(stmt)
-            if (forward := find_method(cls, "forward")) is not None:
+            if (forward := self.method(cls, "forward")) is not None:
                 ops = _Forward(scope).run(forward)
             else:
                 ops = list(scope.layers) if is_sequential(cls) else []
@@ -356,10 +396,25 @@ class _Scope:
             return [item for elt in node.elts for item in self.items(elt)]
         if isinstance(node, ast.ListComp | ast.GeneratorExp):
             return self.items(node.elt)
+        if isinstance(node, ast.Dict):  # nn.ModuleDict({"conv": nn.Conv2d(...), ...})
+            return [item for value in node.values for item in self.items(value)]
+        if isinstance(node, ast.DictComp):
+            return self.items(node.value)
         if isinstance(node, ast.Starred):
             return self.items(node.value)
+        instance = isinstance(node, ast.Name) and node.id not in self.local
+        if instance and node.id in self.reader.instances:  # `self.m = MODEL`, `MODEL(x)`
+            known = self.reader.instance_items
+            if node.id not in known:  # read once, and as nothing while being read
+                known[node.id] = []
+                known[node.id] = self.items(self.reader.instances[node.id])
+            return self.reader.spend(list(known[node.id]))
         if isinstance(node, ast.Name):  # counted: `layers += layers` in a loop doubles it
             return self.reader.spend(list(self.local.get(node.id, [])))
+        if (name := dotted_name(node).removesuffix(".forward")).count(".") == 1 and (
+            name.startswith("self.")  # `self.s = self.r`, `self.f = self.r.forward`
+        ):
+            return self.reader.spend(list(self.attrs.get(name[5:], [])))
         if not isinstance(node, ast.Call):
             return []
         if self.reader.qual(node.func).split(".")[-1] in CONTAINERS:
@@ -376,15 +431,21 @@ class _Scope:
             return [op] if op else []
         if qual in self.reader.classes:
             return self.local_class(qual, call, layers)
-        fn = find_method(self.cls, qual[5:]) if qual.startswith("self.") else None
+        if isinstance(call.func, ast.Attribute) and call.func.attr == "__init__":
+            fn = self.reader.base_method(self.cls, call)  # a local base's, into this class
+            qual = "self.super().__init__" if fn is not None else qual
+        else:
+            fn = self.reader.method(self.cls, qual[5:]) if qual.startswith("self.") else None
         key = f"{self.cls.name}.{qual}"
         if fn is None or key in self.reader.active:
             return []
         self.reader.active.add(key)  # a builder method such as self._make_layer(...)
         try:
-            sub = _Scope(self.reader, self.consts, self.cls)
+            sub = _Scope(self.reader, self.consts | self.bind(fn, call), self.cls)
             for stmt in live(fn.body):
                 sub.read_init(stmt)
+            if qual == "self.super().__init__":
+                self.attrs |= sub.attrs  # the base's layers are this instance's
             if layers:
                 return sub.layers
             return [op for r in return_values(fn) for item in sub.items(r) for op in item]
@@ -393,7 +454,7 @@ class _Scope:
 
     def local_class(self, name: str, call: ast.Call, layers: bool) -> list[str]:
         cls = self.reader.classes[name]
-        if find_method(cls, "__init__") is None:  # a thin subclass such as ChannelLayerNorm
+        if self.reader.method(cls, "__init__") is None:  # a thin subclass: ChannelLayerNorm
             base = next((self.reader.qual(b) for b in cls.bases), "")
             if base.startswith("torch.nn.") and base.split(".")[-1] not in ("Module", *CONTAINERS):
                 return [self.reader.op(base.rsplit(".", 1)[-1], call, 0, self.consts)]
@@ -404,9 +465,10 @@ class _Scope:
             return ["SE"]
         return inner_layers if layers else inner_ops
 
-    def bind(self, cls: ast.ClassDef, call: ast.Call | None) -> dict[str, object]:
-        """`__init__` parameters of `cls` as constants: defaults, else `call`'s arguments."""
-        init = find_method(cls, "__init__")
+    def bind(self, cls: ast.ClassDef | ast.FunctionDef, call: ast.Call | None) -> dict:
+        """`__init__` parameters of `cls` (or of the method `cls`) as constants: defaults, else
+        `call`'s arguments."""
+        init = cls if isinstance(cls, ast.FunctionDef) else self.reader.method(cls, "__init__")
         if init is None:
             return {}
         params = [a.arg for a in init.args.posonlyargs + init.args.args][1:]
@@ -430,6 +492,12 @@ class _Forward(ast.NodeVisitor):
         for stmt in live(fn.body):
             self.visit(stmt)
         return [op for op in self.ops if op]
+
+    def _inline(self, fn: ast.FunctionDef) -> None:
+        """The ops of a helper method (or a base's, through `super()`) called from forward."""
+        inner = _Forward(self.scope)
+        inner.depth, inner.saved = self.depth + 1, set(self.saved)
+        self.ops += inner.run(fn)
 
     def generic_visit(self, node: ast.AST) -> None:
         """As NodeVisitor's, but a block of statements (the body of a `with`, `try`, `except`,
@@ -494,15 +562,17 @@ class _Forward(ast.NodeVisitor):
             self.ops.append(kinds.get(type(op), ""))
 
     def visit_For(self, node: ast.For) -> None:
-        self.visit(node.iter)
+        found = _over_modules(node)
+        if found is None:
+            self.visit(node.iter)
         items: list[list[str] | None] = [None]
-        if isinstance(node.target, ast.Name) and dotted_name(node.iter).startswith("self."):
-            items = self.scope.attrs.get(node.iter.attr, [None])[:32]  # type: ignore[assignment]
+        if found is not None:
+            items = self.scope.attrs.get(found[1], [None])[:32]  # type: ignore[assignment]
         if empty_iterable(node.iter, self.scope.consts):
             items = []  # `for _ in []:` runs only its `else`
         for item in items:  # `for block in self.blocks:` runs the body once per block
-            if item is not None:
-                self.loops[node.target.id] = item
+            if item is not None and found is not None:
+                self.loops[found[0]] = item
             for stmt in live(node.body):
                 self.visit(stmt)
         for stmt in live(node.orelse):
@@ -523,16 +593,21 @@ class _Forward(ast.NodeVisitor):
         head, _, rest = qual.partition(".")
         if isinstance(func, ast.Name) and func.id in self.loops:
             self.ops += scope.reader.spend(self.loops[func.id])
+        elif isinstance(func, ast.Name) and func.id in scope.reader.instances:  # MODEL(x)
+            self.ops += scope.reader.spend([op for item in scope.items(func) for op in item])
         elif head == "self" and rest and "." not in rest:
             first = node.args[0] if node.args else None
             if isinstance(first, ast.Name) and first.id in self.saved:
                 self.ops.append("Proj")  # a layer on the skip path (projection, downsample)
             elif rest in scope.attrs:
                 self.ops += scope.reader.spend([op for item in scope.attrs[rest] for op in item])
-            elif (fn := find_method(scope.cls, rest)) is not None and self.depth < 8:
-                inner = _Forward(scope)
-                inner.depth, inner.saved = self.depth + 1, set(self.saved)
-                self.ops += inner.run(fn)
+            elif (fn := scope.reader.method(scope.cls, rest)) is not None and self.depth < 8:
+                self._inline(fn)
+            else:
+                self.ops.append("?")
+        elif (fn := scope.reader.base_method(scope.cls, node)) or _on_super(func):
+            if fn is not None and self.depth < 8:  # super().forward(x), Base.forward(self, x)
+                self._inline(fn)
             else:
                 self.ops.append("?")
         elif qual.startswith("torch.nn.functional.") or qual.startswith("torch."):
@@ -540,3 +615,27 @@ class _Forward(ast.NodeVisitor):
         elif isinstance(func, ast.Attribute) and head not in scope.reader.alias:
             quiet = func.attr in QUIET_METHODS  # else a tensor method: x.mean(...), x.view(...)
             self.ops.append("" if quiet else scope.reader.op(func.attr, node, 0, scope.consts))
+
+
+def _over_modules(loop: ast.For) -> tuple[str, str] | None:
+    """(loop variable, attribute) of a loop over the modules `self.<attribute>` holds: `for m in
+    self.f`, also `in self.f.values()`, `in self.f.children()`, `for i, m in enumerate(self.f)`
+    (read as unresolved, these let a copy of a known network pass as novel: 0.96-0.97)."""
+    it, target = loop.iter, loop.target
+    if isinstance(it, ast.Call) and dotted_name(it.func) == "enumerate" and len(it.args) == 1:
+        elts = target.elts if isinstance(target, ast.Tuple) else []
+        it, target = it.args[0], elts[1] if len(elts) == 2 else target
+    if isinstance(it, ast.Call) and not it.args and isinstance(it.func, ast.Attribute):
+        it = it.func.value if it.func.attr in ("values", "children") else it
+    if isinstance(target, ast.Name) and dotted_name(it).startswith("self."):
+        return target.id, it.attr  # type: ignore[attr-defined]
+    return None
+
+
+def _on_super(func: ast.AST) -> bool:
+    """Whether `func` is `super().<name>`."""
+    return (
+        isinstance(func, ast.Attribute)
+        and isinstance(func.value, ast.Call)
+        and dotted_name(func.value.func) == "super"
+    )

@@ -256,6 +256,11 @@ class CandidateStore:
             return self._rows("WHERE cycle = ?", [_int("cycle", cycle)])
         return self._rows("WHERE cycle = ? AND run_id = ?", [_int("cycle", cycle), run_id])
 
+    def selected_rows(self) -> list[dict[str, Any]]:
+        """The selected candidates, in the order they were added: the fine-tuning set, read
+        without every other row (`to_frame` of 500 replies of 1 MB peaked at 1.6 GB)."""
+        return self._rows("WHERE selected = 1")
+
     def to_frame(self) -> pd.DataFrame:
         """All candidates as a DataFrame: one column per COLUMNS entry, integers as nullable
         Int64, `params` as float64 (exact up to 2**53), flags as bool, `parent_ids` as lists."""

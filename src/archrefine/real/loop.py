@@ -47,7 +47,13 @@ from archrefine.real.guard import (
     verify_store,
 )
 from archrefine.real.overlap import CycleWork
-from archrefine.real.prompts import Reference, prompt_check, read_template, render_fitted
+from archrefine.real.prompts import (
+    MAX_REFERENCE_CODE,
+    Reference,
+    prompt_check,
+    read_template,
+    render_fitted,
+)
 from archrefine.real.refining import refine_safely
 from archrefine.real.replies import code_or_error, row, too_long
 from archrefine.real.text import GeneratorUnavailable, Sampling, TextGenerator
@@ -203,9 +209,11 @@ def evaluator(config: RealConfig):
 
 
 def _references(store: CandidateStore, c: int, config: RealConfig) -> list[Reference]:
-    """The latest non-empty selection (with scores), or KNOWN's sources before there is one."""
+    """The latest selection with code short enough to show (`MAX_REFERENCE_CODE`), with
+    scores, or KNOWN's sources before there is one."""
     for earlier in range(c - 1, 0, -1):
-        chosen = [r for r in store.cycle_rows(earlier) if r["selected"]]
+        chosen = [r for r in store.cycle_rows(earlier) if r["selected"]
+                  and len(r["code"] or "") <= MAX_REFERENCE_CODE]  # fmt: skip
         if chosen:
             chosen.sort(key=lambda r: -(r["accuracy"] or 0.0))
             return [Reference(r["code"], r["accuracy"], r["params"], cid=r["id"]) for r in chosen]
@@ -332,9 +340,7 @@ def _select(store: CandidateStore, c: int, k: int) -> list[int]:
 
 def _pairs(store: CandidateStore) -> list[tuple[str, str]]:
     """The cumulative fine-tuning set: every selected candidate's (prompt, response), in order."""
-    frame = store.to_frame()
-    sel = frame[frame.selected]
-    return list(zip(sel.prompt, sel.response))
+    return [(r["prompt"], r["response"]) for r in store.selected_rows()]
 
 
 # ---- data and files ----------------------------------------------------------------------------

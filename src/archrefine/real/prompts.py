@@ -26,6 +26,11 @@ from archrefine.real.config import PromptConfig
 
 TEMPLATE_FILE = "prompt.txt"  # the run directory's copy of the template it started with
 PLACEHOLDERS = ("task", "dataset", "input_shape", "classes", "param_budget", "references")
+MAX_REFERENCE_CODE = 12_000
+"""Characters of code a selected candidate may have and still be shown as a reference (KNOWN's
+longest is ~2,500). A selected network padded with a 190 KB comment made every later prompt
+~570 KB, past any server's context: the `openai` run stopped, and stopped again on each
+`--resume`, since the selection is stored. Longer ones stay selected, never shown."""
 
 
 @dataclass(frozen=True)
