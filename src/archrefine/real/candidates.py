@@ -243,8 +243,12 @@ class CandidateStore:
         sql = "SELECT cycle, COUNT(*), SUM(status = 'pending') FROM candidates GROUP BY cycle"
         return {c: (n, p) for c, n, p in self._db.execute(sql)}
 
-    def _rows(self, where: str = "", params: Iterable[Any] = ()) -> list[dict[str, Any]]:
-        sql = f"SELECT {', '.join(COLUMNS)} FROM candidates {where} ORDER BY id"
+    def _rows(
+        self, where: str = "", params: Iterable[Any] = (), read: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Rows as dicts; `read` replaces a column by an SQL expression (NULL: not read)."""
+        exprs = ", ".join((read or {}).get(c, c) for c in COLUMNS)
+        sql = f"SELECT {exprs} FROM candidates {where} ORDER BY id"
         try:
             return [_decode(r) for r in self._db.execute(sql, list(params))]
         except (sqlite3.DatabaseError, ValueError) as err:
@@ -261,10 +265,16 @@ class CandidateStore:
         without every other row (`to_frame` of 500 replies of 1 MB peaked at 1.6 GB)."""
         return self._rows("WHERE selected = 1")
 
-    def to_frame(self) -> pd.DataFrame:
+    def to_frame(self, *, reply_chars: int | None = None) -> pd.DataFrame:
         """All candidates as a DataFrame: one column per COLUMNS entry, integers as nullable
-        Int64, `params` as float64 (exact up to 2**53), flags as bool, `parent_ids` as lists."""
-        frame = pd.DataFrame(self._exported(), columns=list(COLUMNS))
+        Int64, `params` as float64 (exact up to 2**53), flags as bool, `parent_ids` as lists.
+        With `reply_chars`: no prompts, and a reply only where no code was found, cut to that
+        many characters by SQLite (500 replies of 1 MB read whole peaked at ~3x the data)."""
+        read = None
+        if reply_chars is not None:
+            cut = f"CASE WHEN code IS NULL THEN substr(response, 1, {int(reply_chars)}) END"
+            read = {"prompt": "NULL", "response": cut}
+        frame = pd.DataFrame(self._exported(read), columns=list(COLUMNS))
         kinds = {name: _PANDAS.get(kind, object) for name, (_, kind) in COLUMNS.items()}
         return frame.astype(kinds)
 
@@ -301,9 +311,9 @@ class CandidateStore:
         schema = pa.schema([(name, kind) for name, (_, kind) in COLUMNS.items()])
         return pa.Table.from_pylist(self._exported(), schema=schema)
 
-    def _exported(self) -> list[dict[str, Any]]:
+    def _exported(self, read: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         """Rows with `params` as a float (inf beyond float64's range): a numeric column."""
-        rows = self._rows()
+        rows = self._rows(read=read)
         for row in rows:
             if row["params"] is not None:
                 try:

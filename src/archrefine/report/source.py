@@ -151,12 +151,9 @@ def read_candidates(path: Path) -> pd.DataFrame:
         from archrefine.real.candidates import CandidateStore
     except ImportError as err:
         raise ReportError(f"{path}: reading it needs the real extra ({_line(err)})") from None
-    with CandidateStore(path) as store:
-        frame = store.to_frame()
-    no_code = frame.code.isna()
-    frame["response"] = frame.response.where(no_code).map(
-        lambda r: r[:RESPONSE_CHARS] if isinstance(r, str) else None
-    )
+    with CandidateStore(path) as store:  # SQLite cuts the replies: never read whole here
+        frame = store.to_frame(reply_chars=RESPONSE_CHARS)
+    frame["response"] = frame.response.map(lambda r: r if isinstance(r, str) else None)
     return frame[[*CANDIDATE_FIELDS, "response"]]
 
 

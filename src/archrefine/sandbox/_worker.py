@@ -34,8 +34,10 @@ import traceback
 
 from _worker_os import (  # the sibling file, bound next to this one
     _count_my_tasks,
+    _drop_keys,
     _libc,
     _log_tail,
+    _own_keyring,
     _prctl,
     _private_view,
     _reap_all,
@@ -420,6 +422,8 @@ def _run_job(job: dict, workroot: str, vm_bytes: int) -> dict:
         size_mb = CONFIG.get("work_mb", 256)
         reply.update(status="crashed", reason=f"crashed: work directory full ({size_mb} MB)")
     removed = remove_tree(workdir)
+    if CONFIG.get("drop_keys"):  # what the job left in our uid's keyrings would outlive us
+        _drop_keys()
     changed = _snapshot(workroot, *FLAGS) != BASELINE.get("state")
     reply.update(id=job["id"], dirty=not clean or not removed or changed)
     return reply
@@ -480,6 +484,12 @@ def main() -> None:
         os.setgroups([])
         os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
         os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
+    _own_keyring()  # after the uid change: a keyring of our uid, not the host's session one
+    # our uid's keyrings are ours alone with a dedicated uid or a user namespace (bwrap), not
+    # in the fallback run as a normal user: those are the user's own (a Kerberos cache ...)
+    CONFIG["drop_keys"] = cfg.get("uid") is not None or bool(cfg.get("private_work"))
+    if CONFIG["drop_keys"]:
+        _drop_keys()  # makes the keyrings it clears after each job, before the snapshot
     _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS
     _prctl(4, 0)  # PR_SET_DUMPABLE = 0: jobs (same uid) cannot ptrace us or read our /proc fds
     _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of a job come back to us

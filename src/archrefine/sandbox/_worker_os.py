@@ -157,15 +157,16 @@ def _snapshot(
     """What a job could have changed in this zygote or left for the next job, in one value:
     our rlimits, niceness, CPU affinity, scheduling attributes and I/O priority, our uid's kernel
     keys, parent and directory, the work root's owner, mode and (on its private tmpfs, and
-    /tmp's) inode and block counts, System V IPC objects and POSIX message queues (a private
-    ipc namespace, its mqueue fs mounted at `mqueue`)."""
+    /tmp's) inode and block counts, System V IPC objects, sockets (a private ipc and network
+    namespace) and POSIX message queues (its mqueue fs mounted at `mqueue`)."""
     limits = tuple(
         resource.getrlimit(getattr(resource, n)) for n in sorted(dir(resource))
         if n.startswith("RLIMIT_")
     )  # fmt: skip
     st = os.stat(workroot)
     work: tuple = (st.st_uid, st.st_mode)
-    if private_work:
+    if private_work:  # its access time: a job may set it (utime, it may write there), and
+        work += (st.st_atime_ns,)  # the next job read it (we never list the directory)
         for where in (workroot, "/tmp"):  # /tmp: private, and writable in a user namespace
             vfs = os.statvfs(where)
             work += (vfs.f_files - vfs.f_ffree, vfs.f_blocks - vfs.f_bfree)
@@ -176,6 +177,12 @@ def _snapshot(
         for kind in ("shm", "msg", "sem"):
             with contextlib.suppress(OSError), open(f"/proc/sysvipc/{kind}") as f:
                 ipc += (len(f.readlines()),)
+        for proto in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6", "unix"):  # our network ns:
+            with contextlib.suppress(OSError), open(f"/proc/net/{proto}") as f:  # a job's
+                ipc += (len(f.readlines()),)  # TIME_WAIT sockets outlive it, readable by the next
+        for name in ("snmp", "snmp6", "netstat", "dev"):  # and its counters: a job's sends
+            with contextlib.suppress(OSError), open(f"/proc/net/{name}") as f:  # counted there
+                ipc += (f.read(),)  # (37 unroutable ones: Ip OutNoRoutes 37) for the next
     if mqueue:  # POSIX message queues of our ipc namespace outlive the job that made them
         with contextlib.suppress(OSError):
             ipc += (len(os.listdir(mqueue)),)
@@ -215,14 +222,46 @@ def _ioprio() -> int:
     return int(_libc.syscall(nr, 1, 0)) if nr else -1  # IOPRIO_WHO_PROCESS, ourselves
 
 
+KEYCTL = {"x86_64": 250, "aarch64": 219, "i686": 288, "ppc64le": 271, "s390x": 280}
+
+
+def _own_keyring() -> None:
+    """Join a new anonymous session keyring (KEYCTL_JOIN_SESSION_KEYRING), ours alone: we
+    inherited the host's (a systemd service's, a login's), which jobs possessed too, so they
+    could read its keys, clear it and leave keys in it for every later job of every worker.
+    Best effort: where keyctl is refused (a seccomp filter), jobs cannot use it either."""
+    nr = KEYCTL.get(os.uname().machine)
+    if nr is not None:
+        _libc.syscall(nr, 1, None)
+
+
+def _drop_keys() -> None:
+    """Unlink every key in our uid's keyrings (user, user session, persistent) and our session
+    keyring. They outlive every process of the uid: a job's 200 keys stayed in the kernel's
+    memory, counted in no cgroup, long after its worker (and uid) was replaced."""
+    nr = KEYCTL.get(os.uname().machine)
+    if nr is None:
+        return
+    persistent = _libc.syscall(nr, 22, -1, -3)  # KEYCTL_GET_PERSISTENT, linked to our session
+    if persistent > 0:
+        _libc.syscall(nr, 7, persistent)  # KEYCTL_CLEAR
+    for ring in (-3, -4, -5):  # session (the link above too), user, user session
+        _libc.syscall(nr, 7, ring)
+
+
 def _my_keys() -> str:
-    """Our uid's kernel key quota line: a job's keys (add_key) outlive it, per uid."""
+    """Our uid's kernel key quota line (a job's keys, add_key, outlive it, per uid) and every
+    key we can see, without its usage count: a job may change the permissions or expiry of our
+    keyrings, or swap our session keyring, and every later job read them (32 bits a keyring)."""
+    quota, keys = "", []
     with contextlib.suppress(OSError), open("/proc/key-users") as f:
         for line in f:
             uid, _, rest = line.partition(":")
             if uid.strip() == str(os.getuid()):
-                return " ".join(rest.split()[1:])  # keys and bytes, not the usage count
-    return ""
+                quota = " ".join(rest.split()[1:])  # keys and bytes, not the usage count
+    with contextlib.suppress(OSError), open("/proc/keys") as f:
+        keys = [" ".join(line.split()[:2] + line.split()[3:]) for line in f]
+    return "\n".join([quota, *keys])
 
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
