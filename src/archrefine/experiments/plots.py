@@ -116,20 +116,23 @@ def trajectory(
     fig, axes = plt.subplots(1, 4, figsize=(12.2, 4.2), sharex=True)
     # fixed margins that hold the titles: one draw (bbox_inches="tight" measures, then redraws)
     fig.subplots_adjust(left=0.04, right=0.99, bottom=0.12, top=0.78, wspace=0.22)
+    trials = sel.trial.nunique()
     for ax, key in zip(axes, METRICS):
         bounds = found.boundaries if found else None
         _shade_phases(ax, bounds, int(cycles.max()), label=True, named=named)
-        ax.plot(cycles, mean[key], color=COLORS[key], lw=2, label="mean")
-        ax.fill_between(cycles, mean[key] - std[key], mean[key] + std[key], color=COLORS[key],
-                        alpha=0.2, lw=0, label="± std")  # fmt: skip
+        # one run has no spread: no band, and no "mean ± std" legend entries for it
+        ax.plot(cycles, mean[key], color=COLORS[key], lw=2, label="mean" if trials > 1 else None)
+        if trials > 1:
+            ax.fill_between(cycles, mean[key] - std[key], mean[key] + std[key], color=COLORS[key],
+                            alpha=0.2, lw=0, label="± std")  # fmt: skip
         upper = (mean[key] + std[key]).to_numpy(dtype=float)
         top = float(np.nanmax(upper)) if np.isfinite(upper).any() else 1.0
         ax.set_ylim(0, max(top, 1e-9) * 1.12)
         ax.set_title(f"{key}  {_change_note(mean[key])}", pad=16, fontsize=10)
         cycle_axis(ax)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right")
-    trials = sel.trial.nunique()
+    if axes[0].get_legend_handles_labels()[1]:
+        axes[0].legend(fontsize=7, loc="lower right")
     spread = "one run" if trials == 1 else f"mean ± std over {trials} trials"
     first, last = (f"{x:g}" for x in (cycles[0], cycles[-1])) if len(cycles) else ("", "")
     fig.suptitle(f"{title} ({spread}; axes from 0; change from cycle {first} to {last})", y=0.97)
@@ -252,7 +255,7 @@ def schedules(frame: pd.DataFrame, path: Path, *, period: int = 4) -> None:
         ax.set_title(title)
         cycle_axis(ax)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="best")  # validity rises from 0: a fixed corner covers it
     fig.suptitle("Mutation schedules", y=1.02)
     save_figure(fig, path)
 

@@ -5,6 +5,7 @@ so a resumed study reports exactly what an uninterrupted one would."""
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -329,11 +330,15 @@ def figure(summary: dict[str, Any], path: Path) -> None:
     ax.axvline(1.5, color="black", lw=1.5)
     for k in range(1, len(params)):
         ax.axvline(1.5 + 2 * k, color="white", lw=1)
+    chars = int(fig_w * 12)  # a title wider than a narrow figure (few parameters) is cut off
     ax.set_title(
-        f"Claims across {len(summary['seeds'])} seeds "
-        + (f"and ±{summary['perturb']:g} per parameter " if params else "")
-        + f"({summary['trials']} trials; green holds, red fails"
-        + (", grey not moved)" if params else "; no neighbourhood with --perturb 0)"),
+        textwrap.fill(
+            f"Claims across {len(summary['seeds'])} seeds "
+            + (f"and ±{summary['perturb']:g} per parameter " if params else "")
+            + f"({summary['trials']} trials; green holds, red fails"
+            + (", grey not moved)" if params else "; no neighbourhood with --perturb 0)"),
+            chars,
+        ),
         fontsize=9,
     )
     if has_sens:
@@ -364,8 +369,11 @@ def figure(summary: dict[str, Any], path: Path) -> None:
             range(len(names)), [_short(n) for n in names], rotation=70, ha="right", fontsize=7
         )
         ax2.set_title(
-            f"Morris μ* of each claim's scalar, relative to its largest parameter "
-            f"({sens['points']} points, {sens['trials']} trials)",
+            textwrap.fill(
+                f"Morris μ* of each claim's scalar, relative to its largest parameter "
+                f"({sens['points']} points, {sens['trials']} trials)",
+                chars,
+            ),
             fontsize=9,
         )
     from archrefine.experiments.plots import save_figure
