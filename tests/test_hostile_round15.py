@@ -195,7 +195,8 @@ def test_sockets_and_traffic_of_a_job_in_its_workers_network_namespace_make_it_d
 ACCESS_TIME = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
-from _worker_os import _snapshot
+from _worker_os import _mount, _snapshot
+_mount("none", "/tmp", "tmpfs", 0)  # now, not before python starts: it may live under /tmp
 os.mkdir("/tmp/work", 0o733)
 before = _snapshot("/tmp/work", True, False)
 os.utime("/tmp/work", ns=(123_456_789, os.stat("/tmp/work").st_mtime_ns))  # a message
@@ -220,9 +221,9 @@ def test_an_access_time_a_job_sets_on_the_work_root_makes_the_worker_dirty() -> 
     if not shutil.which("unshare"):
         pytest.skip("needs unshare (util-linux)")
     here = str(Path(_worker_os.__file__).parent)
-    script = f"mount -t tmpfs none /tmp && {sys.executable} -c '{ACCESS_TIME}' {here}"
     proc = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", ACCESS_TIME,
+         here],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-1000:]
