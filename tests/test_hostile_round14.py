@@ -57,9 +57,10 @@ def archive() -> CodeNovelty:
 )
 def test_a_copy_rebound_to_net_after_a_decoy_is_rejected(tail: str, archive) -> None:
     source = IMPORTS + COPY + DECOY + tail
-    # what the old code did: the fingerprint read the decoy, the copy scored as novel text
+    # what the old code did: the fingerprint read the decoy, the copy scored as novel text;
+    # the copy held beside the decoy now makes it a twin as well (test_hostile_round16.py)
     assert fingerprint(source).sha1 != fingerprint(RESNET).sha1
-    assert not archive.is_near_duplicate(source)
+    assert archive.is_near_duplicate(source)
     problems = static_check(source)
     assert problems and all(p.startswith("line ") and "not allowed" in p for p in problems)
     stored = row(1, "p", f"```python\n{source}```", [])

@@ -49,6 +49,11 @@ class Fingerprint:
     detail: tuple[str, ...] = field(default=(), compare=False, repr=False)
     """`forward` with the arguments of `HYPER` that are not the default (`Dropout[p=0.3]`):
     what `novelty_code.structure` compares. Not part of `canonical`, `sha1` or equality."""
+    held: tuple[tuple[str, ...], ...] = field(default=(), compare=False, repr=False)
+    """As `detail`, what each network the source holds besides `Net` itself would run: each
+    module `Net` builds into an attribute, each other top-level class, each module-level
+    instance. A copy that `Net` reaches in a way the reader does not follow (`getattr(self,
+    'r')(x)`, a dict, a local function) shows here (`novelty_code.CodeNovelty`)."""
 
     @property
     def canonical(self) -> str:
@@ -95,13 +100,47 @@ def _read(source: str) -> Fingerprint:
     tree = parse_source(source)
     if not any(isinstance(n, ast.ClassDef) and n.name == "Net" for n in tree.body):
         raise CodeError("no top-level class Net")
+    reader = _Reader(tree)
     try:
-        layers, forward = _Reader(tree).analyse("Net", {})
+        layers, forward = reader.analyse("Net", {})
+        held = _held(reader)
     except RecursionError:
         raise CodeError(_TOO_DEEP) from None
     plain = tuple(op.partition(_DETAIL)[0] for op in forward)
-    return Fingerprint(tuple(op.partition(_DETAIL)[0] for op in layers), plain,
-                       tuple(op.replace(_DETAIL, "") for op in forward))  # fmt: skip
+    return Fingerprint(tuple(op.partition(_DETAIL)[0] for op in layers), plain, _detail(forward),
+                       tuple(_detail(part) for part in held))  # fmt: skip
+
+
+def _detail(ops: list[str]) -> tuple[str, ...]:
+    return tuple(op.replace(_DETAIL, "") for op in ops)
+
+
+MAX_HELD = 64
+"""Networks besides `Net` that `_held` reads at most (attributes, classes, instances)."""
+
+
+def _held(reader: _Reader) -> list[list[str]]:
+    """The forward ops of each network the source holds besides `Net`: each attribute `Net`
+    built (one module, or all a container holds, and each of those), then each other
+    top-level class read with its defaults, then each module-level instance. They get a budget
+    of their own (`BUDGET`, after `Net`'s), and what is read when it runs out is kept: a
+    source `Net` alone can be read for is never refused for them."""
+    net = reader.scopes.get(("Net", ()))
+    parts: list[list[str]] = []
+    reader.spent = 0
+    try:
+        for items in net.attrs.values() if net is not None else ():
+            parts += [[op for item in items for op in item], *(items if len(items) > 1 else [])]
+        for name in list(reader.classes)[:MAX_HELD]:
+            if name != "Net":
+                parts.append(reader.analyse(name, {})[1])
+        for name in list(reader.instances)[:MAX_HELD]:
+            if net is not None:
+                parts.append([op for item in net.items(ast.Name(id=name)) for op in item])
+    except (CodeError, RecursionError):  # out of budget or depth: what was read stands
+        pass
+    unique = {tuple(part): None for part in parts if part}
+    return [list(part) for part in list(unique)[:MAX_HELD]]
 
 
 def _weight(found: Fingerprint | str) -> int:
@@ -109,7 +148,8 @@ def _weight(found: Fingerprint | str) -> int:
     bookkeeping), then ~64 per string besides its text."""
     if isinstance(found, str):
         return 1024 + len(found)
-    return 1024 + sum(64 + len(op) for op in found.layers + found.forward + found.detail)
+    ops = found.layers + found.forward + found.detail + tuple(op for p in found.held for op in p)
+    return 1024 + sum(64 + len(op) for op in ops)
 
 
 # ---- reading the AST ---------------------------------------------------------------------------
@@ -192,6 +232,7 @@ class _Reader:
                  and any(a.name == "*" for a in n.names)}  # fmt: skip
         self.star_nn = "torch.nn" in stars  # `from torch.nn import *`: Conv2d is nn.Conv2d
         self.cache: dict[tuple, tuple[list[str], list[str]]] = {}
+        self.scopes: dict[tuple, _Scope] = {}  # each class read, by `analyse`'s key
         self.active: set[str] = set()
         self.mros: dict[str, list[ast.ClassDef]] = {}  # local classes, in method lookup order
         self.spent = 0
@@ -264,6 +305,7 @@ class _Reader:
             else:
                 ops = list(scope.layers) if is_sequential(cls) else []
             self.cache[key] = (scope.layers, ops)
+            self.scopes[key] = scope
             return scope.layers, ops
         finally:
             self.active.discard(name)

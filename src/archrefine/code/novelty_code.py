@@ -38,7 +38,7 @@ from datasketch import MinHash, MinHashLSH
 from archrefine.code.ast_helpers import source_key
 from archrefine.code.fingerprint import fingerprint
 
-__all__ = ["CodeNovelty", "code_tokens", "structure"]
+__all__ = ["CodeNovelty", "code_tokens", "held_structures", "structure"]
 
 KEPT_NAMES = frozenset({"torch", "nn", "F", "self", "super", "forward", "__init__"})
 BUILTINS = frozenset(n for n in dir(builtins) if not n.startswith("_"))
@@ -108,9 +108,37 @@ def structure(source: str) -> str | None:
         ops = fingerprint(source).detail
     except Exception:  # noqa: BLE001 - unreadable code simply has no structural key
         return None
+    return _key(ops)
+
+
+def held_structures(source: str) -> list[str]:
+    """The `structure` keys of the networks `source` holds besides `Net`
+    (`Fingerprint.held`), leaving out each that `Net` is read to run inside a larger network
+    (a backbone under a new head is not a copy of the backbone). A copy of a known network
+    that `Net` calls in a way the reader does not follow (`getattr(self, "r")(x)`, a dict, a
+    local variable, `self.r.forward(x)`) was read as an empty `Net`, and scored as novel text."""
+    try:
+        found = fingerprint(source)
+    except Exception:  # noqa: BLE001
+        return []
+    net = found.detail if _key(found.detail) is not None else ()
+    keys = []
+    for part in found.held:
+        if (key := _key(part)) is not None and not _runs_within(part, net):
+            keys.append(key)
+    return keys
+
+
+def _key(ops: tuple[str, ...]) -> str | None:
     if any("?" in op for op in ops) or not any(op.startswith(("Conv2d(", "Linear(")) for op in ops):
         return None
     return hashlib.sha1("\n".join(ops).encode()).hexdigest()
+
+
+def _runs_within(part: tuple[str, ...], ops: tuple[str, ...]) -> bool:
+    """Whether `part` is a contiguous run of `ops`, which is longer."""
+    n = len(part)
+    return len(ops) > n and any(ops[i : i + n] == part for i in range(len(ops) - n + 1))
 
 
 class CodeNovelty:
@@ -198,9 +226,12 @@ class CodeNovelty:
         return out | dict.fromkeys(self._same(source), 1.0)
 
     def _same(self, source: str) -> list[str]:
-        """Keys of the members that run the same network as `source` (equal `structure`)."""
-        struct = structure(source) if self._twins else None
-        return self._twins.get(struct, []) if struct is not None else []
+        """Keys of the members that run the same network as `source` (equal `structure`), or
+        as a network `source` holds and `Net` may reach unseen (`held_structures`)."""
+        if not self._twins:
+            return []
+        found = [s for s in (structure(source), *held_structures(source)) if s is not None]
+        return sorted({key for struct in found for key in self._twins.get(struct, [])})
 
     def score(self, source: str) -> float:
         """Novelty: 1 - the largest estimated Jaccard similarity to the archive (1.0 if empty)."""
