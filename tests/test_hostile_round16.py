@@ -8,11 +8,14 @@ inside a larger network."""
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pytest
 
-from archrefine.code.code import static_check
-from archrefine.code.fingerprint import MAX_HELD, fingerprint
+from archrefine.code import fingerprint as fp
+from archrefine.code.code import CodeError, static_check
+from archrefine.code.fingerprint import fingerprint
 from archrefine.code.novelty_code import CodeNovelty, held_structures, structure
 from archrefine.real.replies import row
 from archrefine.space import KNOWN, VOCAB, is_valid, to_source
@@ -24,6 +27,9 @@ ARGS = COPY.replace("(self) -> None:", "(self, c) -> None:")
 ARGS = ARGS.replace("Conv2d(3, 32,", "Conv2d(3, c,")  # the copy's width an argument
 NET = "\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
 HOLD = NET + "        self.r = R()\n\n    def forward(self, x):\n"
+NESTED = "class Net(nn.Module):\n" + textwrap.indent(COPY, "    ") + "\n    def __init__(self):\n"
+NESTED += "        super().__init__()\n        self.r = self.R()\n\n    def forward(self, x):\n"
+NESTED += "        return getattr(self, 'r')(x)\n"  # the copy a class nested in `Net`
 
 
 def known(twins: bool = True) -> CodeNovelty:
@@ -69,6 +75,17 @@ def archive() -> CodeNovelty:
             "    def make(self):\n        return R()\n",
         ),
         (COPY, HOLD + "        return (m := self.r)(x)\n"),
+        ("", NESTED),
+        (
+            "",
+            "def make():\n"
+            + textwrap.indent(COPY, "    ")
+            + "    return R()\n"
+            + NET
+            + "        self.r = make()\n\n    def forward(self, x):\n"
+            "        return getattr(self, 'r')(x)\n",
+        ),  # fmt: skip
+        ("class R(nn.Module):\n    def forward(self, x):\n        return x\n", NESTED),
     ],
     ids=[
         "getattr",
@@ -87,6 +104,9 @@ def archive() -> CodeNovelty:
         "module-instance",
         "builder-method",
         "walrus",
+        "nested-class",
+        "class-in-a-function",
+        "nested-namesake",
     ],  # fmt: skip
 )
 def test_a_copy_the_reader_cannot_follow_is_a_near_duplicate(copy: str, net: str, archive) -> None:
@@ -109,6 +129,25 @@ def test_a_network_that_runs_a_known_one_under_a_new_head_is_not_its_copy(archiv
     assert held_structures(source) == []  # `Net` is read to run the copy, and more
     assert not archive.is_near_duplicate(source)
     assert 0.0 < archive.score(source) < 0.5
+
+
+def test_an_unread_op_decides_nothing_about_what_net_visibly_runs() -> None:
+    """`self.add_module("act", ...)` reads as `?`. A `Net` read as more than a held network
+    (plus `?`) is not its copy; one read as the copy plus only `?` may be the copy alone."""
+    nov = known()
+    flat = IMPORTS + NET + "        self.f = nn.Linear(3 * 32 * 32, 10)\n\n"
+    nov.add("flat", flat + "    def forward(self, x):\n        return self.f(x.flatten(1))\n")
+    honest = NET + "        self.conv = nn.Conv2d(3, 8, 3)\n"
+    honest += "        self.add_module('act', nn.ReLU())\n"
+    honest += "        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 30 * 30, 10))\n\n"
+    honest += "    def forward(self, x):\n        return self.head(self.act(self.conv(x)))\n"
+    source = IMPORTS + honest
+    assert fingerprint(source).detail == ("Conv2d(o=8,k=3,s=1,p=0)", "?", "Flatten", "Linear(o=10)")
+    assert structure(source) is None and not nov.is_near_duplicate(source)
+    copy = HOLD.replace("R()", "R()\n        self.add_module('act', nn.Identity())")
+    source = IMPORTS + COPY + copy + "        return self.act(self.r(x))\n"
+    assert fingerprint(source).detail[-1] == "?" and structure(source) is None
+    assert nov.near_duplicates(source) == ["known:resnet"]
 
 
 def test_a_known_network_left_beside_a_new_net_is_a_near_duplicate(archive) -> None:
@@ -147,16 +186,24 @@ def test_honest_networks_are_judged_as_before(archive) -> None:
         assert set(nov._same(source)) <= twins
 
 
-def test_the_networks_a_source_holds_are_bounded() -> None:
-    classes = "".join(
+def test_a_copy_behind_many_decoy_classes_is_still_read_and_the_reading_is_bounded(
+    archive, monkeypatch
+) -> None:
+    decoys = "".join(
         f"class C{i}(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
-        f"        self.f = nn.Linear({i + 1}, 10)\n\n    def forward(self, x):\n"
+        f"        self.f = nn.Linear(10, {i + 1})\n\n    def forward(self, x):\n"
         "        return self.f(x)\n\n\n"
-        for i in range(3 * MAX_HELD)
+        for i in range(300)
     )
-    source = IMPORTS + classes + NET + "        self.f = nn.Linear(4, 10)\n\n"
-    source += "    def forward(self, x):\n        return self.f(x)\n"
+    source = IMPORTS + decoys + COPY + HOLD + "        return getattr(self, 'r')(x)\n"
     found = fingerprint(source)
-    assert 0 < len(found.held) <= MAX_HELD
+    assert len(found.held) == 301  # 300 decoys, the copy (an attribute and a class: one)
+    assert archive.near_duplicates(source) == ["known:resnet"]
     alone = IMPORTS + NET + "        self.f = nn.Linear(4, 10)\n\n    def forward(self, x):\n"
-    assert found == fingerprint(alone + "        return self.f(x)\n")
+    alone += "        return self.f(x)\n"
+    monkeypatch.setattr(fp, "BUDGET", 2_000)  # `Net` alone fits; the decoys do not
+    assert fp.fingerprint(alone + "\n# read afresh\n").forward == ("Linear(o=10)",)
+    bare = source.replace(decoys, "") + "\n# read afresh\n"
+    assert structure(RESNET) in held_structures(bare)  # the copy alone fits the budget
+    with pytest.raises(CodeError, match="too intricate to read"):  # decoys spent the budget
+        fp.fingerprint(source + "\n# read afresh\n")

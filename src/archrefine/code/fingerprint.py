@@ -11,6 +11,7 @@ one work budget (`BUDGET`): apart, each would reach into the others' private sta
 from __future__ import annotations
 
 import ast
+import copy
 import hashlib
 import threading
 from dataclasses import dataclass, field
@@ -103,7 +104,7 @@ def _read(source: str) -> Fingerprint:
     reader = _Reader(tree)
     try:
         layers, forward = reader.analyse("Net", {})
-        held = _held(reader)
+        held = _held(reader, tree)
     except RecursionError:
         raise CodeError(_TOO_DEEP) from None
     plain = tuple(op.partition(_DETAIL)[0] for op in forward)
@@ -115,32 +116,32 @@ def _detail(ops: list[str]) -> tuple[str, ...]:
     return tuple(op.replace(_DETAIL, "") for op in ops)
 
 
-MAX_HELD = 64
-"""Networks besides `Net` that `_held` reads at most (attributes, classes, instances)."""
-
-
-def _held(reader: _Reader) -> list[list[str]]:
+def _held(reader: _Reader, tree: ast.Module) -> list[list[str]]:
     """The forward ops of each network the source holds besides `Net`: each attribute `Net`
-    built (one module, or all a container holds, and each of those), then each other
-    top-level class read with its defaults, then each module-level instance. They get a budget
-    of their own (`BUDGET`, after `Net`'s), and what is read when it runs out is kept: a
-    source `Net` alone can be read for is never refused for them."""
+    built (one module, or all a container holds, and each of those), then each other class
+    read with its defaults (also one defined in a class or a function: a copy nested in `Net`
+    or made by a function evaded a reading of top-level classes), then each module-level
+    instance. They get a budget of their own (`BUDGET`, after `Net`'s), and a source that
+    runs out of it is refused as one whose `Net` does: keeping what was read by then would let a
+    copy hide behind decoys that cost the budget (a count of networks would, too)."""
     net = reader.scopes.get(("Net", ()))
     parts: list[list[str]] = []
     reader.spent = 0
-    try:
-        for items in net.attrs.values() if net is not None else ():
-            parts += [[op for item in items for op in item], *(items if len(items) > 1 else [])]
-        for name in list(reader.classes)[:MAX_HELD]:
-            if name != "Net":
-                parts.append(reader.analyse(name, {})[1])
-        for name in list(reader.instances)[:MAX_HELD]:
-            if net is not None:
-                parts.append([op for item in net.items(ast.Name(id=name)) for op in item])
-    except (CodeError, RecursionError):  # out of budget or depth: what was read stands
-        pass
-    unique = {tuple(part): None for part in parts if part}
-    return [list(part) for part in list(unique)[:MAX_HELD]]
+    for items in net.attrs.values() if net is not None else ():
+        parts += [[op for item in items for op in item], *(items if len(items) > 1 else [])]
+    classes = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+    for i, cls in enumerate(classes):  # ast.walk: the top-level ones first
+        reader.spend()
+        if reader.classes.get(cls.name) not in (None, cls):  # a nested namesake
+            cls = copy.copy(cls)
+            cls.name = f"{cls.name}#{i}"
+        reader.classes.setdefault(cls.name, cls)  # a nested one: readable by its name
+        if cls.name != "Net":
+            parts.append(reader.analyse(cls.name, {})[1])
+    for name in list(reader.instances) if net is not None else ():
+        reader.spend()
+        parts.append([op for item in net.items(ast.Name(id=name)) for op in item])
+    return [list(part) for part in dict.fromkeys(tuple(part) for part in parts if part)]
 
 
 def _weight(found: Fingerprint | str) -> int:

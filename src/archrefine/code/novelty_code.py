@@ -121,10 +121,9 @@ def held_structures(source: str) -> list[str]:
         found = fingerprint(source)
     except Exception:  # noqa: BLE001
         return []
-    net = found.detail if _key(found.detail) is not None else ()
     keys = []
     for part in found.held:
-        if (key := _key(part)) is not None and not _runs_within(part, net):
+        if (key := _key(part)) is not None and not _runs_within(part, found.detail):
             keys.append(key)
     return keys
 
@@ -136,9 +135,12 @@ def _key(ops: tuple[str, ...]) -> str | None:
 
 
 def _runs_within(part: tuple[str, ...], ops: tuple[str, ...]) -> bool:
-    """Whether `part` is a contiguous run of `ops`, which is longer."""
+    """Whether `part` is a contiguous run of `ops`, which hold more that the reader resolved:
+    a `Net` read as the copy plus only what the reader could not resolve (`?`) may be the copy
+    alone; one read as it plus a resolved op is not."""
     n = len(part)
-    return len(ops) > n and any(ops[i : i + n] == part for i in range(len(ops) - n + 1))
+    more = sum("?" not in op for op in ops) > n
+    return more and any(ops[i : i + n] == part for i in range(len(ops) - n + 1))
 
 
 class CodeNovelty:

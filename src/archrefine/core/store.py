@@ -1,8 +1,7 @@
 """Run directories and their files. Every write is atomic (temp file + rename), so a file that
-exists is complete; `run.json` says whether the run as a whole finished, and which process
-(pid, host, start time) writes it, so a run whose process died is told from a live one
-(`core/liveness.py`). Files get the modes the umask asks for (0o666 & ~umask), like any tool's
-output: `mkstemp` alone would make every result readable by its owner only."""
+exists is complete; `run.json` says whether the run finished and which process (pid, host,
+start time) writes it, so a dead run is told from a live one (`core/liveness.py`). Files get
+the umask's modes (0o666 & ~umask): `mkstemp` alone would make every result owner-only."""
 
 from __future__ import annotations
 
@@ -13,10 +12,10 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from archrefine.core import liveness, metrics_table
 from archrefine.core.formats import arrow_column, dumps_strict
@@ -56,26 +55,32 @@ def file_mode() -> int:
 
 
 def create_file(path: Path) -> None:
-    """Create `path` empty with `file_mode()` if it does not exist (for files another library
-    opens, e.g. SQLite's, which would otherwise ignore part of the umask)."""
+    """Create `path` empty with `file_mode()` if absent (SQLite's file ignores part of umask)."""
     with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode()))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A temporary file beside `path` that replaces it if the block ends without an exception."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), file_mode())  # mkstemp makes 0600 whatever the umask
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_file(path) as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
