@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from archrefine.space import KNOWN, KNOWN_ARRAY, LENGTH, VOCAB, SpaceSpec, explain, is_valid
@@ -135,9 +135,17 @@ def sequences(draw):
     return s
 
 
+GN = [VOCAB.index(name) for name in ("groupnorm", "gap", "head", "relu", "none")]
+
+
 @pytest.mark.torch
 @settings(max_examples=100, deadline=None)
 @given(sequences(), specs)
+@example(  # groups of one value: PyTorch's group_norm refuses them (found by this test in CI)
+    s=[0, 16, 17, 22, 2, 16, 17, 2, 16, 23, 17, 13, 29, 0, 0], spec=SpaceSpec(8, 1, 2)
+)
+@example(s=[GN[1], GN[0], GN[2]] + [GN[4]] * (LENGTH - 3), spec=SpaceSpec(8, 4, 10))  # flat
+@example(s=[GN[0], GN[3], GN[1], GN[2]] + [GN[4]] * (LENGTH - 4), spec=SpaceSpec(8, 2, 10))
 def test_checker_agrees_with_pytorch_for_any_spec(s, spec):
     """Specs move every boundary: odd and tiny sizes, inputs whose width already divides 4
     or 8, and class counts a linear layer or gap can hit without the head."""

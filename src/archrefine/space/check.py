@@ -21,6 +21,7 @@ __all__ = ["InvalidArchitecture", "Shape", "as_tokens", "explain", "is_valid", "
 # Failure codes, in the order they are checked at one position.
 OK, NEEDS_SPATIAL, NEEDS_FLAT, TOO_SMALL, INDIVISIBLE = 0, 1, 2, 3, 4
 NO_OPEN, SKIP_RANK, SKIP_SIZE, UNCLOSED, OUT_SPATIAL, OUT_WIDTH = 5, 6, 7, 8, 9, 10
+LONE_VALUE = 11  # a group norm whose groups hold one value each (checked after INDIVISIBLE)
 
 _CHUNK = 1 << 15  # rows per pass: big enough to amortise numpy calls, small enough for cache
 
@@ -57,6 +58,7 @@ _OPEN, _CLOSE, _FLATTEN, _HEAD = (
     [t.kind for t in TOKENS].index(k) for k in ("open", "close", "flatten", "head")
 )
 assert all(t.stride in (1, 2, 4) and t.divisor in (1, 4, 8) for t in TOKENS)  # powers of two
+_GROUPS = [t.name for t in TOKENS].index("groupnorm")
 
 
 @lru_cache(maxsize=16)
@@ -126,11 +128,14 @@ class _Scan:
         moved = self.s + tb.offset[t]
         too_small = spatial & (moved < 0)
         indivisible = (c & tb.mask[t]) != 0
-        bad = wrong_rank | too_small | indivisible
+        # PyTorch's group_norm refuses a group of one value (c / groups * side**2 at batch 1)
+        lone = (t == _GROUPS) & (c * np.where(spatial, self.s * self.s, 1) <= tb.mask[t] + 1)
+        bad = wrong_rank | too_small | indivisible | lone
         err = None
         if self.detail:
-            conditions = [wrong_rank & spatial, wrong_rank, too_small, indivisible]
-            err = np.select(conditions, [NEEDS_FLAT, NEEDS_SPATIAL, TOO_SMALL, INDIVISIBLE], OK)
+            conditions = [wrong_rank & spatial, wrong_rank, too_small, indivisible, lone]
+            codes = [NEEDS_FLAT, NEEDS_SPATIAL, TOO_SMALL, INDIVISIBLE, LONE_VALUE]
+            err = np.select(conditions, codes, OK)
         self.s = s = (moved >> tb.shift[t]) + 1
         o = tb.out[t]
         c = np.maximum(o, c * (o < 0))  # out = -1 keeps c (always >= 1)
@@ -254,6 +259,8 @@ def _message(
         )
     elif code == INDIVISIBLE:
         rule = f"needs a width divisible by {tok.divisor}, got {shape}"
+    elif code == LONE_VALUE:
+        rule = f"{tok.divisor} groups of {shape} hold one value each (PyTorch needs more than one)"
     elif code == NO_OPEN:
         rule = "no res_open to close"
     elif code in (SKIP_RANK, SKIP_SIZE):
