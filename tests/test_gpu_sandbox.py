@@ -65,7 +65,8 @@ def test_a_candidate_inside_bwrap_sees_the_gpu(tmp_path):
     check = "import torch; print(torch.cuda.is_available(), torch.ones(2, device='cuda').sum())"
     prefix = workers._bwrap_prefix
     argv = [workers._python()[0], "-c", check]
-    run = {"capture_output": True, "text": True, "timeout": 300, "env": {"PATH": "/usr/bin:/bin"}}
+    path = os.environ.get("PATH", "/usr/bin:/bin")  # bwrap may live in /usr/local/bin
+    run = {"capture_output": True, "text": True, "timeout": 300, "env": {"PATH": path}}
     seen = subprocess.run(
         prefix(str(tmp_path), os.geteuid() == 0, workers.bwrap_config()[0], confine.gpu_devices())
         + argv,

@@ -58,6 +58,9 @@ from archrefine.sandbox.jobs import (
 MAX_SOURCE = 1 << 20  # characters of candidate source accepted
 GRACE_S = 0.5  # the worker ends a job at its deadline; we kill the worker this much later
 SLACK = 64 << 20  # bytes of cgroup headroom over usage + memory_mb (page cache, our own pipes)
+OOM_SCORE_ADJ = 1000  # jobs die first when the machine runs out of memory; at 0 the kernel
+# picks the largest process, often the host (a loaded generator), while a job without a memory
+# cgroup may hold 32 processes of memory_mb each
 Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -81,10 +84,12 @@ class _Worker:
         self.cgroup = self._new_cgroup("memory", confine.new_cgroup)
         self.cpu = self._new_cgroup("cpu", confine.new_cpu_cgroup)
         joins = [c.procs for c in self.cgroups]
-        if joins:  # the shell joins the cgroups, then becomes the worker
-            script = " && ".join(f'echo $$ > "${i}"' for i in range(1, len(joins) + 1))
-            argv = ["/bin/sh", "-c", f'{script} && shift {len(joins)} && exec "$@"', "sh",
-                    *joins, *argv]  # fmt: skip
+        # the shell makes the worker (and so every job) the machine's OOM killer's first choice
+        # (as root also the floor: no job can lower it), joins the cgroups, becomes the worker
+        script = "".join(f'echo $$ > "${i}" && ' for i in range(1, len(joins) + 1))
+        argv = ["/bin/sh", "-c", f"{{ echo {OOM_SCORE_ADJ} > /proc/self/oom_score_adj; }} "
+                f'2>/dev/null; {script}shift {len(joins)} && exec "$@"', "sh", *joins,
+                *argv]  # fmt: skip
         self.errlog = open(root / f"worker-{spec.name}.err", "a+b")  # noqa: SIM115 - lives with us
         self.proc = subprocess.Popen(
             argv,

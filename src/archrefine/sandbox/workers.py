@@ -266,4 +266,12 @@ def launch(mode: str, root: Path, index: int, devices: Sequence[str] = ()) -> La
             keep=sorted({str(root), str(WORKER.parent), exe, *prefixes, *_site_dirs()}),
         )
         argv = UNSHARE + argv
-    return Launch(argv + [json.dumps(cfg)], _env(str(work)), str(root / "in"), uid, str(index))
+    # the fallback sees the host's /dev: a CPU pool's workers must not see its GPUs (with CUDA
+    # visible, the warm-up's backward starts autograd's device threads, and every job forked
+    # after it failed its backward: "Unable to handle autograd's threading ... fork")
+    env = _env(str(work))
+    if not devices:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    elif "CUDA_VISIBLE_DEVICES" in os.environ:  # which GPUs Ray (or a user) assigned
+        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    return Launch(argv + [json.dumps(cfg)], env, str(root / "in"), uid, str(index))

@@ -1,0 +1,78 @@
+"""Hostile candidates, round 17: the machine's OOM killer. Workers and their jobs ran at the
+host's `oom_score_adj` (0), so when the machine ran out of memory the kernel killed the largest
+process, which is often the host (a loaded generator, the run) rather than the job that used
+the memory: without a memory cgroup a job may hold 32 processes of `memory_mb` each. Now every
+worker starts at 1000 (the kernel's first choice), and where the host may set the floor
+(CAP_SYS_RESOURCE) no job can lower it."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+
+from archrefine.sandbox.pool import OOM_SCORE_ADJ  # noqa: E402
+from archrefine.sandbox.sandbox import SandboxPool  # noqa: E402
+
+SHAPE = (1, 8, 8)
+NET = """
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.f(x.flatten(1))
+"""
+LOWER = """
+import ctypes
+ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: /proc/self is ours again
+before = open("/proc/self/oom_score_adj").read().strip()
+try:
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("0")
+except OSError as err:
+    print("refused", err.errno)
+print("adj", before, open("/proc/self/oom_score_adj").read().strip())
+"""
+
+
+def _may_set_floor() -> bool:
+    """Whether we hold CAP_SYS_RESOURCE, which makes the value we set the floor for children."""
+    with open("/proc/self/status") as f:
+        caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    return bool(caps >> 24 & 1)
+
+
+@pytest.mark.parametrize("isolation", ["bwrap", "rlimits"])
+def test_jobs_are_the_oom_killers_first_choice_not_the_host(isolation: str) -> None:
+    from archrefine.sandbox.sandbox import bwrap_problem
+
+    if isolation == "bwrap" and bwrap_problem():
+        pytest.skip(f"no bwrap: {bwrap_problem()}")
+    with SandboxPool(1, timeout_s=20, isolation=isolation, audit=False) as pool:
+        out = pool.run(LOWER + NET, input_shape=SHAPE)
+    assert out.status == "ok", out
+    words = out.log.split()
+    before, after = words[words.index("adj") + 1 :][:2]
+    assert int(before) == OOM_SCORE_ADJ == 1000  # was 0: the host's, so the host died first
+    if _may_set_floor():  # the floor: only 1000 and up are allowed
+        assert "refused" in out.log and int(after) == 1000, out.log
+
+
+def test_a_cpu_pools_fallback_workers_see_no_gpu(tmp_path, monkeypatch) -> None:
+    """The fallback sees the host's /dev. With CUDA visible, the worker's warm-up backward
+    started autograd's device threads, and every job forked after it failed its own backward
+    ("Unable to handle autograd's threading in combination with fork-based multiprocessing"):
+    on a GPU machine a CPU pool scored every honest candidate `invalid`."""
+    from archrefine.sandbox import workers
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert workers.launch("rlimits", tmp_path, 0).env["CUDA_VISIBLE_DEVICES"] == ""
+    gpu = workers.launch("rlimits", tmp_path, 1, ["/dev/nvidia0"])
+    assert gpu.env["CUDA_VISIBLE_DEVICES"] == "1"  # a GPU pool's: the GPUs it was assigned
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert "CUDA_VISIBLE_DEVICES" not in workers.launch("rlimits", tmp_path, 2, ["/dev/x"]).env
