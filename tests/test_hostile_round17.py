@@ -15,18 +15,11 @@ from archrefine.sandbox.pool import OOM_SCORE_ADJ  # noqa: E402
 from archrefine.sandbox.sandbox import SandboxPool  # noqa: E402
 
 SHAPE = (1, 8, 8)
-NET = """
-import torch.nn as nn
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.f = nn.Linear(64, 10)
-
-    def forward(self, x):
-        return self.f(x.flatten(1))
-"""
+NET = "import torch.nn as nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n"
+NET += (
+    "        super().__init__()\n        self.f = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n"
+)
+NET += "\n    def forward(self, x):\n        return self.f(x)\n"
 LOWER = """
 import ctypes
 ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: /proc/self is ours again
