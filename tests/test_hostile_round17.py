@@ -69,3 +69,12 @@ def test_a_cpu_pools_fallback_workers_see_no_gpu(tmp_path, monkeypatch) -> None:
     assert gpu.env["CUDA_VISIBLE_DEVICES"] == "1"  # a GPU pool's: the GPUs it was assigned
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert "CUDA_VISIBLE_DEVICES" not in workers.launch("rlimits", tmp_path, 2, ["/dev/x"]).env
+
+
+def test_a_forged_parameter_count_takes_a_few_characters_of_a_prompt() -> None:
+    from archrefine.real.prompts import Reference, references_block
+
+    huge = Reference("class Net: ...", accuracy=0.5, params=10**4299 + 7)
+    block = references_block([huge, Reference("class Net: ...", accuracy=0.4, params=123_456)])
+    assert "(accuracy 0.500, about 10^4299 parameters)" in block  # was 5,700 characters
+    assert "(accuracy 0.400, 123,456 parameters)" in block and len(block) < 300

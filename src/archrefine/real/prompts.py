@@ -178,7 +178,13 @@ def references_block(references: list[Reference]) -> str:
         if ref.accuracy is not None:
             notes.append(f"accuracy {ref.accuracy:.3f}")
         if ref.params is not None:
-            notes.append(f"{ref.params:,} parameters")
+            notes.append(f"{_count(ref.params)} parameters")
         title = f"Reference {i}" + (f" ({', '.join(notes)})" if notes else "")
         parts.append(f"### {title}\n```python\n{ref.code.rstrip()}\n```")
     return "\n\n".join(parts)
+
+
+def _count(n: int) -> str:
+    """`n` with thousands separators, or its order of magnitude past 10**15: a count the
+    candidate's own process reports may have 4,300 digits (5.7 KB in every later prompt)."""
+    return f"{n:,}" if n < 10**15 else f"about 10^{len(str(n)) - 1}"
