@@ -150,6 +150,59 @@ def test_an_unread_op_decides_nothing_about_what_net_visibly_runs() -> None:
     assert nov.near_duplicates(source) == ["known:resnet"]
 
 
+MLP = """class MLP(nn.Module):
+    def __init__(self, hidden=128):
+        super().__init__()
+        self.fc1 = nn.Linear(3072, hidden)
+        self.fc2 = nn.Linear(hidden, 64)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.head(x)
+"""
+
+
+@pytest.mark.parametrize(
+    "net",
+    [
+        NET + "        self.mlp = MLP(hidden=512)\n\n    def forward(self, x):\n"
+        "        return self.mlp(x)\n",
+        "\n\nclass Net(MLP):\n    def __init__(self):\n        super().__init__(hidden=512)\n\n"
+        "    def forward(self, x):\n        return super().forward(x)\n",
+    ],
+    ids=["configured", "subclassed"],
+)
+def test_a_configurable_class_whose_defaults_are_a_known_network_is_read_as_configured(
+    net: str, archive
+) -> None:
+    """Found by a red-team review: its reading with defaults is `known:mlp`, what runs is
+    512 wide; it was made `mlp`'s twin (novelty 0, against 0.82 on text alone)."""
+    source = IMPORTS + MLP + net
+    assert "Linear(o=512)" in fingerprint(source).detail
+    assert not archive.is_near_duplicate(source) and archive.score(source) > 0.5
+    hidden = IMPORTS + MLP + NET + "        self.m = MLP()\n\n    def forward(self, x):\n"
+    assert archive.near_duplicates(hidden + "        return getattr(self, 'm')(x)\n") == [
+        "known:mlp"
+    ]  # built with its defaults and called unseen: the copy
+
+
+def test_an_ensemble_with_a_known_member_is_not_its_copy(archive) -> None:
+    """`inp = x; (self.a(inp) + self.b(inp)) / 2` reads `Save, Proj, Proj, Add`: `Net` runs
+    the known network inside a larger one (found by a red-team review: it was a twin)."""
+    ensemble = HOLD.replace("R()", "R()\n        self.b = nn.Sequential(nn.Flatten(), "
+                            "nn.Linear(3072, 10))")  # fmt: skip
+    source = IMPORTS + COPY + ensemble + "        inp = x\n"
+    assert not archive.is_near_duplicate(
+        source + "        return (self.r(inp) + self.b(inp)) / 2\n"
+    )
+    alone = IMPORTS + COPY + HOLD + "        inp = x\n        return self.r(inp)\n"
+    assert fingerprint(alone).detail == ("Save", "Proj")
+    assert archive.near_duplicates(alone) == ["known:resnet"]  # read `Proj` alone: the copy
+
+
 def test_a_known_network_left_beside_a_new_net_is_a_near_duplicate(archive) -> None:
     """The price of the rule, documented: an unused class that is an archived network is
     counted, as `Net` might reach it in a way the reader does not follow."""

@@ -130,8 +130,11 @@ def _held(reader: _Reader, tree: ast.Module) -> list[list[str]]:
     for items in net.attrs.values() if net is not None else ():
         parts += [[op for item in items for op in item], *(items if len(items) > 1 else [])]
     classes = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+    configured = _configured(tree, classes)
     for i, cls in enumerate(classes):  # ast.walk: the top-level ones first
         reader.spend()
+        if cls.name in configured:  # what runs is its configured reading (an attribute's)
+            continue
         if reader.classes.get(cls.name) not in (None, cls):  # a nested namesake
             cls = copy.copy(cls)
             cls.name = f"{cls.name}#{i}"
@@ -141,7 +144,26 @@ def _held(reader: _Reader, tree: ast.Module) -> list[list[str]]:
     for name in list(reader.instances) if net is not None else ():
         reader.spend()
         parts.append([op for item in net.items(ast.Name(id=name)) for op in item])
-    return [list(part) for part in dict.fromkeys(tuple(part) for part in parts if part)]
+    forward = reader.cache.get(("Net", ()), ([], []))[1]
+    inside: set[tuple[str, ...]] = set()  # read as `Proj` within a larger `Net`: an ensemble
+    if net is not None and sum(op not in ("Save", "?") for op in forward) > 1:
+        inside = {tuple(op for item in net.attrs.get(a, []) for op in item) for a in net.proj}
+    return [list(p) for p in dict.fromkeys(tuple(p) for p in parts if p and tuple(p) not in inside)]
+
+
+def _configured(tree: ast.Module, classes: list[ast.ClassDef]) -> set[str]:
+    """Classes the source builds with arguments (`MLP(hidden=512)`) or subclasses: their
+    reading with defaults is not what runs, and an honest configurable class whose defaults
+    are a known network (`MLP(hidden=128)`) was made that network's twin."""
+    names = {c.name for c in classes}
+    bases = {b.id for c in classes for b in c.bases if isinstance(b, ast.Name)}
+    called = {
+        node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and (node.args or node.keywords)
+        and isinstance(node.func, ast.Name | ast.Attribute)
+    }  # fmt: skip
+    return names & (bases | called)
 
 
 def _weight(found: Fingerprint | str) -> int:
@@ -370,6 +392,7 @@ class _Scope:
         self.layers: list[str] = []
         self.attrs: dict[str, list[list[str]]] = {}
         self.local: dict[str, list[list[str]]] = {}
+        self.proj: set[str] = set()  # attributes forward calls on a saved input (read `Proj`)
 
     def read_init(self, stmt: ast.stmt) -> None:
         if isinstance(stmt, ast.If | ast.While) and (body := taken(stmt, self.consts)) is not None:
@@ -642,6 +665,7 @@ class _Forward(ast.NodeVisitor):
             first = node.args[0] if node.args else None
             if isinstance(first, ast.Name) and first.id in self.saved:
                 self.ops.append("Proj")  # a layer on the skip path (projection, downsample)
+                self.scope.proj.add(rest)
             elif rest in scope.attrs:
                 self.ops += scope.reader.spend([op for item in scope.attrs[rest] for op in item])
             elif (fn := scope.reader.method(scope.cls, rest)) is not None and self.depth < 8:
