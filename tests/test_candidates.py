@@ -144,7 +144,7 @@ def test_export_streams_in_batches_and_a_failure_keeps_the_earlier_file(
     store: CandidateStore, tmp_path: Path, monkeypatch
 ) -> None:
     """Rows are read and written a batch (a row group) at a time, so memory does not grow with
-    the store (500 replies of 1 MB peaked at 1.6 GB written whole); the file is the same."""
+    the store (500 replies of 1 MB peaked at 1.4 GB written whole); the file is the same."""
     from archrefine.real import candidates
 
     ids = store.add_many([full(cycle=c, response="r" * (c * 100)) for c in range(1, 8)])

@@ -51,10 +51,10 @@ class Fingerprint:
     """`forward` with the arguments of `HYPER` that are not the default (`Dropout[p=0.3]`):
     what `novelty_code.structure` compares. Not part of `canonical`, `sha1` or equality."""
     held: tuple[tuple[str, ...], ...] = field(default=(), compare=False, repr=False)
-    """As `detail`, what each network the source holds besides `Net` itself would run: each
-    module `Net` builds into an attribute, each other top-level class, each module-level
-    instance. A copy that `Net` reaches in a way the reader does not follow (`getattr(self,
-    'r')(x)`, a dict, a local function) shows here (`novelty_code.CodeNovelty`)."""
+    """As `detail`, what each network the source holds besides `Net` itself would run (`_held`):
+    each module `Net` builds into an attribute, each other class, each module-level instance. A
+    copy that `Net` reaches in a way the reader does not follow (`getattr(self, 'r')(x)`, a
+    dict, a local function) shows here (`novelty_code.CodeNovelty`)."""
 
     @property
     def canonical(self) -> str:
