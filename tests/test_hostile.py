@@ -470,14 +470,16 @@ def test_odd_deaths_are_named_and_keep_the_worker(
     """A signal without a name used to raise in the worker ("the job broke its sandbox
     worker") and cost a worker restart; now it is just this candidate's reason."""
     assert raw_pool.run(NET, input_shape=SHAPE).status == "ok"
-    before = raw_pool._workers[0].proc.pid
+    worker = raw_pool._workers[0]
+    before = worker.proc.pid
     out = raw_pool.run(f"import os, signal\n{death}\n" + NET, input_shape=SHAPE)
     checked(out)
     if reason == "SIGKILL":  # not the memory limit where a cgroup can tell (it counts OOM kills)
         cgroup = raw_pool.memory_scope == "cgroup"
         reason = "crashed: killed by SIGKILL (no OOM" if cgroup else "oom: killed by SIGKILL"
     assert out.reason.startswith(reason), out
-    assert raw_pool._workers[0].proc.pid == before  # the same warm worker
+    log = Path(worker.errlog.name).read_text(errors="replace")[-500:]  # why it left, if it did
+    assert raw_pool._workers[0].proc.pid == before, log  # the same warm worker
 
 
 def test_a_cpu_hog_killed_by_the_hard_limit_is_a_timeout() -> None:

@@ -7,6 +7,8 @@ worker starts at 1000 (the kernel's first choice), and where the host may set th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("torch")
@@ -78,3 +80,19 @@ def test_a_forged_parameter_count_takes_a_few_characters_of_a_prompt() -> None:
     block = references_block([huge, Reference("class Net: ...", accuracy=0.4, params=123_456)])
     assert "(accuracy 0.500, about 10^4299 parameters)" in block  # was 5,700 characters
     assert "(accuracy 0.400, 123,456 parameters)" in block and len(block) < 300
+
+
+def test_a_worker_a_job_changed_says_what_changed_in_its_log() -> None:
+    """A worker that asks to be replaced after a job writes which part of its snapshot the job
+    changed (a test once saw a worker replaced after a job that only killed itself, with no
+    way to tell why)."""
+    renice = "import os\nos.setpriority(os.PRIO_PROCESS, os.getppid(), 7)  # our worker\n"
+    with SandboxPool(1, timeout_s=20, isolation="rlimits", audit=False) as pool:
+        assert pool.run(NET, input_shape=SHAPE).status == "ok"
+        worker = pool._workers[0]
+        before = worker.proc.pid
+        assert pool.run(renice + NET, input_shape=SHAPE).status == "ok"
+        log = Path(worker.errlog.name).read_text()
+        assert pool._workers[0].proc.pid != before  # replaced: its niceness is the job's doing
+        assert "left the worker changed: process 0" in log, log
+        assert pool.run(NET, input_shape=SHAPE).status == "ok"

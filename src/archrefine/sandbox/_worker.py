@@ -424,9 +424,31 @@ def _run_job(job: dict, workroot: str, vm_bytes: int) -> dict:
     removed = remove_tree(workdir)
     if CONFIG.get("drop_keys"):  # what the job left in our uid's keyrings would outlive us
         _drop_keys()
-    changed = _snapshot(workroot, *FLAGS) != BASELINE.get("state")
-    reply.update(id=job["id"], dirty=not clean or not removed or changed)
+    changed = _changed(_snapshot(workroot, *FLAGS), BASELINE.get("state"))
+    if changed or not clean or not removed:  # why the host replaces us, in its log of us
+        why = changed + ["processes left"] * (not clean) + ["files left"] * (not removed)
+        print(f"job {job['id']} left the worker changed: {', '.join(why)}", file=sys.stderr)
+    reply.update(id=job["id"], dirty=not clean or not removed or bool(changed))
     return reply
+
+
+SNAPSHOT = ("limits", "process", "parent", "directory", "work root", "ipc and network")
+
+
+def _changed(now: tuple, before: tuple | None) -> list[str]:
+    """The parts of `_snapshot` that differ, each with the positions inside it that do."""
+    if before is None:
+        return ["no snapshot"]
+    out = []
+    for name, a, b in zip(SNAPSHOT, now, before, strict=True):
+        if a != b:
+            inner = (
+                [str(i) for i, (x, y) in enumerate(zip(a, b)) if x != y]
+                if (isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b))
+                else []
+            )
+            out.append(f"{name} {','.join(inner)}".strip())
+    return out
 
 
 def _parse_result(raw: bytes, status: int, cpu: int, used: float = 0.0) -> dict:
