@@ -104,7 +104,7 @@ def _read(source: str) -> Fingerprint:
     reader = _Reader(tree)
     try:
         layers, forward = reader.analyse("Net", {})
-        held = _held(reader, tree)
+        held = _held(reader, tree, forward)
     except RecursionError:
         raise CodeError(_TOO_DEEP) from None
     plain = tuple(op.partition(_DETAIL)[0] for op in forward)
@@ -116,7 +116,7 @@ def _detail(ops: list[str]) -> tuple[str, ...]:
     return tuple(op.replace(_DETAIL, "") for op in ops)
 
 
-def _held(reader: _Reader, tree: ast.Module) -> list[list[str]]:
+def _held(reader: _Reader, tree: ast.Module, forward: list[str]) -> list[list[str]]:
     """The forward ops of each network the source holds besides `Net`: each attribute `Net`
     built (one module, or all a container holds, and each of those), then each other class
     read with its defaults (also one defined in a class or a function: a copy nested in `Net`
@@ -144,7 +144,6 @@ def _held(reader: _Reader, tree: ast.Module) -> list[list[str]]:
     for name in list(reader.instances) if net is not None else ():
         reader.spend()
         parts.append([op for item in net.items(ast.Name(id=name)) for op in item])
-    forward = reader.cache.get(("Net", ()), ([], []))[1]
     inside: set[tuple[str, ...]] = set()  # read as `Proj` within a larger `Net`: an ensemble
     if net is not None and sum(op not in ("Save", "?") for op in forward) > 1:
         inside = {tuple(op for item in net.attrs.get(a, []) for op in item) for a in net.proj}

@@ -249,12 +249,7 @@ class CandidateStore:
         self, where: str = "", params: Iterable[Any] = (), read: Mapping[str, str] | None = None
     ) -> list[dict[str, Any]]:
         """Rows as dicts; `read` replaces a column by an SQL expression (NULL: not read)."""
-        exprs = ", ".join((read or {}).get(c, c) for c in COLUMNS)
-        sql = f"SELECT {exprs} FROM candidates {where} ORDER BY id"
-        try:
-            return [_decode(r) for r in self._db.execute(sql, list(params))]
-        except (sqlite3.DatabaseError, ValueError) as err:
-            raise self.damaged(_line(err)) from None
+        return [row for batch in self._batches(where, params, read) for row in batch]
 
     def cycle_rows(self, cycle: int, *, run_id: str | None = None) -> list[dict[str, Any]]:
         """The candidates of one cycle (of one run, if given), in the order they were added."""
@@ -276,7 +271,7 @@ class CandidateStore:
         if reply_chars is not None:
             cut = f"CASE WHEN code IS NULL THEN substr(response, 1, {int(reply_chars)}) END"
             read = {"prompt": "NULL", "response": cut}
-        frame = pd.DataFrame(self._exported(read), columns=list(COLUMNS))
+        frame = pd.DataFrame(_numeric(self._rows(read=read)), columns=list(COLUMNS))
         kinds = {name: _PANDAS.get(kind, object) for name, (_, kind) in COLUMNS.items()}
         return frame.astype(kinds)
 
@@ -310,17 +305,17 @@ class CandidateStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _exported(self, read: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-        return _numeric(self._rows(read=read))
-
-    def _batches(self, where: str = "") -> Iterator[list[dict[str, Any]]]:
-        """The rows in order, as `_rows` reads them, a batch at a time: at most `BATCH_ROWS`
-        rows or about `BATCH_CHARS` characters of text each (one row more than that alone)."""
-        sql = f"SELECT {', '.join(COLUMNS)} FROM candidates {where} ORDER BY id"
+    def _batches(
+        self, where: str = "", params: Iterable[Any] = (), read: Mapping[str, str] | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        """`_rows` a batch at a time (what `export` streams): at most `BATCH_ROWS` rows or
+        about `BATCH_CHARS` characters of text each (one row more than that alone)."""
+        exprs = ", ".join((read or {}).get(c, c) for c in COLUMNS)
+        sql = f"SELECT {exprs} FROM candidates {where} ORDER BY id"
         batch: list[dict[str, Any]] = []
         chars = 0
         try:
-            for raw in self._db.execute(sql):
+            for raw in self._db.execute(sql, list(params)):
                 batch.append(_decode(raw))
                 chars += sum(len(v) for v in raw if isinstance(v, str | bytes))
                 if len(batch) >= BATCH_ROWS or chars >= BATCH_CHARS:
