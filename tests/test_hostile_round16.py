@@ -29,7 +29,7 @@ NET = "\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__ini
 HOLD = NET + "        self.r = R()\n\n    def forward(self, x):\n"
 NESTED = "class Net(nn.Module):\n" + textwrap.indent(COPY, "    ") + "\n    def __init__(self):\n"
 NESTED += "        super().__init__()\n        self.r = self.R()\n\n    def forward(self, x):\n"
-NESTED += "        return getattr(self, 'r')(x)\n"  # the copy a class nested in `Net`
+NESTED += "        return getattr(self, 'r'.lower())(x)\n"  # the copy a class nested in `Net`
 
 
 def known(twins: bool = True) -> CodeNovelty:
@@ -47,7 +47,7 @@ def archive() -> CodeNovelty:
 @pytest.mark.parametrize(
     ("copy", "net"),
     [
-        (COPY, HOLD + "        return getattr(self, 'r')(x)\n"),
+        (COPY, HOLD + "        return getattr(self, 'r'.lower())(x)\n"),
         (COPY, HOLD + "        return {'m': self.r}['m'](x)\n"),
         (COPY, HOLD + "        m = self.r\n        return m(x)\n"),
         (COPY, HOLD + "        return self.r.forward(x)\n"),
@@ -61,9 +61,9 @@ def archive() -> CodeNovelty:
         (
             COPY,
             HOLD.replace("R()", "R()\n        self.h = nn.Linear(10, 10)")
-            + "        return self.h(getattr(self, 'r')(x))\n",
+            + "        return self.h(getattr(self, 'r'.lower())(x))\n",
         ),  # a visible head on a hidden copy
-        (ARGS, HOLD.replace("R()", "R(32)") + "        return getattr(self, 'r')(x)\n"),
+        (ARGS, HOLD.replace("R()", "R(32)") + "        return getattr(self, 'r'.lower())(x)\n"),
         (
             ARGS,
             "\n\nMODEL = R(32)\n" + NET + "        self.h = nn.Identity()\n\n"
@@ -71,7 +71,7 @@ def archive() -> CodeNovelty:
         ),
         (
             COPY,
-            HOLD.replace("R()", "self.make()") + "        return getattr(self, 'r')(x)\n\n"
+            HOLD.replace("R()", "self.make()") + "        return getattr(self, 'r'.lower())(x)\n\n"
             "    def make(self):\n        return R()\n",
         ),
         (COPY, HOLD + "        return (m := self.r)(x)\n"),
@@ -83,7 +83,7 @@ def archive() -> CodeNovelty:
             + "    return R()\n"
             + NET
             + "        self.r = make()\n\n    def forward(self, x):\n"
-            "        return getattr(self, 'r')(x)\n",
+            "        return getattr(self, 'r'.lower())(x)\n",
         ),  # fmt: skip
         ("class R(nn.Module):\n    def forward(self, x):\n        return x\n", NESTED),
     ],
@@ -248,7 +248,7 @@ def test_a_copy_behind_many_decoy_classes_is_still_read_and_the_reading_is_bound
         "        return self.f(x)\n\n\n"
         for i in range(300)
     )
-    source = IMPORTS + decoys + COPY + HOLD + "        return getattr(self, 'r')(x)\n"
+    source = IMPORTS + decoys + COPY + HOLD + "        return getattr(self, 'r'.lower())(x)\n"
     found = fingerprint(source)
     assert len(found.held) == 301  # 300 decoys, the copy (an attribute and a class: one)
     assert archive.near_duplicates(source) == ["known:resnet"]

@@ -16,6 +16,7 @@ __all__ = [
     "CodeError",
     "arg_node",
     "bind_literal",
+    "bind_target",
     "dotted_name",
     "find_method",
     "is_sequential",
@@ -25,6 +26,7 @@ __all__ = [
     "preorder",
     "return_values",
     "syntax_message",
+    "target_names",
 ]
 
 
@@ -98,9 +100,10 @@ def preorder(node: ast.AST) -> Iterator[ast.AST]:
 
 
 def literal_value(node: ast.AST, consts: dict, _depth: int = 0) -> object:
-    """The value of a constant expression: literals, known names, + - * // on integers. Lists
-    and tuples nested more than `MAX_NESTING` deep are unknown: each level counted the scalars
-    of all below it, so 1,000 lines of `[[[…]]]` 90 deep cost the loop's process 5 s."""
+    """The value of a constant expression: literals, known names, + - * // on integers, an item
+    of a known list or tuple. Lists and tuples nested more than `MAX_NESTING` deep are unknown:
+    each level counted the scalars of all below it, so 1,000 lines of `[[[…]]]` 90 deep cost
+    the loop's process 5 s."""
     if isinstance(node, ast.Name):
         return consts.get(node.id, UNKNOWN)
     if isinstance(node, ast.Tuple | ast.List):
@@ -110,6 +113,10 @@ def literal_value(node: ast.AST, consts: dict, _depth: int = 0) -> object:
         if any(i is UNKNOWN for i in items) or _scalars(items) > MAX_LITERAL:
             return UNKNOWN
         return tuple(items) if isinstance(node, ast.Tuple) else items
+    if isinstance(node, ast.Subscript) and not isinstance(node.slice, ast.Slice):
+        seq, i = literal_value(node.value, consts, _depth + 1), literal_value(node.slice, consts)
+        ok = isinstance(seq, tuple | list) and isinstance(i, int) and not isinstance(i, bool)
+        return seq[i] if ok and -len(seq) <= i < len(seq) else UNKNOWN  # `W[i + 1]`
     if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
         a, b = literal_value(node.left, consts), literal_value(node.right, consts)
         ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (a, b))
@@ -169,3 +176,27 @@ def literal_arg(call: ast.Call, pos: int, kw: str, default: object, consts: dict
     if isinstance(value, tuple | list):
         return tuple(value)
     return "?" if value is UNKNOWN or isinstance(value, bytes) else value
+
+
+def target_names(target: ast.AST) -> list[str] | None:
+    """The names a loop or comprehension target binds (`c`, `a, b`), None for anything else."""
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, ast.Tuple) and all(isinstance(e, ast.Name) for e in target.elts):
+        return [e.id for e in target.elts]  # type: ignore[attr-defined]
+    return None
+
+
+def bind_target(target: ast.AST, value: object, consts: dict) -> None:
+    """Bind a loop variable (or a tuple of them) to a constant; unknown leaves them unbound."""
+    names = target_names(target) or []
+    if isinstance(target, ast.Tuple):
+        ok = isinstance(value, tuple | list) and len(value) == len(names)
+        values = list(value) if ok else [UNKNOWN] * len(names)  # type: ignore[arg-type]
+    else:
+        values = [value]
+    for name, v in zip(names, values, strict=True):
+        if v is UNKNOWN:
+            consts.pop(name, None)
+        else:
+            consts[name] = v
