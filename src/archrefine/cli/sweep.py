@@ -161,7 +161,8 @@ def runs(
             *(_cell(r[k]) for k in METRICS),
         )  # fmt: skip
     out_console.print(table)
-    console.print(f"{len(records)} runs under {directory}/", soft_wrap=True)
+    n = len(records)
+    console.print(f"{n} run{'' if n == 1 else 's'} under {directory}/", soft_wrap=True)
 
 
 @app.command()
