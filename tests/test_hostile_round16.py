@@ -48,15 +48,15 @@ def archive() -> CodeNovelty:
     ("copy", "net"),
     [
         (COPY, HOLD + "        return getattr(self, 'r'.lower())(x)\n"),
-        (COPY, HOLD + "        return {'m': self.r}['m'](x)\n"),
+        (COPY, HOLD + "        return {'m': self.r}['m'.lower()](x)\n"),
         (COPY, HOLD + "        m = self.r\n        return m(x)\n"),
         (COPY, HOLD + "        return self.r.forward(x)\n"),
         (COPY, HOLD + "        return self.r.__call__(x)\n"),
         (COPY, HOLD + "        return (lambda m: m(x))(self.r)\n"),
         (COPY, HOLD + "        return list(map(self.r, [x]))[0]\n"),
-        (COPY, HOLD + "        return (self.r,)[0](x)\n"),
+        (COPY, HOLD + "        return (self.r,)[x.dim() - 4](x)\n"),
         (COPY, HOLD + "        return R.forward(self.r, x)\n"),
-        (COPY, HOLD + "        return (None or self.r)(x)\n"),
+        (COPY, HOLD + "        return ([] or self.r)(x)\n"),
         (COPY, "\n\ndef run(m, x):\n    return m(x)\n" + HOLD + "        return run(self.r, x)\n"),
         (
             COPY,
@@ -67,7 +67,7 @@ def archive() -> CodeNovelty:
         (
             ARGS,
             "\n\nMODEL = R(32)\n" + NET + "        self.h = nn.Identity()\n\n"
-            "    def forward(self, x):\n        return {'m': MODEL}['m'](x)\n",
+            "    def forward(self, x):\n        return {'m': MODEL}['m'.lower()](x)\n",
         ),
         (
             COPY,

@@ -5,133 +5,144 @@ A copy of a known network written with `Conv = nn.Conv2d` (at module level or in
 network, but the fingerprint's reader, which knows torch's layers by their dotted names, left
 those layers out: `resnet` so written read as a network of batch norms and scored novelty
 0.26-0.37, past the near-duplicate filter. `resolve` rewrites such indirections into the names
-they stand for, so the reader sees what runs. Nothing is executed: a name is replaced only where
-Python would find that binding (a function sees its own bindings in order, else its module's
-last one; a class body runs in order), and only by a dotted name of at most `MAX_PARTS` parts
-rooted at an import or a class of the source.
+they stand for, so the reader sees what runs. Nothing is executed, and where Python might find
+another binding the name is left alone (read as unknown, as before): a function sees its own
+bindings in order, else its module's as they end; branches that may or may not run keep only
+the aliases they agree on; names rebound through `global`/`nonlocal` or mangled (`__x`) are
+never aliases. The work counts against the reader's budget: a source that exhausts it is "too
+intricate to read". The passes over the tree are linear in its size; what is counted is the
+copying of the aliases known (into each function, branch and comprehension).
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
-import keyword
+import collections
 
-from archrefine.code.ast_helpers import bind_literal
+from archrefine.code.ast_helpers import CodeError, bind_literal
 from archrefine.code.reachable import taken
+from archrefine.code.spell import BUILTINS, Chains, Spell
 
-__all__ = ["MAX_PARTS", "resolve"]
+__all__ = ["MAX_PARTS", "binding_counts", "resolve"]
 
 MAX_PARTS = 5
 """Most parts of a dotted name an alias stands for (`torch.nn.functional.relu` has 4): aliases
 of aliases (`A2 = A1.x`, `A3 = A2.x`, ...) would otherwise grow the tree quadratically."""
+_NAMED = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.ExceptHandler, ast.MatchAs,
+          ast.MatchStar)  # fmt: skip
 
 
-def resolve(tree: ast.Module) -> ast.Module:
-    """`tree`, rewritten in place: `getattr(obj, "name"[, default])` with a constant name is
-    `obj.name`, and a name bound to a dotted name rooted at an import or a local class (an
-    alias) is replaced by that dotted name wherever it is read."""
-    consts: dict[str, object] = {}
+def binding_counts(tree: ast.AST) -> collections.Counter:
+    """How often each name is bound anywhere in `tree` (assignments, parameters, imports,
+    `def`/`class`, `except ... as`, `match` captures, `global`/`nonlocal`): a name bound once
+    means the same thing wherever it is read."""
+    counts: collections.Counter = collections.Counter()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
+            counts[n.id] += 1
+        elif isinstance(n, _NAMED) and n.name:
+            counts[n.name] += 1
+        elif isinstance(n, ast.MatchMapping) and n.rest:
+            counts[n.rest] += 1
+        elif isinstance(n, ast.arg):
+            counts[n.arg] += 1
+        elif isinstance(n, ast.Import | ast.ImportFrom):
+            counts.update(a.asname or a.name.split(".")[0] for a in n.names)
+        elif isinstance(n, ast.Global | ast.Nonlocal):
+            counts.update({name: 2 for name in n.names})  # rebound from elsewhere
+    return counts
+
+
+def resolve(tree: ast.Module, budget: int) -> ast.Module:
+    """`tree`, rewritten in place: `getattr(obj, "name")` with a constant name is `obj.name`;
+    `f(*[a, b], **{"k": v})` is `f(a, b, k=v)`; a builtin of `BUILTINS` on constants is its
+    value; `{"k": v}["k"]`, `[v][0]`, `None or v` and `v if True else w` are `v`; and a name
+    bound to a dotted name rooted at an import or a local class (an alias) is replaced by that
+    dotted name where it is read. CodeError after `budget` aliases copied."""
+    counts = binding_counts(tree)
+    consts: dict[str, object] = {}  # module-level constants bound nowhere else
     for stmt in tree.body:
         bind_literal(stmt, consts)
-    roots, bound = set(), set()  # imports and classes; every name the source binds
-    for n in ast.walk(tree):
-        if isinstance(n, ast.Import | ast.ImportFrom):
-            roots |= {a.asname or a.name.split(".")[0] for a in n.names} - {"*"}
-        elif isinstance(n, ast.ClassDef):
-            roots.add(n.name)
-        elif isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ExceptHandler):
-            bound.add(n.name)
-        elif isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
-            bound.add(n.id)
-        elif isinstance(n, ast.arg):
-            bound.add(n.arg)
-    builtins = {f: BUILTINS[f] for f in BUILTINS if f not in bound | roots}
-    tree = _Spell(consts, builtins).visit(tree)
-    _scope(tree.body, {}, frozenset(roots), consts)
+    consts = {k: v for k, v in consts.items() if counts[k] == 1}
+    imports = {a.asname or a.name.split(".")[0] for n in tree.body
+               if isinstance(n, ast.Import | ast.ImportFrom) for a in n.names} - {"*"}  # fmt: skip
+    classes = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+    heads = {((n.module or "") if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
+             for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)
+             for a in n.names}  # fmt: skip
+    roots = frozenset(imports | {c for c in classes if counts[c] == 1}
+                      | {h for h in heads if h and not counts[h]})  # fmt: skip
+    steps = _Steps(budget)
+    builtins = {f: fn for f, fn in BUILTINS.items() if not counts[f]}
+    tree = Spell(consts, builtins, "getattr" not in counts).visit(tree)
+    unstable = {name for name, n in counts.items() if name.startswith("__") and n}
+    unstable |= {name for n in ast.walk(tree) if isinstance(n, ast.Global | ast.Nonlocal)
+                 for name in n.names}  # fmt: skip
+    _scope(tree.body, {}, _Context(roots, consts, frozenset(unstable), steps))
     return tree
 
 
-class _Chains(ast.NodeTransformer):
-    """A chain of attributes is walked in a loop, not a call per link: 190 KB of `torch.b.b…`
-    at module level (which the reader never descends) ran out of stack."""
+class _Steps:
+    def __init__(self, budget: int) -> None:
+        self.left = budget
 
-    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
-        link = node
-        while isinstance(link.value, ast.Attribute):
-            link = link.value
-        link.value = self.visit(link.value)
-        return node
+    def spend(self, n: int = 1) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise CodeError("source is too intricate to read (its names)")
 
 
-BUILTINS = {"int": int, "bool": bool, "float": float, "abs": abs, "len": len, "min": min,
-            "max": max}  # fmt: skip
-"""Builtins folded on constant arguments (`bias=bool(1)`, `int(32.0)`, `max(16, 32)`), unless
-the source binds the name itself."""
+class _Context:
+    """What every scope's rewrite shares."""
+
+    def __init__(self, roots: frozenset, consts: dict, unstable: frozenset, steps: _Steps):
+        self.roots, self.consts, self.unstable, self.steps = roots, consts, unstable, steps
 
 
-class _Spell(_Chains):
-    """Spell calls out as the reader knows them: `getattr(nn, "Conv2d")` → `nn.Conv2d` (also a
-    module-level string constant as the name); `f(*[32, 3], **{"k": 1})` → `f(32, 3, k=1)`
-    (a literal display only); a builtin of `BUILTINS` on constants → its value."""
-
-    def __init__(self, consts: dict[str, object], builtins: dict) -> None:
-        self.consts, self.builtins = consts, builtins
-
-    def visit_Call(self, node: ast.Call) -> ast.AST:
-        self.generic_visit(node)
-        args: list[ast.expr] = []
-        for a in node.args:
-            spread = isinstance(a, ast.Starred) and isinstance(a.value, ast.List | ast.Tuple)
-            args += a.value.elts if spread else [a]  # type: ignore[attr-defined]
-        keywords: list[ast.keyword] = []
-        for k in node.keywords:
-            keywords += _spread(k, {k.arg for k in node.keywords if k.arg}) or [k]
-        node.args, node.keywords = args, keywords
-        name = node.func.id if isinstance(node.func, ast.Name) else ""
-        if (fn := self.builtins.get(name)) and not node.keywords:
-            with contextlib.suppress(ValueError, TypeError, SyntaxError, MemoryError,
-                                     RecursionError, OverflowError):  # fmt: skip
-                values = [ast.literal_eval(a) for a in node.args]
-                if all(isinstance(v, int | float) for v in values) or fn is len:
-                    value = fn(*values)
-                    if isinstance(value, int | float) and abs(value) < 2**63:
-                        return ast.copy_location(ast.Constant(value), node)
-        if not (name == "getattr" and len(node.args) in (2, 3)):
-            return node
-        if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
-            return node
-        name = node.args[1]
-        if isinstance(name, ast.Name):
-            value = self.consts.get(name.id)
-        else:
-            value = name.value if isinstance(name, ast.Constant) else None
-        if not (isinstance(value, str) and value.isidentifier() and not keyword.iskeyword(value)):
-            return node
-        return ast.copy_location(ast.Attribute(node.args[0], value, ast.Load()), node)
-
-
-def _scope(body: list[ast.stmt], env: dict, roots: frozenset, consts: dict) -> None:
-    """Rewrite one function's (or the module's) statements in order, starting from `env`;
-    then each function defined in them, which sees this scope's bindings as they end."""
-    sub = _Substitute(env, roots, consts)
+def _scope(body: list[ast.stmt], env: dict, ctx: _Context, hidden: set | None = None) -> None:
+    """Rewrite one function's (or, `hidden` None, the module's) statements in order, starting
+    from `env`; then each function defined in them, which sees this scope's bindings as they
+    end. `hidden`: the function's local names (an import's name among them is no root there)."""
+    sub = _Substitute(env, ctx, hidden)
     body[:] = [sub.visit(stmt) for stmt in body]
     for fn in sub.deferred:
-        inner = {k: v for k, v in sub.env.items() if k not in _locals(fn)}
+        hidden = _locals(fn)
+        ctx.steps.spend(len(sub.env))
+        inner = {k: v for k, v in sub.env.items() if k not in hidden}
         if isinstance(fn, ast.Lambda):  # its body: one expression, read as a scope's return
             ret = [ast.Return(fn.body)]
-            _scope(ret, inner, roots, consts)  # type: ignore[arg-type]
+            _scope(ret, inner, ctx, hidden)  # type: ignore[arg-type]
             fn.body = ret[0].value  # type: ignore[attr-defined]
         else:
-            _scope(fn.body, inner, roots, consts)
+            _scope(fn.body, inner, ctx, hidden)
 
 
-class _Substitute(_Chains):
+def _dotted(node: ast.AST | None, roots: frozenset) -> bool:
+    """Whether `node` is a dotted name of at most `MAX_PARTS` parts on one of `roots`."""
+    parts = 0
+    while isinstance(node, ast.Attribute) and parts < MAX_PARTS:
+        parts, node = parts + 1, node.value
+    return isinstance(node, ast.Name) and node.id in roots
+
+
+def _module_path(name: str) -> ast.expr:
+    """`torch.nn.functional` as the dotted-name expression it is."""
+    node: ast.expr = ast.Name(name.split(".")[0], ast.Load())
+    for part in name.split(".")[1:]:
+        node = ast.Attribute(node, part, ast.Load())
+    return node
+
+
+class _Substitute(Chains):
     """Replaces aliases where they are read, and follows which names are aliases, in order."""
 
-    def __init__(self, env: dict, roots: frozenset, consts: dict) -> None:
-        self.env, self.roots, self.consts = dict(env), roots, consts
+    def __init__(self, env: dict, ctx: _Context, hidden: set | None) -> None:
+        ctx.steps.spend(len(env))
+        self.env, self.ctx, self.steps, self.module = dict(env), ctx, ctx.steps, hidden is None
+        self.roots = ctx.roots - (hidden or set())
         self.deferred: list[ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda] = []
+        self.maybe = 0  # inside `a or b`, `x if c else y`, a comprehension: may not run
+        self.walrus: list[str] = []  # names bound by `:=`, which binds outside a comprehension
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
         if isinstance(node.ctx, ast.Load) and node.id in self.env:
@@ -140,16 +151,32 @@ class _Substitute(_Chains):
 
     def _bind(self, target: ast.AST, value: ast.AST | None = None) -> None:
         """`target` is (re)bound: to `value` if that is an alias's dotted name, else to nothing
-        this rewrite follows."""
-        names = [n.id for n in ast.walk(target) if isinstance(n, ast.Name)
-                 and isinstance(n.ctx, ast.Store)]  # fmt: skip
-        for name in names:
-            self.env.pop(name, None)
-        parts, base = 0, value
-        while isinstance(base, ast.Attribute) and parts < MAX_PARTS:
-            parts, base = parts + 1, base.value
-        if isinstance(target, ast.Name) and isinstance(base, ast.Name) and base.id in self.roots:
-            self.env[target.id] = value
+        this rewrite follows. `a, b = x, y` binds pairwise."""
+        if isinstance(target, ast.Tuple | ast.List) and isinstance(value, ast.Tuple | ast.List):
+            pairs = len(target.elts) == len(value.elts)
+            if pairs and not any(isinstance(e, ast.Starred) for e in target.elts + value.elts):
+                for t, v in zip(target.elts, value.elts, strict=True):
+                    self._bind(t, v)
+                return
+        for n in ast.walk(target):
+            if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
+                self.env.pop(n.id, None)
+        stable = isinstance(target, ast.Name) and target.id not in self.ctx.unstable
+        if stable and not self.maybe and _dotted(value, self.roots):
+            self.env[target.id] = value  # type: ignore[union-attr]
+
+    def _branches(self, *parts: list[ast.stmt]) -> list[list[ast.stmt]]:
+        """Rewrite alternative blocks (any one of which may run), each from the same bindings;
+        afterwards only the aliases all of them agree on stand."""
+        start, ends, done = self.env, [], []
+        for part in parts:
+            self.steps.spend(len(start))
+            self.env = dict(start)
+            done.append([self.visit(s) for s in part])
+            ends.append(self.env)
+        first, *others = ends
+        self.env = {k: v for k, v in first.items() if all(o.get(k) is v for o in others)}
+        return done
 
     def visit_Assign(self, node: ast.Assign) -> ast.AST:
         node.value = self.visit(node.value)
@@ -170,31 +197,80 @@ class _Substitute(_Chains):
 
     def visit_NamedExpr(self, node: ast.NamedExpr) -> ast.AST:
         self.generic_visit(node)
-        self._bind(node.target, node.value)
+        self._bind(node.target, node.value)  # (not an alias where it may not run: `maybe`)
+        self.walrus.append(node.target.id)
+        return node
+
+    def _maybe(self, node: ast.AST) -> ast.AST:
+        self.maybe += 1
+        try:
+            return self.generic_visit(node)
+        finally:
+            self.maybe -= 1
+
+    visit_BoolOp = visit_IfExp = _maybe
+
+    def visit_Delete(self, node: ast.Delete) -> ast.AST:
+        for target in node.targets:
+            self._bind(target)
+        return node
+
+    def visit_If(self, node: ast.If) -> ast.AST:
+        node.test = self.visit(node.test)
+        runs = taken(node, self.ctx.consts)
+        if runs is None:  # decided at run time: either branch
+            node.body, node.orelse = self._branches(node.body, node.orelse)
+            return node
+        keep = self.env
+        for part in ("body", "orelse"):  # a branch that never runs binds nothing
+            dead = runs is not getattr(node, part) and getattr(node, part)
+            self.steps.spend(len(keep) if dead else 0)
+            self.env = dict(keep) if dead else keep
+            setattr(node, part, [self.visit(s) for s in getattr(node, part)])
+        self.env = keep
+        return node
+
+    def visit_While(self, node: ast.While) -> ast.AST:
+        node.test = self.visit(node.test)
+        body, orelse = self._branches(node.body + node.orelse, node.orelse)
+        node.body, node.orelse = body[: len(node.body)], orelse
         return node
 
     def visit_For(self, node: ast.For | ast.AsyncFor) -> ast.AST:
         node.iter = self.visit(node.iter)
-        self._bind(node.target)
-        node.body = [self.visit(s) for s in node.body]
-        node.orelse = [self.visit(s) for s in node.orelse]
+        self._bind(node.target)  # (not an alias: what an iterable holds is not followed)
+        body, orelse = self._branches(node.body + node.orelse, node.orelse)
+        node.body, node.orelse = body[: len(node.body)], orelse
         return node
 
     visit_AsyncFor = visit_For
 
-    def visit_If(self, node: ast.If | ast.While) -> ast.AST:
-        body = taken(node, self.consts)
-        node.test = self.visit(node.test)
-        for part in ("body", "orelse"):  # a branch that never runs binds nothing
-            runs = body is None or body is getattr(node, part)
-            keep = self.env
-            if not runs:
-                self.env = dict(self.env)
-            setattr(node, part, [self.visit(s) for s in getattr(node, part)])
-            self.env = keep
+    def visit_Try(self, node: ast.Try | ast.TryStar) -> ast.AST:
+        """The body, or (after any part of it) a handler: only what all of them agree on."""
+        for h in node.handlers:
+            h.type = self.visit(h.type) if h.type is not None else None
+        done = self._branches(node.body + node.orelse, *(h.body for h in node.handlers))
+        node.body, node.orelse = done[0][: len(node.body)], done[0][len(node.body) :]
+        for h, body in zip(node.handlers, done[1:], strict=True):
+            h.body = body
+            if h.name:
+                self.env.pop(h.name, None)
+        node.finalbody = [self.visit(s) for s in node.finalbody]
         return node
 
-    visit_While = visit_If
+    visit_TryStar = visit_Try
+
+    def visit_Match(self, node: ast.Match) -> ast.AST:
+        node.subject = self.visit(node.subject)
+        for case in node.cases:
+            for n in ast.walk(case.pattern):
+                name = getattr(n, "name", None) or getattr(n, "rest", None)
+                if isinstance(name, str):
+                    self.env.pop(name, None)
+        bodies = self._branches(*(c.body for c in node.cases), [])
+        for case, body in zip(node.cases, bodies, strict=False):
+            case.body = body
+        return node
 
     def visit_withitem(self, node: ast.withitem) -> ast.AST:
         node.context_expr = self.visit(node.context_expr)
@@ -202,15 +278,20 @@ class _Substitute(_Chains):
             self._bind(node.optional_vars)
         return node
 
-    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> ast.AST:
-        self.generic_visit(node)
-        if node.name:
-            self.env.pop(node.name, None)
-        return node
-
     def visit_Import(self, node: ast.Import | ast.ImportFrom) -> ast.AST:
+        """An import binds its name to a module or a name in one: inside a function, an alias
+        (only there: the reader knows the module's own imports)."""
         for a in node.names:
-            self.env.pop(a.asname or a.name.split(".")[0], None)
+            name = a.asname or a.name.split(".")[0]
+            self.env.pop(name, None)
+            if a.name == "*" or getattr(node, "level", 0) or self.module:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module:
+                path = f"{node.module}.{a.name}"
+            else:
+                path = a.name if a.asname else name
+            if path.count(".") <= MAX_PARTS and name not in self.ctx.unstable:
+                self.env[name] = _module_path(path)
         return node
 
     visit_ImportFrom = visit_Import
@@ -241,26 +322,32 @@ class _Substitute(_Chains):
         node.decorator_list = [self.visit(d) for d in node.decorator_list]
         node.bases = [self.visit(b) for b in node.bases]
         node.keywords = [self.visit(k) for k in node.keywords]
-        body = _Substitute(self.env, self.roots, self.consts)
+        body = _Substitute(self.env, self.ctx, set())  # its imports bind only there
+        body.roots = self.roots
         node.body = [body.visit(s) for s in node.body]
         self.deferred += body.deferred
         self.env.pop(node.name, None)
         return node
 
     def visit_ListComp(self, node: ast.ListComp | ast.SetComp | ast.GeneratorExp) -> ast.AST:
-        """The comprehension's own variables hide aliases of the same name inside it."""
-        keep = self.env
+        """Its own variables hide aliases of the same name inside it; it may run no pass."""
+        keep, mark = self.env, len(self.walrus)
+        self.steps.spend(len(keep))
         self.env = dict(keep)
-        for gen in node.generators:
-            gen.iter = self.visit(gen.iter)
-            self._bind(gen.target)
-            gen.ifs = [self.visit(i) for i in gen.ifs]
-        for part in ("elt", "key", "value"):
-            if hasattr(node, part):
-                setattr(node, part, self.visit(getattr(node, part)))
-        self.env = keep
-        for walrus in _walruses(node):  # binds in the enclosing scope
-            self._bind(walrus.target, walrus.value)
+        self.maybe += 1
+        try:
+            for gen in node.generators:
+                gen.iter = self.visit(gen.iter)
+                self._bind(gen.target)
+                gen.ifs = [self.visit(i) for i in gen.ifs]
+            for part in ("elt", "key", "value"):
+                if hasattr(node, part):
+                    setattr(node, part, self.visit(getattr(node, part)))
+        finally:
+            self.maybe -= 1
+            self.env = keep
+        for name in self.walrus[mark:]:  # `:=` binds in the enclosing scope
+            self.env.pop(name, None)
         return node
 
     visit_SetComp = visit_GeneratorExp = visit_DictComp = visit_ListComp
@@ -283,33 +370,15 @@ def _locals(fn: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> set[str]
             continue
         if isinstance(node, ast.Lambda):
             continue  # idem
-        if isinstance(node, ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp):
-            names |= {w.target.id for w in _walruses(node)}  # its own scope, but a walrus
-            continue  # in it binds here
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
-            names.add(node.id)
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            names.add(node.id)  # (also a walrus in a comprehension: it binds here)
         elif isinstance(node, ast.Import | ast.ImportFrom):
             names |= {a.asname or a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ExceptHandler) and node.name:
+        elif isinstance(node, ast.ExceptHandler | ast.MatchAs | ast.MatchStar) and node.name:
             names.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names.add(node.rest)
         elif isinstance(node, ast.Global | ast.Nonlocal):
             outer |= set(node.names)
         todo.extend(ast.iter_child_nodes(node))
     return names - outer
-
-
-def _walruses(comp: ast.AST) -> list[ast.NamedExpr]:
-    return [n for n in ast.walk(comp) if isinstance(n, ast.NamedExpr)]
-
-
-def _spread(k: ast.keyword, named: set) -> list[ast.keyword] | None:
-    """`**{"c": 32}` as `c=32`: a dict display of distinct identifier strings, none of them
-    also given by name (Python would raise); else None."""
-    if k.arg is not None or not isinstance(k.value, ast.Dict):
-        return None
-    keys = [key.value if isinstance(key, ast.Constant) else None for key in k.value.keys]
-    if not all(isinstance(key, str) and key.isidentifier() for key in keys):
-        return None
-    if len(set(keys)) != len(keys) or set(keys) & named:
-        return None
-    return [ast.keyword(arg=key, value=v) for key, v in zip(keys, k.value.values, strict=True)]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from cachetools import LRUCache, cached
 
-from archrefine.code.aliases import resolve
+from archrefine.code.aliases import binding_counts, resolve
 from archrefine.code.ast_helpers import (
     UNKNOWN,
     CodeError,
@@ -105,7 +105,7 @@ def _read(source: str) -> Fingerprint:
     if not any(isinstance(n, ast.ClassDef) and n.name == "Net" for n in tree.body):
         raise CodeError("no top-level class Net")
     try:
-        reader = _Reader(resolve(tree))
+        reader = _Reader(resolve(tree, BUDGET))
         layers, forward = reader.analyse("Net", {})
         held = _held(reader, tree, forward)
     except RecursionError:
@@ -238,11 +238,13 @@ class _Reader:
         self.alias: dict[str, str] = {}
         self.consts: dict[str, object] = {}
         self.classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
-        self.functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+        once = {k for k, n in binding_counts(tree).items() if n == 1}  # the same name everywhere
+        self.functions = {n.name: n for n in tree.body
+                          if isinstance(n, ast.FunctionDef) and n.name in once}  # fmt: skip
         self.lambdas = {t.id: n.value for n in tree.body if isinstance(n, ast.Assign)
                         and isinstance(n.value, ast.Lambda) for t in n.targets
-                        if isinstance(t, ast.Name)}  # fmt: skip
-        for node in ast.walk(tree):
+                        if isinstance(t, ast.Name) and t.id in once}  # fmt: skip
+        for node in _module_level(tree):  # a function's own imports: `aliases.resolve`
             if isinstance(node, ast.Import):
                 for a in node.names:
                     top = a.name.split(".")[0]
@@ -325,7 +327,7 @@ class _Reader:
             cls = self.classes[name]
             init = self.method(cls, "__init__")
             scope = _Scope(self, self.consts, cls)
-            scope.consts |= scope.bind(cls, None) | bound
+            scope.consts = _known(scope.consts | scope.bind(cls, None) | bound)
             if init is not None:
                 for stmt in live(init.body):
                     scope.read_init(stmt)
@@ -541,7 +543,7 @@ class _Scope:
         self.reader.active.add(key)  # a builder method such as self._make_layer(...)
         try:
             bound = self.bind(fn, call, skip=int(qual.startswith("self.")))  # self, or not
-            sub = _Scope(self.reader, self.consts | bound, self.cls)
+            sub = _Scope(self.reader, _known(self.consts | bound), self.cls)
             for stmt in live(fn.body):
                 sub.read_init(stmt)
             if qual == "self.super().__init__":
@@ -568,18 +570,25 @@ class _Scope:
     def bind(self, cls: ast.ClassDef | ast.FunctionDef, call: ast.Call | None, skip: int = 1
              ) -> dict:  # fmt: skip
         """`__init__` parameters of `cls` (or of the method or function `cls`, less its first
-        `skip`: `self`) as constants: defaults, else `call`'s arguments."""
+        `skip`: `self`) as constants: `call`'s arguments, else defaults; UNKNOWN for the rest (a
+        parameter hides a module constant of its name: `_known`)."""
         init = cls if isinstance(cls, ast.FunctionDef) else self.reader.method(cls, "__init__")
         if init is None:
             return {}
-        params = [a.arg for a in init.args.posonlyargs + init.args.args][skip:]
-        defaults = init.args.defaults
-        bound = dict(zip(params[len(params) - len(defaults) :], defaults, strict=True))
+        a = init.args
+        every = [p.arg for p in a.posonlyargs + a.args]
+        params = every[skip:]
+        bound: dict[str, ast.AST | None] = dict.fromkeys(params + [p.arg for p in a.kwonlyargs])
+        bound |= dict(zip(every[len(every) - len(a.defaults) :], a.defaults, strict=True))
+        bound |= {p.arg: d for p, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d}
         if call is not None:
-            bound |= dict(zip(params, call.args, strict=False))
+            spread = any(isinstance(x, ast.Starred) for x in call.args)
+            spread |= any(k.arg is None for k in call.keywords)
+            given = dict(zip(params, call.args, strict=False))
+            bound |= dict.fromkeys(bound) if spread else given  # `f(*xs)`: positions unknown
             bound |= {k.arg: k.value for k in call.keywords if k.arg}
-        values = {k: literal_value(v, self.consts) for k, v in bound.items()}
-        return {k: v for k, v in values.items() if v is not UNKNOWN}
+        return {k: UNKNOWN if v is None else literal_value(v, self.consts)
+                for k, v in bound.items() if k in params or k not in every}  # fmt: skip
 
 
 class _Forward(ast.NodeVisitor):
@@ -655,7 +664,10 @@ class _Forward(ast.NodeVisitor):
                 self.local[t.id] = node.value
             elif isinstance(t, ast.Name):
                 self.local.pop(t.id, None)
-        if isinstance(node.value, ast.Name) and all(isinstance(t, ast.Name) for t in node.targets):
+        names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+        if isinstance(node.value, ast.Name) and len(names) == len(node.targets) != names.count(
+            node.value.id
+        ):  # `identity = x` (not `x = x`, what `x = f(x) if 0 else x` is)
             self.saved.update(t.id for t in node.targets)  # e.g. `identity = x`: a skip starts
             self.ops.append("Save")
 
@@ -759,3 +771,22 @@ def _on_super(func: ast.AST) -> bool:
         and isinstance(func.value, ast.Call)
         and dotted_name(func.value.func) == "super"
     )
+
+
+def _module_level(tree: ast.Module) -> list[ast.AST]:
+    """The module's own statements, also inside its `if`/`try`/`with`, not inside a function
+    or class (an import there binds only there)."""
+    found, todo = [], list(tree.body)
+    while todo:
+        node = todo.pop()
+        found.append(node)
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            todo += [
+                c for c in ast.iter_child_nodes(node) if isinstance(c, ast.stmt | ast.excepthandler)
+            ]
+    return found
+
+
+def _known(consts: dict) -> dict:
+    """`consts` less the names bound to UNKNOWN (parameters of unknown value)."""
+    return {k: v for k, v in consts.items() if v is not UNKNOWN}
