@@ -116,6 +116,13 @@ VARIANTS = {
         "            self.fcs.append(nn.Linear(a, b))\n",
         LOOP,
     ),
+    "default-argument-of-net": RESNET.replace(
+        "def __init__(self) -> None:", "def __init__(self, conv=nn.Conv2d) -> None:"
+    ).replace(CONV, "conv("),
+    "class-attribute": RESNET.replace(
+        "    def __init__(self) -> None:",
+        "    conv_cls = nn.Conv2d\n\n    def __init__(self) -> None:",
+    ).replace(CONV, "self.conv_cls("),
     "starred-arguments": _held("*[32]"),
     "double-starred-arguments": _held("**{'c': 32}"),
     "bool-of-a-constant": _held("32, bool(1)"),
@@ -292,6 +299,22 @@ ELSEWHERE = {
         _in_forward(RESNET.replace("F.relu(", "act("), "act = nn.Tanh()"),
         "def act(t):\n    return F.relu(t)",
     ),
+    "class-attribute-set-on-the-instance": RESNET.replace(
+        "    def __init__(self) -> None:",
+        "    conv_cls = nn.Conv2d\n\n    def __init__(self) -> None:",
+    )
+    .replace(C32, "self.conv_cls(32, 32, kernel_size=3, padding=1)")
+    .replace("super().__init__()", "super().__init__()\n        self.conv_cls = nn.Identity"),
+    "class-attribute-of-a-subclass": RESNET.replace(
+        "class Net(nn.Module):", "class Base(nn.Module):"
+    )
+    .replace(
+        "    def __init__(self) -> None:",
+        "    conv_cls = nn.Conv2d\n\n    def __init__(self) -> None:",
+    )
+    .replace(C32, "self.conv_cls(32, 32, kernel_size=3, padding=1)")
+    + "\n\nclass Net(Base):\n    conv_cls = nn.Identity\n\n    def forward(self, x):\n"
+    "        return super().forward(x)\n",
     "class-redefined": _above_net(
         RESNET.replace(C32, "B(32)"),
         BLOCK.format(k=5, p=2) + "\n\nB = Blk\n\n\n" + BLOCK.format(k=3, p=1),

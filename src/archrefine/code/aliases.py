@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 import collections
 
-from archrefine.code.ast_helpers import CodeError, bind_literal
+from archrefine.code.ast_helpers import CodeError, bind_literal, dotted_name
 from archrefine.code.reachable import taken
 from archrefine.code.spell import BUILTINS, Chains, Spell
 
@@ -78,7 +78,14 @@ def resolve(tree: ast.Module, budget: int) -> ast.Module:
     unstable = {name for name, n in counts.items() if name.startswith("__") and n}
     unstable |= {name for n in ast.walk(tree) if isinstance(n, ast.Global | ast.Nonlocal)
                  for name in n.names}  # fmt: skip
-    _scope(tree.body, {}, _Context(roots, consts, frozenset(unstable), steps))
+    ctx = _Context(roots, consts, frozenset(unstable), steps)
+    ctx.counts = counts
+    ctx.stored = frozenset(
+        n.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute) and not isinstance(n.ctx, ast.Load)
+    )
+    _scope(tree.body, {}, ctx)
     return tree
 
 
@@ -97,24 +104,63 @@ class _Context:
 
     def __init__(self, roots: frozenset, consts: dict, unstable: frozenset, steps: _Steps):
         self.roots, self.consts, self.unstable, self.steps = roots, consts, unstable, steps
+        self.counts: collections.Counter = collections.Counter()
+        self.stored: frozenset[str] = frozenset()  # every attribute name assigned anywhere
+        self.methods: dict[int, dict] = {}  # id of a method -> its class's own aliases
+        self.entries: set[int] = set()  # `Net.__init__` and `Net.forward`, called with no
+        # arguments but the input: their parameters' defaults are what runs
 
 
-def _scope(body: list[ast.stmt], env: dict, ctx: _Context, hidden: set | None = None) -> None:
-    """Rewrite one function's (or, `hidden` None, the module's) statements in order, starting
-    from `env`; then each function defined in them, which sees this scope's bindings as they
-    end. `hidden`: the function's local names (an import's name among them is no root there)."""
+def _scope(
+    body: list[ast.stmt],
+    env: dict,
+    ctx: _Context,
+    hidden: set | None = None,
+    owner: ast.FunctionDef | ast.AsyncFunctionDef | None = None,
+) -> None:
+    """Rewrite the statements of function `owner` (or, `hidden` None, of the module) in order,
+    starting from `env`; then each function defined in them, which sees this scope's bindings
+    as they end. `hidden`: the function's local names (an import's name among them is no root
+    there)."""
     sub = _Substitute(env, ctx, hidden)
+    if (me := _receiver(owner)) is not None:
+        sub.me, sub.attrs = me, ctx.methods.get(id(owner), {})
     body[:] = [sub.visit(stmt) for stmt in body]
     for fn in sub.deferred:
         hidden = _locals(fn)
         ctx.steps.spend(len(sub.env))
         inner = {k: v for k, v in sub.env.items() if k not in hidden}
+        if id(fn) in ctx.entries:
+            inner |= _defaults_of(fn, sub.roots - ctx.unstable)
         if isinstance(fn, ast.Lambda):  # its body: one expression, read as a scope's return
             ret = [ast.Return(fn.body)]
             _scope(ret, inner, ctx, hidden)  # type: ignore[arg-type]
             fn.body = ret[0].value  # type: ignore[attr-defined]
         else:
-            _scope(fn.body, inner, ctx, hidden)
+            _scope(fn.body, inner, ctx, hidden, fn)
+
+
+def _receiver(fn: ast.AST | None) -> str | None:
+    """The name of a method's `self` (or `cls`), where nothing in it rebinds that name."""
+    if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+        return None
+    params = fn.args.posonlyargs + fn.args.args
+    if not params or any(dotted_name(d) == "staticmethod" for d in fn.decorator_list):
+        return None
+    me = params[0].arg
+    for n in ast.walk(fn):
+        if isinstance(n, ast.Name) and n.id == me and not isinstance(n.ctx, ast.Load):
+            return None
+    return me
+
+
+def _defaults_of(fn: ast.AST, roots: frozenset) -> dict:
+    """The parameters of `fn` whose defaults are aliases' dotted names."""
+    a = fn.args  # type: ignore[attr-defined]
+    every = a.posonlyargs + a.args
+    pairs = list(zip(every[len(every) - len(a.defaults) :], a.defaults, strict=True))
+    pairs += [(p, d) for p, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d]
+    return {p.arg: d for p, d in pairs if _dotted(d, roots)}
 
 
 def _dotted(node: ast.AST | None, roots: frozenset) -> bool:
@@ -140,9 +186,18 @@ class _Substitute(Chains):
         ctx.steps.spend(len(env))
         self.env, self.ctx, self.steps, self.module = dict(env), ctx, ctx.steps, hidden is None
         self.roots = ctx.roots - (hidden or set())
+        self.me, self.attrs = "", {}  # a method's `self`, its class's own aliases
         self.deferred: list[ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda] = []
         self.maybe = 0  # inside `a or b`, `x if c else y`, a comprehension: may not run
         self.walrus: list[str] = []  # names bound by `:=`, which binds outside a comprehension
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        """`self.conv_cls` where the class body says `conv_cls = nn.Conv2d`: nothing else in
+        the source assigns an attribute of that name, so that is what an instance finds."""
+        base = node.value
+        if isinstance(base, ast.Name) and base.id == self.me and node.attr in self.attrs:
+            return self.attrs[node.attr] if isinstance(node.ctx, ast.Load) else node
+        return super().visit_Attribute(node)
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
         if isinstance(node.ctx, ast.Load) and node.id in self.env:
@@ -326,6 +381,14 @@ class _Substitute(Chains):
         body.roots = self.roots
         node.body = [body.visit(s) for s in node.body]
         self.deferred += body.deferred
+        ctx = self.ctx
+        own = {k: v for k, v in body.env.items() if self.env.get(k) is not v
+               and ctx.counts[k] == 1 and k not in ctx.stored}  # fmt: skip
+        for fn in node.body:
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                ctx.methods[id(fn)] = own
+                if self.module and node.name == "Net" and fn.name in ("__init__", "forward"):
+                    ctx.entries.add(id(fn))
         self.env.pop(node.name, None)
         return node
 
