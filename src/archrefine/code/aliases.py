@@ -19,38 +19,19 @@ from __future__ import annotations
 import ast
 import collections
 
-from archrefine.code.ast_helpers import CodeError, bind_literal, dotted_name
+from archrefine.code.ast_helpers import CodeError, bind_literal
 from archrefine.code.reachable import taken
+from archrefine.code.scopes import (
+    MAX_PARTS,
+    binding_counts,
+    defaults_of,
+    dotted_within,
+    local_names,
+    receiver,
+)
 from archrefine.code.spell import BUILTINS, Chains, Spell
 
-__all__ = ["MAX_PARTS", "binding_counts", "resolve"]
-
-MAX_PARTS = 5
-"""Most parts of a dotted name an alias stands for (`torch.nn.functional.relu` has 4): aliases
-of aliases (`A2 = A1.x`, `A3 = A2.x`, ...) would otherwise grow the tree quadratically."""
-_NAMED = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.ExceptHandler, ast.MatchAs,
-          ast.MatchStar)  # fmt: skip
-
-
-def binding_counts(tree: ast.AST) -> collections.Counter:
-    """How often each name is bound anywhere in `tree` (assignments, parameters, imports,
-    `def`/`class`, `except ... as`, `match` captures, `global`/`nonlocal`): a name bound once
-    means the same thing wherever it is read."""
-    counts: collections.Counter = collections.Counter()
-    for n in ast.walk(tree):
-        if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
-            counts[n.id] += 1
-        elif isinstance(n, _NAMED) and n.name:
-            counts[n.name] += 1
-        elif isinstance(n, ast.MatchMapping) and n.rest:
-            counts[n.rest] += 1
-        elif isinstance(n, ast.arg):
-            counts[n.arg] += 1
-        elif isinstance(n, ast.Import | ast.ImportFrom):
-            counts.update(a.asname or a.name.split(".")[0] for a in n.names)
-        elif isinstance(n, ast.Global | ast.Nonlocal):
-            counts.update({name: 2 for name in n.names})  # rebound from elsewhere
-    return counts
+__all__ = ["resolve"]
 
 
 def resolve(tree: ast.Module, budget: int) -> ast.Module:
@@ -123,52 +104,21 @@ def _scope(
     as they end. `hidden`: the function's local names (an import's name among them is no root
     there)."""
     sub = _Substitute(env, ctx, hidden)
-    if (me := _receiver(owner)) is not None:
+    if (me := receiver(owner)) is not None:
         sub.me, sub.attrs = me, ctx.methods.get(id(owner), {})
     body[:] = [sub.visit(stmt) for stmt in body]
     for fn in sub.deferred:
-        hidden = _locals(fn)
+        hidden = local_names(fn)
         ctx.steps.spend(len(sub.env))
         inner = {k: v for k, v in sub.env.items() if k not in hidden}
         if id(fn) in ctx.entries:
-            inner |= _defaults_of(fn, sub.roots - ctx.unstable)
+            inner |= defaults_of(fn, sub.roots - ctx.unstable)
         if isinstance(fn, ast.Lambda):  # its body: one expression, read as a scope's return
             ret = [ast.Return(fn.body)]
             _scope(ret, inner, ctx, hidden)  # type: ignore[arg-type]
             fn.body = ret[0].value  # type: ignore[attr-defined]
         else:
             _scope(fn.body, inner, ctx, hidden, fn)
-
-
-def _receiver(fn: ast.AST | None) -> str | None:
-    """The name of a method's `self` (or `cls`), where nothing in it rebinds that name."""
-    if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
-        return None
-    params = fn.args.posonlyargs + fn.args.args
-    if not params or any(dotted_name(d) == "staticmethod" for d in fn.decorator_list):
-        return None
-    me = params[0].arg
-    for n in ast.walk(fn):
-        if isinstance(n, ast.Name) and n.id == me and not isinstance(n.ctx, ast.Load):
-            return None
-    return me
-
-
-def _defaults_of(fn: ast.AST, roots: frozenset) -> dict:
-    """The parameters of `fn` whose defaults are aliases' dotted names."""
-    a = fn.args  # type: ignore[attr-defined]
-    every = a.posonlyargs + a.args
-    pairs = list(zip(every[len(every) - len(a.defaults) :], a.defaults, strict=True))
-    pairs += [(p, d) for p, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d]
-    return {p.arg: d for p, d in pairs if _dotted(d, roots)}
-
-
-def _dotted(node: ast.AST | None, roots: frozenset) -> bool:
-    """Whether `node` is a dotted name of at most `MAX_PARTS` parts on one of `roots`."""
-    parts = 0
-    while isinstance(node, ast.Attribute) and parts < MAX_PARTS:
-        parts, node = parts + 1, node.value
-    return isinstance(node, ast.Name) and node.id in roots
 
 
 def _module_path(name: str) -> ast.expr:
@@ -217,7 +167,7 @@ class _Substitute(Chains):
             if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
                 self.env.pop(n.id, None)
         stable = isinstance(target, ast.Name) and target.id not in self.ctx.unstable
-        if stable and not self.maybe and _dotted(value, self.roots):
+        if stable and not self.maybe and dotted_within(value, self.roots):
             self.env[target.id] = value  # type: ignore[union-attr]
 
     def _branches(self, *parts: list[ast.stmt]) -> list[list[ast.stmt]]:
@@ -414,34 +364,3 @@ class _Substitute(Chains):
         return node
 
     visit_SetComp = visit_GeneratorExp = visit_DictComp = visit_ListComp
-
-
-def _locals(fn: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> set[str]:
-    """Names local to `fn`: its parameters and what its own body binds (Python decides this for
-    the whole body, before it runs), less those it declares global or nonlocal."""
-    a = fn.args
-    names = {p.arg for p in a.posonlyargs + a.args + a.kwonlyargs}
-    names |= {p.arg for p in (a.vararg, a.kwarg) if p is not None}
-    if isinstance(fn, ast.Lambda):
-        return names
-    outer: set[str] = set()
-    todo: list[ast.AST] = list(fn.body)
-    while todo:
-        node = todo.pop()
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            names.add(node.name)  # its body is a scope of its own
-            continue
-        if isinstance(node, ast.Lambda):
-            continue  # idem
-        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
-            names.add(node.id)  # (also a walrus in a comprehension: it binds here)
-        elif isinstance(node, ast.Import | ast.ImportFrom):
-            names |= {a.asname or a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ExceptHandler | ast.MatchAs | ast.MatchStar) and node.name:
-            names.add(node.name)
-        elif isinstance(node, ast.MatchMapping) and node.rest:
-            names.add(node.rest)
-        elif isinstance(node, ast.Global | ast.Nonlocal):
-            outer |= set(node.names)
-        todo.extend(ast.iter_child_nodes(node))
-    return names - outer

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from cachetools import LRUCache, cached
 
-from archrefine.code.aliases import binding_counts, resolve
+from archrefine.code.aliases import resolve
 from archrefine.code.ast_helpers import (
     UNKNOWN,
     CodeError,
@@ -38,6 +38,7 @@ from archrefine.code.ast_helpers import (
     target_names,
 )
 from archrefine.code.reachable import empty_iterable, live, same_shape_view, taken, truth
+from archrefine.code.scopes import binding_counts
 
 __all__ = ["Fingerprint", "fingerprint"]
 
