@@ -188,8 +188,14 @@ def target_names(target: ast.AST) -> list[str] | None:
 
 
 def bind_target(target: ast.AST, value: object, consts: dict) -> None:
-    """Bind a loop variable (or a tuple of them) to a constant; unknown leaves them unbound."""
-    names = target_names(target) or []
+    """Bind a loop variable (or a tuple of them) to a constant; unknown leaves them unbound.
+    Another target (`self.k`, `q[0]`, `[a]`) binds no name this reads, and its names none."""
+    names = target_names(target)
+    if names is None:
+        for n in ast.walk(target):
+            if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
+                consts.pop(n.id, None)
+        return
     if isinstance(target, ast.Tuple):
         ok = isinstance(value, tuple | list) and len(value) == len(names)
         values = list(value) if ok else [UNKNOWN] * len(names)  # type: ignore[arg-type]

@@ -380,7 +380,8 @@ class _Reader:
             return f"Global{kind}Pool" if size == 1 else f"Adaptive{kind}Pool2d(o={size})"
         if key == "mean":
             dims = arg(0, "dim")
-            spatial = isinstance(dims, tuple | list) and set(dims) in ({2, 3}, {-2, -1})
+            ints = isinstance(dims, tuple | list) and all(type(d) is int for d in dims)
+            spatial = ints and set(dims) in ({2, 3}, {-2, -1})  # (not `dim=([2], [3])`)
             return "GlobalAvgPool" if spatial else "Mean"
         if key in ("linear", "lazylinear") and offset == 0:
             return f"Linear(o={arg(1 if key == 'linear' else 0, 'out_features')})"

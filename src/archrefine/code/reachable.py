@@ -50,7 +50,7 @@ def empty_iterable(node: ast.AST, consts: dict) -> bool:
         if bounds and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
             try:
                 return len(range(*bounds)) == 0  # type: ignore[arg-type]
-            except (ValueError, OverflowError):
+            except (ValueError, OverflowError, TypeError):  # `range(1, 2, 3, 4)`
                 return False
         return False
     value = literal_value(node, consts)

@@ -11,9 +11,19 @@ from __future__ import annotations
 import ast
 import collections
 
-from archrefine.code.ast_helpers import dotted_name
+from archrefine.code.ast_helpers import CodeError, dotted_name
 
-__all__ = ["MAX_PARTS", "binding_counts", "defaults_of", "dotted_within", "local_names", "receiver"]
+__all__ = [
+    "MAX_PARTS",
+    "Steps",
+    "agree",
+    "binding_counts",
+    "defaults_of",
+    "dotted_within",
+    "local_names",
+    "module_path",
+    "receiver",
+]
 
 MAX_PARTS = 5
 """Most parts of a dotted name an alias stands for (`torch.nn.functional.relu` has 4): aliases
@@ -103,3 +113,29 @@ def local_names(fn: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> set[
             outer |= set(node.names)
         todo.extend(ast.iter_child_nodes(node))
     return names - outer
+
+
+class Steps:
+    """Work left of a budget; CodeError ("too intricate") when it runs out."""
+
+    def __init__(self, budget: int) -> None:
+        self.left = budget
+
+    def spend(self, n: int = 1) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise CodeError("source is too intricate to read (its names)")
+
+
+def module_path(name: str) -> ast.expr:
+    """`torch.nn.functional` as the dotted-name expression it is."""
+    node: ast.expr = ast.Name(name.split(".")[0], ast.Load())
+    for part in name.split(".")[1:]:
+        node = ast.Attribute(node, part, ast.Load())
+    return node
+
+
+def agree(*envs: dict) -> dict:
+    """The aliases every one of `envs` binds to the same thing."""
+    first, *others = envs
+    return {k: v for k, v in first.items() if all(o.get(k) is v for o in others)}

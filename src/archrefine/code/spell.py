@@ -69,6 +69,8 @@ class Spell(Chains):
             value = attr.value if isinstance(attr, ast.Constant) else None
         if not (isinstance(value, str) and value.isidentifier() and not keyword.iskeyword(value)):
             return node
+        if value.startswith("__"):  # `self.__c` is `self._Net__c`; `getattr` is not mangled
+            return node
         return ast.copy_location(ast.Attribute(node.args[0], value, ast.Load()), node)
 
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
@@ -77,15 +79,19 @@ class Spell(Chains):
         box, key = node.value, node.slice
         if not (isinstance(node.ctx, ast.Load) and isinstance(key, ast.Constant)):
             return node
+        found: ast.expr | None = None
         if isinstance(box, ast.Dict) and None not in box.keys:
             keys = [k.value if isinstance(k, ast.Constant) else None for k in box.keys]
             if all(isinstance(k, str) for k in keys) and keys.count(key.value) == 1:
-                return box.values[keys.index(key.value)]
+                found = box.values[keys.index(key.value)]
         elif isinstance(box, ast.List | ast.Tuple) and type(key.value) is int:
             plain = not any(isinstance(e, ast.Starred) for e in box.elts)
             if plain and -len(box.elts) <= key.value < len(box.elts):
-                return box.elts[key.value]
-        return node
+                found = box.elts[key.value]
+        others = [n for n in ast.iter_child_nodes(box) if n is not found]
+        if found is None or any(isinstance(n, ast.NamedExpr) for o in others for n in ast.walk(o)):
+            return node  # the other items run too: a `:=` among them binds
+        return found
 
     def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
         """`None or v` → v, `True and v` → v: leading constants that decide nothing."""
