@@ -527,7 +527,10 @@ def test_a_deep_locked_tree_is_cleaned_without_breaking_the_worker(
     out = p.run(DEEP + NET, input_shape=SHAPE)
     checked(out)
     assert out.status == "ok", out  # was "crashed: the job broke its sandbox worker"
-    assert p._workers[0].proc.pid == before and p.run(NET, input_shape=SHAPE).status == "ok"
+    worker = next((w for w in p._workers if w.proc.pid == before), None)
+    log = "" if worker else "".join(f.read_text()[-300:] for f in p._root.glob("worker-*.err"))
+    assert worker is not None, log  # replaced (once, on a loaded CI machine): its log says why
+    assert p.run(NET, input_shape=SHAPE).status == "ok"
 
 
 def test_closing_a_pool_removes_a_deep_tree_without_raising(tmp_path: Path) -> None:
