@@ -151,3 +151,16 @@ def test_nested_loop_elses_cost_linear_work(loop: str) -> None:
     start = time.monotonic()
     fingerprint(_above_net(RESNET, body))
     assert time.monotonic() - start < 5  # each level's `else` was rewritten twice: 2**24
+
+
+@pytest.mark.parametrize("call", ["super().__init__(16)", "Base.__init__(self, 16)"])
+def test_a_base_initialised_by_name_gets_its_arguments(call: str) -> None:
+    """`Base.__init__(self, 16)` bound `self` to `c` (its `self` is an argument of the call
+    but no parameter left to bind): the width read as unknown."""
+    source = (
+        "from torch import nn\n\n\nclass Base(nn.Module):\n    def __init__(self, c):\n"
+        "        super().__init__()\n        self.conv = nn.Conv2d(3, c, 3)\n\n"
+        "    def forward(self, x):\n        return self.conv(x)\n\n\n"
+        f"class Net(Base):\n    def __init__(self):\n        {call}\n"
+    )
+    assert fingerprint(source).forward == ("Conv2d(o=16,k=3,s=1,p=0)",)

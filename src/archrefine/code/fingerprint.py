@@ -535,6 +535,8 @@ class _Scope:
         if isinstance(call.func, ast.Attribute) and call.func.attr == "__init__":
             fn = self.reader.base_method(self.cls, call)  # a local base's, into this class
             qual = "self.super().__init__" if fn is not None else qual
+            if fn is not None and not _on_super(call.func):  # `Base.__init__(self, c)`: its
+                call = ast.Call(call.func, call.args[1:], call.keywords)  # `self` is no argument
         elif qual.startswith("self."):
             fn = self.reader.method(self.cls, qual[5:])
         else:  # a module-level builder function: `self.body = make_block(32)`
