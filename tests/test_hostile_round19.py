@@ -13,29 +13,20 @@ import contextlib
 import time
 
 import pytest
+from test_hostile_round18 import (  # the same copies and the same ways to splice code in
+    ALIASED,
+    C32,
+    MLP,
+    RESNET,
+    _above_net,
+    _in_forward,
+    _in_init,
+)
 
 from archrefine.code.code import CodeError, static_check
 from archrefine.code.fingerprint import fingerprint
 from archrefine.code.novelty_code import CodeNovelty, structure
 from archrefine.sandbox.sandbox import SandboxPool
-from archrefine.space import KNOWN, to_source
-
-RESNET, MLP = to_source(KNOWN["resnet"]), to_source(KNOWN["mlp"])
-C32 = "nn.Conv2d(32, 32, kernel_size=3, padding=1)"
-ALIASED = RESNET.replace(C32, "Conv(32, 32, kernel_size=3, padding=1)")
-
-
-def _above_net(src: str, code: str) -> str:
-    return src.replace("class Net", f"{code}\n\n\nclass Net", 1)
-
-
-def _in_init(src: str, code: str) -> str:
-    return src.replace("super().__init__()", "super().__init__()\n        " + code)
-
-
-def _in_forward(src: str, code: str) -> str:
-    return src.replace("# x: (batch, 3, 32, 32)", code)
-
 
 BODY = RESNET.replace("class Net", "class Body").replace("nn.BatchNorm2d(", "Norm(")
 HOLDER = (

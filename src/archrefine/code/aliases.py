@@ -25,7 +25,6 @@ from archrefine.code.scopes import (
     MAX_PARTS,
     Steps,
     agree,
-    binding_counts,
     defaults_of,
     dotted_within,
     local_names,
@@ -37,38 +36,36 @@ from archrefine.code.spell import BUILTINS, Chains, Spell
 __all__ = ["resolve"]
 
 
-def resolve(tree: ast.Module, budget: int) -> ast.Module:
+def resolve(tree: ast.Module, budget: int, counts: collections.Counter) -> ast.Module:
     """`tree`, rewritten in place: `getattr(obj, "name")` with a constant name is `obj.name`;
     `f(*[a, b], **{"k": v})` is `f(a, b, k=v)`; a builtin of `BUILTINS` on constants is its
     value; `{"k": v}["k"]`, `[v][0]`, `None or v` and `v if True else w` are `v`; and a name
     bound to a dotted name rooted at an import or a local class (an alias) is replaced by that
-    dotted name where it is read. CodeError after `budget` aliases copied."""
-    counts = binding_counts(tree)
+    dotted name where it is read. `counts`: `binding_counts(tree)`, which the rewrite keeps.
+    CodeError after `budget` aliases copied."""
     consts: dict[str, object] = {}  # module-level constants bound nowhere else
     for stmt in tree.body:
         bind_literal(stmt, consts)
     consts = {k: v for k, v in consts.items() if counts[k] == 1}
     imports = {a.asname or a.name.split(".")[0] for n in tree.body
                if isinstance(n, ast.Import | ast.ImportFrom) for a in n.names} - {"*"}  # fmt: skip
-    classes = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
-    heads = {((n.module or "") if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
-             for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)
-             for a in n.names}  # fmt: skip
-    roots = frozenset(imports | {c for c in classes if counts[c] == 1}
-                      | {h for h in heads if h and not counts[h]})  # fmt: skip
-    steps = Steps(budget)
+    roots, stored = set(imports), set()
+    unstable = {name for name, n in counts.items() if name.startswith("__") and n}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ClassDef) and counts[n.name] == 1:
+            roots.add(n.name)
+        elif isinstance(n, ast.Import | ast.ImportFrom):  # `torch` of `from torch import nn`
+            heads = (((n.module or "") if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
+                     for a in n.names)  # fmt: skip
+            roots |= {h for h in heads if h and not counts[h]}
+        elif isinstance(n, ast.Global | ast.Nonlocal):
+            unstable |= set(n.names)
+        elif isinstance(n, ast.Attribute) and not isinstance(n.ctx, ast.Load):
+            stored.add(n.attr)
     builtins = {f: fn for f, fn in BUILTINS.items() if not counts[f]}
     tree = Spell(consts, builtins, "getattr" not in counts).visit(tree)
-    unstable = {name for name, n in counts.items() if name.startswith("__") and n}
-    unstable |= {name for n in ast.walk(tree) if isinstance(n, ast.Global | ast.Nonlocal)
-                 for name in n.names}  # fmt: skip
-    ctx = _Context(roots, consts, frozenset(unstable), steps)
-    ctx.counts = counts
-    ctx.stored = frozenset(
-        n.attr
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Attribute) and not isinstance(n.ctx, ast.Load)
-    )
+    ctx = _Context(frozenset(roots), consts, frozenset(unstable), Steps(budget))
+    ctx.counts, ctx.stored = counts, frozenset(stored)
     _scope(tree.body, {}, ctx)
     return tree
 

@@ -3,9 +3,10 @@
 `fingerprint` describes the `Net` a source defines (its layer constructors and the ops its
 forward applies) without executing anything, so duplicates can be found in this process; the
 code itself only ever runs in `archrefine.sandbox.sandbox`. The op names are listed in
-docs/real-loop.md; `archrefine.code.tokens.to_tokens` maps them into the grounded vocabulary.
-Over 400 lines because its three readers (names, `__init__`, `forward`) share one state and
-one work budget (`BUDGET`): apart, each would reach into the others' private state.
+docs/real-loop.md and given by `archrefine.code.ops`; `archrefine.code.tokens.to_tokens` maps
+them into the grounded vocabulary. Over 400 lines because its three readers (names,
+`__init__`, `forward`) share one state and one work budget (`BUDGET`): apart, each would reach
+into the others' private state.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import ast
 import copy
 import hashlib
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 
 from cachetools import LRUCache, cached
@@ -22,13 +24,11 @@ from archrefine.code.aliases import resolve
 from archrefine.code.ast_helpers import (
     UNKNOWN,
     CodeError,
-    arg_node,
     bind_literal,
     bind_target,
     dotted_name,
     find_method,
     is_sequential,
-    literal_arg,
     literal_value,
     parse_source,
     preorder,
@@ -37,7 +37,8 @@ from archrefine.code.ast_helpers import (
     syntax_message,
     target_names,
 )
-from archrefine.code.reachable import empty_iterable, live, same_shape_view, taken, truth
+from archrefine.code.ops import DETAIL, op_name
+from archrefine.code.reachable import empty_iterable, live, taken, truth
 from archrefine.code.scopes import binding_counts
 
 __all__ = ["Fingerprint", "fingerprint"]
@@ -52,7 +53,7 @@ class Fingerprint:
     layers: tuple[str, ...]
     forward: tuple[str, ...]
     detail: tuple[str, ...] = field(default=(), compare=False, repr=False)
-    """`forward` with the arguments of `HYPER` that are not the default (`Dropout[p=0.3]`):
+    """`forward` with the arguments of `ops.HYPER` that are not the default (`Dropout[p=0.3]`):
     what `novelty_code.structure` compares. Not part of `canonical`, `sha1` or equality."""
     held: tuple[tuple[str, ...], ...] = field(default=(), compare=False, repr=False)
     """As `detail`, what each network the source holds besides `Net` itself would run (`_held`):
@@ -106,18 +107,19 @@ def _read(source: str) -> Fingerprint:
     if not any(isinstance(n, ast.ClassDef) and n.name == "Net" for n in tree.body):
         raise CodeError("no top-level class Net")
     try:
-        reader = _Reader(resolve(tree, BUDGET))
+        counts = binding_counts(tree)  # the rewrite binds nothing new
+        reader = _Reader(resolve(tree, BUDGET, counts), counts)
         layers, forward = reader.analyse("Net", {})
         held = _held(reader, tree, forward)
     except RecursionError:
         raise CodeError(_TOO_DEEP) from None
-    plain = tuple(op.partition(_DETAIL)[0] for op in forward)
-    return Fingerprint(tuple(op.partition(_DETAIL)[0] for op in layers), plain, _detail(forward),
+    plain = tuple(op.partition(DETAIL)[0] for op in forward)
+    return Fingerprint(tuple(op.partition(DETAIL)[0] for op in layers), plain, _detail(forward),
                        tuple(_detail(part) for part in held))  # fmt: skip
 
 
 def _detail(ops: list[str]) -> tuple[str, ...]:
-    return tuple(op.replace(_DETAIL, "") for op in ops)
+    return tuple(op.replace(DETAIL, "") for op in ops)
 
 
 def _held(reader: _Reader, tree: ast.Module, forward: list[str]) -> list[list[str]]:
@@ -180,31 +182,6 @@ def _weight(found: Fingerprint | str) -> int:
 
 # ---- reading the AST ---------------------------------------------------------------------------
 
-ACTIVATIONS = {n.lower(): n for n in ("ReLU", "ReLU6", "LeakyReLU", "ELU", "GELU", "SiLU", "Mish",
-               "Hardswish", "Sigmoid", "Tanh", "Softmax", "LogSoftmax")}  # fmt: skip
-PLAIN_OPS = ACTIVATIONS | {
-    "dropout": "Dropout", "dropout2d": "Dropout", "alphadropout": "Dropout",
-    "batchnorm1d": "BatchNorm", "batchnorm2d": "BatchNorm", "batch_norm": "BatchNorm",
-    "layernorm": "LayerNorm", "layer_norm": "LayerNorm", "groupnorm": "GroupNorm",
-    "group_norm": "GroupNorm", "instancenorm2d": "InstanceNorm", "flatten": "Flatten",
-    "multiheadattention": "Attention", "scaled_dot_product_attention": "Attention",
-    "log_softmax": "LogSoftmax", "leaky_relu": "LeakyReLU", "identity": "", "add": "Add",
-    "mul": "Mul", "matmul": "MatMul", "bmm": "MatMul", "cat": "Cat",
-}  # fmt: skip
-"""Lower-cased module, functional and tensor-method names that need no parameters."""
-_P, _SLOPE = {"p": (0, 0.5)}, {"negative_slope": (0, 0.01)}
-HYPER = {
-    "dropout": _P,
-    "dropout2d": _P,
-    "alphadropout": _P,
-    "leakyrelu": _SLOPE,
-    "leaky_relu": _SLOPE,
-    "elu": {"alpha": (0, 1.0)},
-    "conv2d": {"dilation": (5, 1), "bias": (7, True), "padding_mode": (8, "zeros")},
-}
-"""Arguments (position after the tensor, default) written into an op's `Fingerprint.detail`
-when set to something else: they change the network, though the op names leave them out."""
-_DETAIL = "\x00"  # between an op and its HYPER arguments while reading (code has no NUL)
 CONTAINERS = frozenset({"Sequential", "ModuleList", "ModuleDict"})
 # fmt: off
 SHAPE_METHODS = frozenset({"view", "reshape", "permute", "transpose", "expand", "repeat", "size",
@@ -216,15 +193,11 @@ QUIET_METHODS = frozenset({"size", "dim", "numel", "contiguous", "clone", "detac
 BUDGET = 200_000
 """AST nodes read and ops collected for one source: a 415-character Net of four nested
 `range(32)` loops took 118 s and growing memory in the loop's process before this bound."""
-MAX_OP = 80
-"""Characters of one op (a name as written, or a layer with its arguments) kept: the budget
-counts ops, not their length, and a 100,000-character method name called 5,000 times made a
-canonical form of 500 MB."""
 # fmt: on
 _TOO_DEEP = syntax_message(RecursionError())  # "source is nested too deeply to read"
 _MEMO: LRUCache = LRUCache(maxsize=64_000_000, getsizeof=_weight)
 """Fingerprints (or why not) of the sources read last, by their SHA-256, the least recently used
-dropped past ~64 MB (one within `BUDGET` holds at most 200,000 ops of `MAX_OP` characters,
+dropped past ~64 MB (one within `BUDGET` holds at most 200,000 ops of `ops.MAX_OP` characters,
 ~30 MB)."""
 _remembered = cached(_MEMO, key=source_key, lock=threading.Lock())(_read_or_why)
 
@@ -235,11 +208,11 @@ _Method = ast.FunctionDef
 class _Reader:
     """Resolves names through the module's imports and reads classes into op lists."""
 
-    def __init__(self, tree: ast.Module) -> None:
+    def __init__(self, tree: ast.Module, counts: Counter) -> None:
         self.alias: dict[str, str] = {}
         self.consts: dict[str, object] = {}
         self.classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
-        once = {k for k, n in binding_counts(tree).items() if n == 1}  # the same name everywhere
+        once = {k for k, n in counts.items() if n == 1}  # the same name everywhere
         self.functions = {n.name: n for n in tree.body
                           if isinstance(n, ast.FunctionDef) and n.name in once}  # fmt: skip
         self.lambdas = {t.id: n.value for n in tree.body if isinstance(n, ast.Assign)
@@ -341,56 +314,6 @@ class _Reader:
             return scope.layers, ops
         finally:
             self.active.discard(name)
-
-    def op(self, name: str, call: ast.Call, offset: int, consts: dict) -> str:
-        """The normalized op for module/function/method `name` called as `call`, at most
-        `MAX_OP` characters; the tensor is the first argument when offset is 1 (functional
-        form)."""
-        op = self._op(name[:MAX_OP], call, offset, consts)[:MAX_OP]
-        hyper = HYPER.get(name[:MAX_OP].lower().rstrip("_"), {}) if op else {}
-        if offset and name.lower() == "conv2d":
-            hyper = {}  # F.conv2d(x, weight, ...) is read by name only
-        values = {k: literal_arg(call, i + offset, k, d, consts) for k, (i, d) in hyper.items()}
-        set_ = [f"{k}={'?' if v is UNKNOWN else v!r}"[:MAX_OP] for k, (_, d) in hyper.items()
-                if (v := values[k]) != d and not (isinstance(v, bool) and v == d)]  # fmt: skip
-        return f"{op}{_DETAIL}[{','.join(set_)}]" if set_ else op
-
-    def _op(self, name: str, call: ast.Call, offset: int, consts: dict) -> str:
-        key = name.lower().rstrip("_")
-
-        def arg(i: int, kw: str, default: object = "?") -> object:
-            return literal_arg(call, i + offset, kw, default, consts)
-
-        if key in PLAIN_OPS:
-            return PLAIN_OPS[key]
-        if key == "conv2d" and offset == 0:
-            out, k, g = arg(1, "out_channels"), arg(2, "kernel_size"), arg(6, "groups", 1)
-            s, p = arg(3, "stride", 1), arg(4, "padding", 0)
-            cin, groups = arg_node(call, 0, "in_channels"), arg_node(call, 6, "groups")
-            same = cin is not None and groups is not None and ast.dump(cin) == ast.dump(groups)
-            dw = g != 1 and (same or (g != "?" and g == arg(0, "in_channels")))
-            extra = ",g=dw" if dw else ("" if g == 1 else f",g={g}")
-            return f"Conv2d(o={out},k={k},s={s},p={p}{extra})"
-        if key in ("maxpool2d", "max_pool2d", "avgpool2d", "avg_pool2d"):
-            k = arg(0, "kernel_size")
-            return f"{'Max' if 'max' in key else 'Avg'}Pool2d(k={k},s={arg(1, 'stride', k) or k})"
-        if key.startswith("adaptive"):
-            size = arg(0, "output_size")
-            kind = "Max" if "max" in key else "Avg"
-            return f"Global{kind}Pool" if size == 1 else f"Adaptive{kind}Pool2d(o={size})"
-        if key == "mean":
-            dims = arg(0, "dim")
-            ints = isinstance(dims, tuple | list) and all(type(d) is int for d in dims)
-            spatial = ints and set(dims) in ({2, 3}, {-2, -1})  # (not `dim=([2], [3])`)
-            return "GlobalAvgPool" if spatial else "Mean"
-        if key in ("linear", "lazylinear") and offset == 0:
-            return f"Linear(o={arg(1 if key == 'linear' else 0, 'out_features')})"
-        if key in ("view", "reshape", "view_as", "reshape_as") and same_shape_view(call, offset):
-            return ""  # x.view(x.shape), x.reshape(*x.size()), x.view_as(x): no op
-        if key in ("view", "reshape"):
-            flat = len(call.args) == 2 + offset and literal_value(call.args[-1], consts) == -1
-            return "Flatten" if flat else "Reshape"
-        return name
 
 
 class _Scope:
@@ -528,7 +451,7 @@ class _Scope:
         qual = self.reader.qual(call.func)
         name = qual.rsplit(".", 1)[-1]
         if qual.startswith("torch.nn.") and name[:1].isupper():  # a module, not nn.init.*
-            op = "" if name in CONTAINERS else self.reader.op(name, call, 0, self.consts)
+            op = "" if name in CONTAINERS else op_name(name, call, 0, self.consts)
             return [op] if op else []
         if qual in self.reader.classes:
             return self.local_class(qual, call, layers)
@@ -563,7 +486,7 @@ class _Scope:
         if self.reader.method(cls, "__init__") is None:  # a thin subclass: ChannelLayerNorm
             base = next((self.reader.qual(b) for b in cls.bases), "")
             if base.startswith("torch.nn.") and base.split(".")[-1] not in ("Module", *CONTAINERS):
-                return [self.reader.op(base.rsplit(".", 1)[-1], call, 0, self.consts)]
+                return [op_name(base.rsplit(".", 1)[-1], call, 0, self.consts)]
         inner_layers, inner_ops = self.reader.analyse(name, self.bind(cls, call))
         if "Attention" in inner_ops:
             return ["Attention"]
@@ -719,7 +642,9 @@ class _Forward(ast.NodeVisitor):
             func = func.value  # self.blocks[i](x): whatever the container holds
         qual = scope.reader.qual(func)
         head, _, rest = qual.partition(".")
-        helper = self.local.get(func.id) if isinstance(func, ast.Name) else None
+        helper = None  # a function or lambda of forward's or the module's: `act(x)`
+        if isinstance(func, ast.Name):
+            helper = self.local.get(func.id) or scope.reader.functions.get(func.id)
         if helper is not None or isinstance(func, ast.Lambda):  # `(lambda t: F.relu(t))(x)`
             if self.depth < 8:
                 self._inline(helper or func)  # type: ignore[arg-type]
@@ -743,14 +668,11 @@ class _Forward(ast.NodeVisitor):
                 self._inline(fn)
             else:
                 self.ops.append("?")
-        elif isinstance(func, ast.Name) and (fn := scope.reader.functions.get(func.id)):
-            if self.depth < 8:  # a module-level helper: `def act(x): return F.relu(x)`
-                self._inline(fn)
         elif qual.startswith("torch.nn.functional.") or qual.startswith("torch."):
-            self.ops.append(scope.reader.op(qual.rsplit(".", 1)[-1], node, 1, scope.consts))
+            self.ops.append(op_name(qual.rsplit(".", 1)[-1], node, 1, scope.consts))
         elif isinstance(func, ast.Attribute) and head not in scope.reader.alias:
             quiet = func.attr in QUIET_METHODS  # else a tensor method: x.mean(...), x.view(...)
-            self.ops.append("" if quiet else scope.reader.op(func.attr, node, 0, scope.consts))
+            self.ops.append("" if quiet else op_name(func.attr, node, 0, scope.consts))
 
 
 def _over_modules(loop: ast.For) -> tuple[str, str] | None:

@@ -99,7 +99,7 @@ def code_tokens(source: str) -> list[str]:
 def structure(source: str) -> str | None:
     """A key for the network `source` runs: the SHA-1 of the forward ops its fingerprint reads
     (what `forward` reaches: no dead branch, no layer it never calls, no identity op), with the
-    hyperparameters of `fingerprint.HYPER` (`Fingerprint.detail`), or None when that reading is
+    hyperparameters of `ops.HYPER` (`Fingerprint.detail`), or None when that reading is
     too thin to vouch for: no `Conv2d`/`Linear`, or anything unresolved (`?`). Two sources with
     the same key are the same network, however different their text."""
     if not isinstance(source, str):
