@@ -16,7 +16,7 @@ import pytest
 
 from archrefine.code.code import CodeError, static_check
 from archrefine.code.fingerprint import fingerprint
-from archrefine.code.novelty_code import CodeNovelty, structure
+from archrefine.code.novelty_code import structure
 from archrefine.sandbox.pool import SandboxPool
 from archrefine.space import KNOWN, to_source
 
@@ -131,13 +131,6 @@ VARIANTS = {
 }
 OF_MLP = {"comprehension-of-pairs", "comprehension-over-a-range", "loop-over-pairs"}
 COPIES = {name: MLP if name in OF_MLP else RESNET for name in VARIANTS}
-
-
-@pytest.fixture(scope="module")
-def archive() -> CodeNovelty:
-    nov = CodeNovelty(twins=True)
-    nov.seed_with_known()
-    return nov
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -25,7 +25,7 @@ from test_hostile_round18 import (  # the same copies and the same ways to splic
 
 from archrefine.code.code import CodeError, static_check
 from archrefine.code.fingerprint import fingerprint
-from archrefine.code.novelty_code import CodeNovelty, structure
+from archrefine.code.novelty_code import structure
 from archrefine.sandbox.sandbox import SandboxPool
 
 BODY = RESNET.replace("class Net", "class Body").replace("nn.BatchNorm2d(", "Norm(")
@@ -83,13 +83,6 @@ LATE_LAMBDA = _in_forward(
     "act = torch.tanh\n        f = lambda t: act(t)",
 )
 COPIES = {"for-else": MLP, "while-else": MLP}
-
-
-@pytest.fixture(scope="module")
-def archive() -> CodeNovelty:
-    nov = CodeNovelty(twins=True)
-    nov.seed_with_known()
-    return nov
 
 
 @pytest.mark.parametrize("name", [*ELSEWHERE, "late-bound-lambda"])

@@ -9,9 +9,8 @@ they stand for, so the reader sees what runs. Nothing is executed, and where Pyt
 another binding the name is left alone (read as unknown, as before): a function sees its own
 bindings in order, else its module's as they end; branches that may or may not run keep only
 the aliases they agree on; names rebound through `global`/`nonlocal` or mangled (`__x`) are
-never aliases. The work counts against the reader's budget: a source that exhausts it is "too
-intricate to read". The passes over the tree are linear in its size; what is counted is the
-copying of the aliases known (into each function, branch and comprehension).
+never aliases. The passes over the tree are linear in its size; copying the aliases known
+(into each function, branch and comprehension) counts against the reader's budget.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import ast
 import collections
 
 from archrefine.code.ast_helpers import bind_literal
+from archrefine.code.partials import applied, flat, is_partial, partial_names
 from archrefine.code.reachable import taken
 from archrefine.code.scopes import (
     MAX_PARTS,
@@ -27,9 +27,11 @@ from archrefine.code.scopes import (
     agree,
     defaults_of,
     dotted_within,
+    facts,
     local_names,
     module_path,
     receiver,
+    type_of,
 )
 from archrefine.code.spell import BUILTINS, Chains, Spell
 
@@ -47,37 +49,21 @@ def resolve(tree: ast.Module, budget: int, counts: collections.Counter) -> ast.M
     for stmt in tree.body:
         bind_literal(stmt, consts)
     consts = {k: v for k, v in consts.items() if counts[k] == 1}
-    imports = {a.asname or a.name.split(".")[0] for n in tree.body
-               if isinstance(n, ast.Import | ast.ImportFrom) for a in n.names} - {"*"}  # fmt: skip
-    roots, stored = set(imports), set()
-    unstable = {name for name, n in counts.items() if name.startswith("__") and n}
-    for n in ast.walk(tree):
-        if isinstance(n, ast.ClassDef) and counts[n.name] == 1:
-            roots.add(n.name)
-        elif isinstance(n, ast.Import | ast.ImportFrom):  # `torch` of `from torch import nn`
-            heads = (((n.module or "") if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
-                     for a in n.names)  # fmt: skip
-            roots |= {h for h in heads if h and not counts[h]}
-        elif isinstance(n, ast.Global | ast.Nonlocal):
-            unstable |= set(n.names)
-        elif isinstance(n, ast.Attribute) and not isinstance(n.ctx, ast.Load):
-            stored.add(n.attr)
     builtins = {f: fn for f, fn in BUILTINS.items() if not counts[f]}
     tree = Spell(consts, builtins, "getattr" not in counts).visit(tree)
-    ctx = _Context(frozenset(roots), consts, frozenset(unstable), Steps(budget))
-    ctx.counts, ctx.stored = counts, frozenset(stored)
-    _scope(tree.body, {}, ctx)
+    _scope(tree.body, {}, _Context(tree, counts, consts, budget))
     return tree
 
 
 class _Context:
     """What every scope's rewrite shares."""
 
-    def __init__(self, roots: frozenset, consts: dict, unstable: frozenset, steps: Steps):
-        self.roots, self.consts, self.unstable, self.steps = roots, consts, unstable, steps
-        self.counts: collections.Counter = collections.Counter()
-        self.stored: frozenset[str] = frozenset()  # every attribute name assigned anywhere
+    def __init__(self, tree: ast.Module, counts: collections.Counter, consts: dict, budget: int):
+        self.roots, self.stored, self.unstable = facts(tree, counts)
+        self.counts, self.consts, self.steps = counts, consts, Steps(budget)
+        self.partial = partial_names(tree, counts)  # how the source spells functools.partial
         self.methods: dict[int, dict] = {}  # id of a method -> its class's own aliases
+        self.classes: dict[str, dict] = {}  # a class bound once -> its own aliases (`Net.C`)
         self.entries: set[int] = set()  # `Net.__init__` and `Net.forward`, called with no
         # arguments but the input: their parameters' defaults are what runs
 
@@ -124,12 +110,28 @@ class _Substitute(Chains):
         self.walrus: list[str] = []  # names bound by `:=`, which binds outside a comprehension
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
-        """`self.conv_cls` where the class body says `conv_cls = nn.Conv2d`: nothing else in
-        the source assigns an attribute of that name, so that is what an instance finds."""
-        base = node.value
-        if isinstance(base, ast.Name) and base.id == self.me and node.attr in self.attrs:
-            return self.attrs[node.attr] if isinstance(node.ctx, ast.Load) else node
+        """`self.conv_cls` (or `type(self).conv_cls`, `Net.conv_cls`) where the class body says
+        `conv_cls = nn.Conv2d`: nothing else in the source assigns an attribute of that name or
+        binds it again, so that is what an instance, or the class, finds."""
+        base, own = node.value, None
+        if type_of(base, self.me) and not self.ctx.counts["type"]:  # the builtin `type`
+            own = self.attrs
+        elif isinstance(base, ast.Name):
+            own = self.attrs if base.id == self.me else self.ctx.classes.get(base.id)
+        if own is not None and node.attr in own:
+            return own[node.attr] if isinstance(node.ctx, ast.Load) else node
         return super().visit_Attribute(node)
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        """A call of a `functools.partial` this rewrite follows, as the call it makes; not where
+        the call spreads `**` (which may or may not override the partial's keywords)."""
+        self.generic_visit(node)
+        while self._partial(node.func) and all(k.arg for k in node.keywords):
+            node = ast.copy_location(applied(node.func, node.args, node.keywords), node)
+        return node
+
+    def _partial(self, node: ast.AST | None) -> bool:
+        return is_partial(node, self.ctx.partial, self.roots, self.ctx.consts)
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
         if isinstance(node.ctx, ast.Load) and node.id in self.env:
@@ -149,8 +151,8 @@ class _Substitute(Chains):
             if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
                 self.env.pop(n.id, None)
         stable = isinstance(target, ast.Name) and target.id not in self.ctx.unstable
-        if stable and not self.maybe and dotted_within(value, self.roots):
-            self.env[target.id] = value  # type: ignore[union-attr]
+        if stable and not self.maybe and (dotted_within(value, self.roots) or self._partial(value)):
+            self.env[target.id] = flat(value) if isinstance(value, ast.Call) else value  # type: ignore
 
     def _branches(self, *parts: list[ast.stmt]) -> list[list[ast.stmt]]:
         """Rewrite alternative blocks (any one of which may run), each from the same bindings;
@@ -364,6 +366,8 @@ class _Substitute(Chains):
         ctx = self.ctx
         own = {k: v for k, v in body.env.items() if self.env.get(k) is not v
                and ctx.counts[k] == 1 and k not in ctx.stored}  # fmt: skip
+        if ctx.counts[node.name] == 1:
+            ctx.classes[node.name] = own
         for fn in node.body:
             if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
                 ctx.methods[id(fn)] = own

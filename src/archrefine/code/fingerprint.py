@@ -281,6 +281,13 @@ class _Reader:
             return self.method(self.classes[func.value.id], func.attr)
         return None
 
+    def class_method(self, qual: str) -> _Method | None:
+        """The method `Cls.name` finds, for a local class `Cls`: `Net.conv(3, 32)` calls a
+        staticmethod builder through its class."""
+        head, _, name = qual.partition(".")
+        cls = self.classes.get(head)
+        return self.method(cls, name) if cls is not None and name and "." not in name else None
+
     def qual(self, node: ast.AST) -> str:
         dotted = dotted_name(node)
         head, _, rest = dotted.partition(".")
@@ -462,14 +469,20 @@ class _Scope:
                 call = ast.Call(call.func, call.args[1:], call.keywords)  # `self` is no argument
         elif qual.startswith("self."):
             fn = self.reader.method(self.cls, qual[5:])
-        else:  # a module-level builder function: `self.body = make_block(32)`
-            fn = self.reader.functions.get(qual)
+        else:  # a module-level builder function: `self.body = make_block(32)`, or a class's
+            fn = self.reader.functions.get(qual) or self.reader.class_method(qual)  # `Net.f(3)`
         key = f"{self.cls.name}.{qual}"
         if fn is None or key in self.reader.active:
             return []
         self.reader.active.add(key)  # a builder method such as self._make_layer(...)
         try:
-            bound = self.bind(fn, call, skip=int(qual.startswith("self.")))  # self, or not
+            # the parameters the call's arguments fill: all but `self` through an instance,
+            # all of a staticmethod's, and all but `cls` of a classmethod's through the class
+            kind = "staticmethod" if qual.startswith("self.") else "classmethod"
+            skip = qual.startswith("self.") != any(
+                dotted_name(d) == kind for d in fn.decorator_list
+            )
+            bound = self.bind(fn, call, skip=int(skip and qual != fn.name))
             sub = _Scope(self.reader, _known(self.consts | bound), self.cls)
             for stmt in live(fn.body):
                 sub.read_init(stmt)
@@ -668,6 +681,9 @@ class _Forward(ast.NodeVisitor):
                 self._inline(fn)
             else:
                 self.ops.append("?")
+        elif (fn := scope.reader.class_method(qual)) is not None:  # `Net.act(x)`
+            if self.depth < 8:
+                self._inline(fn)
         elif qual.startswith("torch.nn.functional.") or qual.startswith("torch."):
             self.ops.append(op_name(qual.rsplit(".", 1)[-1], node, 1, scope.consts))
         elif isinstance(func, ast.Attribute) and head not in scope.reader.alias:

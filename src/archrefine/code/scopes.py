@@ -20,9 +20,11 @@ __all__ = [
     "binding_counts",
     "defaults_of",
     "dotted_within",
+    "facts",
     "local_names",
     "module_path",
     "receiver",
+    "type_of",
 ]
 
 MAX_PARTS = 5
@@ -51,6 +53,29 @@ def binding_counts(tree: ast.AST) -> collections.Counter:
         elif isinstance(n, ast.Global | ast.Nonlocal):
             counts.update({name: 2 for name in n.names})  # rebound from elsewhere
     return counts
+
+
+def facts(tree: ast.Module, counts: collections.Counter) -> tuple[frozenset, ...]:
+    """What a rewrite needs of the whole source, in one walk: the roots an alias may start from
+    (the module's imports, local classes bound once, a module named only as an import's head:
+    `torch` of `from torch import nn`), every attribute name assigned anywhere, and the names
+    never aliases (assigned through `global`/`nonlocal`, or mangled: `__x`)."""
+    roots = {a.asname or a.name.split(".")[0] for n in tree.body
+             if isinstance(n, ast.Import | ast.ImportFrom) for a in n.names} - {"*"}  # fmt: skip
+    stored: set[str] = set()
+    unstable = {name for name, n in counts.items() if name.startswith("__") and n}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ClassDef) and counts[n.name] == 1:
+            roots.add(n.name)
+        elif isinstance(n, ast.Import | ast.ImportFrom):
+            heads = (((n.module or "") if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
+                     for a in n.names)  # fmt: skip
+            roots |= {h for h in heads if h and not counts[h]}
+        elif isinstance(n, ast.Global | ast.Nonlocal):
+            unstable |= set(n.names)
+        elif isinstance(n, ast.Attribute) and not isinstance(n.ctx, ast.Load):
+            stored.add(n.attr)
+    return frozenset(roots), frozenset(stored), frozenset(unstable)
 
 
 def dotted_within(node: ast.AST | None, roots: frozenset) -> bool:
@@ -139,3 +164,11 @@ def agree(*envs: dict) -> dict:
     """The aliases every one of `envs` binds to the same thing."""
     first, *others = envs
     return {k: v for k, v in first.items() if all(o.get(k) is v for o in others)}
+
+
+def type_of(node: ast.AST, me: str) -> bool:
+    """Whether `node` is `type(me)`, a method's `self`'s class."""
+    if not (me and isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+        return False
+    one = len(node.args) == 1 and not node.keywords and node.func.id == "type"
+    return one and isinstance(node.args[0], ast.Name) and node.args[0].id == me
