@@ -413,6 +413,9 @@ def test_a_tampered_config_is_refused_and_vouching_reads_only_the_runs_template(
     assert gen.calls and not any("TOP SECRET" in p for c in gen.calls for p in c)
     info = json.loads((stopped / "run.json").read_text())
     assert info["isolation"] and info["config_hmac"] and info["resumed_isolation"]
+    from archrefine.sandbox.confine import seccomp_problem
+
+    assert info["syscall_filter"] == (seccomp_problem() or "seccomp")  # the jobs' seccomp filter
 
 
 def test_a_run_signed_with_another_key_or_run_json_edited_is_refused(

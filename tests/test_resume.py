@@ -184,6 +184,25 @@ def test_a_truncated_checkpoint_is_one_error(tmp_path, keep):
         simulate(cfg, checkpoint=path, resume=True)
 
 
+@pytest.mark.parametrize("where", [0.3, 0.9, -1])
+def test_a_checkpoint_damaged_in_place_is_refused_not_half_used(tmp_path, where):
+    """Bytes overwritten without changing the size (in the arrays, or the header's numbers)
+    were read as a state: the resumed run completed with validity off by up to 0.42."""
+    path = tmp_path / "c.bin"
+    cfg = Config().with_overrides({"trials": 3, "loop.cycles": 2})
+    simulate(cfg, checkpoint=path)
+    data = bytearray(path.read_bytes())
+    if where == -1:  # a digit of the random generator's state, in the header
+        at = data.index(b'"state": {"state": ') + len(b'"state": {"state": ')
+        data[at] = ord("1") if data[at] != ord("1") else ord("2")
+    else:
+        data[int(len(data) * where)] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="do not match the digest"):
+        simulate(cfg, checkpoint=path, resume=True)
+    assert path.read_bytes() == data  # left as it was
+
+
 def test_first_epoch_cache_round_trips():
     from archrefine.sandbox.training import FirstEpochFitness
 

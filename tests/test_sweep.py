@@ -217,11 +217,11 @@ def test_compare_reads_a_reproduce_style_long_frame(tmp_path, runner):
     frame = simulate(BASE).metrics
     long = pd.concat(
         [frame.assign(experiment="trajectory", condition="baseline"),
-         frame.assign(experiment="topk", condition="k=1", validity=9.0)]
+         frame.assign(experiment="topk", condition="k=1", fitness=9.0)]
     )  # fmt: skip
     write_parquet(tmp_path / "rep" / "metrics.parquet", long)
     ((label, sel),) = trajectories(Path(tmp_path / "rep")).items()
-    assert label == "rep" and len(sel) == len(frame) and (sel.validity <= 1).all()
+    assert label == "rep" and len(sel) == len(frame) and (sel.fitness <= 1).all()
 
 
 def test_a_running_record_whose_process_is_gone_is_interrupted(tmp_path):

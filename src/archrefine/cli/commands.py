@@ -62,6 +62,8 @@ def reproduce(
     ):
         if value is not None:
             overrides.append(f"{key}={value}")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers: {workers} is not at least 1")
     cfg = load_config(config, overrides)
     rep.check_plan(cfg)
     check_memory(cfg)
@@ -242,8 +244,8 @@ def run(
         check_memory(cfg)  # before the directory is made
         tracking = tracker(cfg, track)
         out = out or default_dir("run")
-        open_run(out, force=force, kind="run", meta={"seed": cfg.seed, "trials": cfg.trials})
-        (out / CHECKPOINT).unlink(missing_ok=True)  # --force starts afresh
+        meta = {"seed": cfg.seed, "trials": cfg.trials}
+        open_run(out, force=force, kind="run", meta=meta, fresh=True)  # --force: afresh
         started, done = time.time(), 0
         atomic_write_text(out / "config.toml", cfg.to_toml())
     from archrefine.cli.beside import Beside  # draws the figure and report beside the loop
@@ -357,8 +359,7 @@ def calibrate(
     Config().with_overrides({"seed": seed} | ({"trials": trials} if trials is not None else {}))
     free = cal.parse_params(params, generator) if params else cal.free_params(generator)
     cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
-    if cols and (missing := [c for c in cols if c not in observed.columns]):
-        raise cal.CalibrationError(f"--columns: {', '.join(missing)} not in {trajectory}")
+    cal.check_columns(cols, list(observed.columns), str(trajectory))  # before anything is written
     if run_means and not means:
         raise cal.CalibrationError(f"--run-means: {trajectory} has no row with cycle 'all'")
     fitted = cols or [c for c in cal.KNOWN_COLUMNS if c in observed.columns]
@@ -380,7 +381,7 @@ def calibrate(
     out = out or default_dir("calibrate")
     meta = {"trajectory": str(trajectory), "generator": generator, "trials": trials, "seed": seed}
     meta |= {"columns": cols, "loo": loo, "params": params, "run_means": means or None}
-    open_run(out, force=force, kind="calibrate", meta=meta)
+    open_run(out, force=force, kind="calibrate", meta=meta, fresh=True)
     started = time.time()
     with progress_bar() as progress:  # the fit's length is not known ahead: a count, no total
         task = progress.add_task("fitting: simulations run", total=None)

@@ -117,7 +117,13 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override a config key: dotted.key=value (repeatable)."),
 ]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Reuse a non-empty output directory.")]
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Reuse a non-empty output directory (an earlier run's results there are removed).",
+    ),
+]
 TrackOpt = Annotated[
     str | None,
     typer.Option(help="Log the finished run: mlflow or none (default: tracking.backend)."),

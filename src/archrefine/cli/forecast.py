@@ -52,7 +52,7 @@ def forecast(
     fc.check_request(observed, fit_cycles)  # bad requests fail before the directory is made
     out = out or default_dir("forecast")
     meta = {"input": str(run), "fit_cycles": fit_cycles, "generator": generator, "seed": seed}
-    open_run(out, force=force, kind="forecast", meta=meta)
+    open_run(out, force=force, kind="forecast", meta=meta, fresh=True)
     started = time.time()
     with progress_bar() as bar:
         task = bar.add_task("forecast", total=None)

@@ -82,7 +82,7 @@ def intervene(
         "report_seed": report_seed,
         "seeds": seeds,
     }
-    open_run(out, force=force, kind="intervene", meta=meta)
+    open_run(out, force=force, kind="intervene", meta=meta, fresh=True)
     atomic_write_text(out / "config.toml", base.to_toml())
     started = time.time()
     with progress_bar() as bar:

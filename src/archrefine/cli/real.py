@@ -222,6 +222,9 @@ def tiny_model(
             "0: random weights, which write gibberish).",
         ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Write into a directory that holds other files.")
+    ] = False,
 ) -> None:
     """Write a tiny GPT-2 trained here on KNOWN-like code, to try the hf generator (tiny.toml)."""
     need_real_extra()
@@ -233,7 +236,7 @@ def tiny_model(
     with Progress(console=console, transient=True) as progress:
         bar = progress.add_task("training the tiny model", total=steps or 1)
         path = build_tiny_model(
-            directory, seed=seed, steps=steps,
+            directory, seed=seed, steps=steps, force=force,
             on_step=lambda s, n, loss: progress.update(
                 bar, completed=s, description=f"training the tiny model (loss {loss:.2f})"),
         )  # fmt: skip

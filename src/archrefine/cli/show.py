@@ -25,7 +25,7 @@ def plot(directory: Annotated[Path, typer.Argument(help="A run or reproduce dire
     from archrefine.core.store import read_metrics
     from archrefine.experiments import plots
     from archrefine.experiments.claims import detect
-    from archrefine.experiments.reproduce import draw
+    from archrefine.experiments.reproduce import check_figures, draw
 
     if directory.name == "metrics.parquet" and directory.is_file():  # figures go beside it
         directory = directory.parent
@@ -37,6 +37,7 @@ def plot(directory: Annotated[Path, typer.Argument(help="A run or reproduce dire
     cfg = (
         load_config(directory / "config.toml") if (directory / "config.toml").exists() else Config()
     )
+    check_figures(frame, cfg.schedule.kind, str(directory / "metrics.parquet"))  # before detect
     found = _saved_phases(directory / "phases.json", Phases)
     if found is None:  # none saved, or not readable as phases: found again, as they were
         found = detect(frame, cfg.schedule.kind, seed=cfg.seed)

@@ -79,6 +79,14 @@ def sweep(
             )
         base = load_config(resume / "config.toml")
         sets: list[str] | dict = list(set_) if set_ else grid
+        if set_ and isinstance(grid, dict) and grid:  # a grid of its own: only that one resumes
+            named = {p.name for p in sw.expand(base, sets)}
+            if named != {p.name for p in sw.expand(base, grid)}:
+                raise ConfigError(
+                    f"--resume {resume}: --set gives another grid than the sweep's own "
+                    f"({', '.join(f'{k}={v}' for k, v in grid.items())}); drop --set to "
+                    "continue it, or sweep into a new --out"
+                )
         out = resume
     else:
         base = load_config(config)

@@ -28,10 +28,14 @@ def track(
         str | None,
         typer.Option(help="MLflow experiment (default: the directory's tracking.experiment)."),
     ] = None,
+    incomplete: Annotated[
+        bool,
+        typer.Option(help="Log a directory whose run did not finish (as KILLED) too."),
+    ] = False,
 ) -> None:
     """Log a finished directory to MLflow: config as params, metrics per cycle, claims, files."""
     from archrefine.report.tracking import for_directory
 
-    tracker = for_directory(directory, uri, experiment)
+    tracker = for_directory(directory, uri, experiment, incomplete=incomplete)
     if tracker.log(directory) is None:
         raise typer.Exit(1)  # the warning said why

@@ -45,9 +45,7 @@ def describe(path: Path, root: Path | None = None) -> dict[str, Any]:
     try:
         info = read_run(path)
     except StoreError as err:
-        record["status"] = (
-            f"unreadable: {_first_line(err).replace(str(path / 'run.json'), 'run.json')}"
-        )
+        record["status"] = f"unreadable: {_first_line(err, str(path / 'run.json'))}"
         return record
     record.update(kind=info.get("kind"), date=info.get("started"), status=_status(path, info))
     config = path / "config.toml"
@@ -70,8 +68,19 @@ def describe(path: Path, root: Path | None = None) -> dict[str, Any]:
     return record
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).splitlines() or [type(err).__name__])[0][:120]
+def _first_line(err: BaseException, path: str | None = None) -> str:
+    """The error's first line (`path` shortened to its name), cut at a word boundary with an
+    ellipsis when over `MAX_REASON` characters: never mid-word."""
+    text = (str(err).splitlines() or [type(err).__name__])[0]
+    if path is not None:
+        text = text.replace(path, Path(path).name)
+    if len(text) <= MAX_REASON:
+        return text
+    cut = text[: MAX_REASON - 1]
+    return (cut[: cut.rfind(" ")] if " " in cut else cut).rstrip(" ,;:(") + "…"
+
+
+MAX_REASON = 160  # the longest reason `runs` shows for an unreadable record
 
 
 def _status(path: Path, info: dict[str, Any]) -> str:

@@ -28,6 +28,11 @@ SEED_MAX = 2**63 - 1
 read back from) a run's config.toml; numpy's SeedSequence takes any non-negative integer."""
 
 
+NASBENCH_DATASETS = ("cora", "citeseer", "pubmed", "cs", "physics", "photo", "computers",
+                     "arxiv", "proteins")  # fmt: skip
+"""NAS-Bench-Graph's datasets (the wheel ships `light/<name>.bench` for each)."""
+
+
 class SpaceConfig(StrictModel):
     """What a token sequence means. `abstract` is the paper's space; the others fix their own
     length and vocabulary (15 × 30 for grounded, the benchmark's cell encoding for
@@ -42,7 +47,9 @@ class SpaceConfig(StrictModel):
     distance: Literal["hamming", "canonical"] = Field(
         "hamming", description="grounded: canonical = edit distance with no-ops removed"
     )
-    dataset: str = Field("cora", description="nasbench-graph: which dataset's measurements")
+    dataset: Literal[NASBENCH_DATASETS] = Field(  # type: ignore[valid-type]
+        "cora", description="nasbench-graph: which dataset's measurements"
+    )
 
     @model_validator(mode="after")
     def _fixed_shape(self) -> SpaceConfig:

@@ -142,6 +142,8 @@ def parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except (RecursionError, ValueError) as err:  # nested past the parser, 4,300+ digits
+        raise ConfigError(f"--set value {text[:40]!r}...: {_too_big(err)}") from None
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -171,6 +173,8 @@ def load_as(
             raise ConfigError(f"{path}: no such config file") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:  # binary: not text at all
             raise ConfigError(f"{path}: not valid TOML ({err})") from None
+        except (RecursionError, ValueError) as err:  # nested past the parser, 4,300+ digits
+            raise ConfigError(f"{path}: {_too_big(err)}") from None
         except OSError as err:  # a directory, a symlink loop, no permission: one line, not a trace
             raise ConfigError(f"{path}: cannot read config ({err.strerror or err})") from None
     try:
@@ -202,3 +206,13 @@ def _has_dotted(data: dict[str, Any], key: str) -> bool:
             return False
         node = node[part]
     return True
+
+
+def _too_big(err: BaseException) -> str:
+    """What Python's TOML parser could not take: nesting past its stack, or an integer of more
+    than Python's 4,300 digits."""
+    return (
+        "nested too deeply to read"
+        if isinstance(err, RecursionError)
+        else "a number too long to read (over 4,300 digits)"
+    )

@@ -1,10 +1,12 @@
 """What a metrics table (metrics.parquet) must hold to be read at all: numbers in its required
-columns, some rows, no infinite metric, whole-number trials and cycles. Its own module so that
-`store.read_metrics` can say what is wrong in one line; it imports nothing of archrefine."""
+columns, some rows, no infinite metric, whole-number trials and cycles, a validity from 0 to 1,
+no row twice. Its own module so that `store.read_metrics` can say what is wrong in one line; it
+imports nothing of archrefine."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,4 +30,30 @@ def problem(frame: pd.DataFrame, required: Sequence[str]) -> str | None:
         values = frame[col].to_numpy(dtype=float)
         if not ((values >= low) & (values % 1 == 0)).all():  # NaN fails both comparisons
             return f"{col} must be whole numbers ≥ {low}"
+    if "validity" in required and not frame["validity"].dropna().between(0, 1).all():
+        return "validity (a share of candidates) outside 0 to 1"
+    keys = [c for c in ("experiment", "condition", "point", *required[:2]) if c in frame]
+    if frame.duplicated(keys).any():  # every row would count twice in a mean
+        return f"a row repeats its {', '.join(keys)}"
     return None
+
+
+def read(path: Path, required: Sequence[str]) -> pd.DataFrame | str:
+    """The metrics table in the Parquet file `path`, or (a string) why it cannot be one."""
+    if not path.exists():
+        return "no such file"
+    if not path.is_file():  # a directory there would be read as a Parquet data set
+        return "not a file"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        frame = pq.read_table(path).to_pandas()
+    except (pa.ArrowException, OSError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return f"not a readable Parquet file ({first})"
+    if missing := [c for c in required if c not in frame.columns]:
+        return f"not an archrefine metrics file (missing columns: {', '.join(missing)})"
+    if (wrong := problem(frame, required)) is not None:  # no traceback later
+        return f"corrupt metrics file ({wrong})"
+    return frame

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from archrefine.core import liveness, metrics_table
 from archrefine.core.formats import arrow_column, dumps_strict
+from archrefine.core.outputs import remove_outputs
 
 if TYPE_CHECKING:  # pandas and pyarrow load when a table is written or read, not at start-up
     import numpy as np
@@ -158,8 +159,11 @@ def _again(kind: Any, path: Path) -> str:
     return f"continue it with `{command}`, or start afresh with --force"
 
 
-def open_run(path: Path, *, force: bool, kind: str, meta: dict[str, Any] | None = None) -> Path:
-    """Create (or, with `force`, reuse) a run directory and mark it as running by this process.
+def open_run(
+    path: Path, *, force: bool, kind: str, meta: dict[str, Any] | None = None, fresh: bool = False
+) -> Path:
+    """Create (or, with `force`, reuse) a run directory and mark it as running by this process;
+    with `fresh` too, first remove what an earlier run wrote there (`outputs.OUTPUTS`).
 
     A directory whose run is still running in another process is refused even with `force`."""
     path = Path(path)
@@ -169,6 +173,8 @@ def open_run(path: Path, *, force: bool, kind: str, meta: dict[str, Any] | None 
     check_out(path, force=force)
     try:  # a path inside a file, read-only, too long, a symlink loop: one line, not a trace
         path.mkdir(parents=True, exist_ok=True)
+        if force and fresh:
+            remove_outputs(path)
         write_json(path / "run.json", {**info, **(meta or {})})
     except OSError as err:
         raise StoreError(f"{path}: cannot hold the run ({err.strerror or err})") from None
@@ -376,25 +382,11 @@ def utc_now() -> str:
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
-    """Read a metrics Parquet file, failing with one line if it is missing, corrupt or foreign."""
+    """Read a metrics Parquet file (a run directory's, or the file), failing with one line if it
+    is missing, corrupt or foreign (`metrics_table.read` says which)."""
     path = Path(path)
-    if path.is_dir():
-        path = path / "metrics.parquet"
-    if not path.exists():
-        raise StoreError(f"{path}: no such file")
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        frame = pq.read_table(path).to_pandas()
-    except (pa.ArrowException, OSError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise StoreError(f"{path}: not a readable Parquet file ({first})") from None
-    missing = [c for c in REQUIRED if c not in frame.columns]
-    if missing:
-        raise StoreError(
-            f"{path}: not an archrefine metrics file (missing columns: {', '.join(missing)})"
-        )
-    if (wrong := metrics_table.problem(frame, REQUIRED)) is not None:  # no traceback later
-        raise StoreError(f"{path}: corrupt metrics file ({wrong})")
-    return frame
+    path = path / "metrics.parquet" if path.is_dir() else path
+    found = metrics_table.read(path, REQUIRED)
+    if isinstance(found, str):
+        raise StoreError(f"{path}: {found}")
+    return found

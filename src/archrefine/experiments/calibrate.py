@@ -138,8 +138,11 @@ def free_params(generator: str, params=None) -> dict[str, tuple[float, float]]:
         out = {k: (float(lo), float(hi)) for k, (lo, hi) in params.items()}
         if bad := [k for k, (lo, _) in out.items() if k in LOG_SCALE and lo <= 0]:
             raise CalibrationError(f"params: {', '.join(bad)} is fitted on a log scale: lo > 0")
+        _check_used(generator, list(out))
         return out
     if isinstance(params, Sequence) and not isinstance(params, str):
+        if twice := sorted({p for p in params if list(params).count(p) > 1}):
+            raise CalibrationError(f"params: {', '.join(twice)} named more than once")
         unknown = [p for p in params if p not in defaults]
         if unknown:
             raise CalibrationError(
@@ -148,6 +151,42 @@ def free_params(generator: str, params=None) -> dict[str, tuple[float, float]]:
             )
         return {p: defaults[p] for p in params}
     raise CalibrationError("params: expected a list of keys or a {key: (lo, hi)} mapping")
+
+
+def _check_used(generator: str, keys: Sequence[str]) -> None:
+    """Refuse a parameter the generator never reads (the learned generator's with the paper
+    model, or the paper model's with the learned one): the fit could not move it, and its
+    interval would be the bounds given, which reads like a result."""
+    learned = generator == "learned"
+    fits = "generator.learned.*" if learned else "generator.* other than generator.learned.*"
+    unused = [
+        k for k in keys
+        if k.startswith("generator.") and k.startswith("generator.learned.") != learned
+    ]  # fmt: skip
+    if unused:
+        raise CalibrationError(
+            f"params: the {generator} generator does not use {', '.join(unused)}; "
+            f"fit {fits} or another section's keys"
+        )
+
+
+def check_columns(columns: Sequence[str] | None, present: Sequence[str], name: str) -> None:
+    """Refuse a `columns` list that names one twice, one that is not a fitted column (`cycle`,
+    another CSV column) or one not in the trajectory (whose columns are `present`): cheap, so
+    the command calls it before its run directory is made."""
+    if columns is None:
+        return
+    if not columns:
+        raise CalibrationError("--columns: no column named")
+    if twice := sorted({c for c in columns if list(columns).count(c) > 1}):
+        raise CalibrationError(f"--columns: {', '.join(twice)} named more than once")
+    if other := [c for c in columns if c not in KNOWN_COLUMNS]:
+        raise CalibrationError(
+            f"--columns: {', '.join(other)} is not a fitted column; choose from "
+            f"{', '.join(KNOWN_COLUMNS)}"
+        )
+    if missing := [c for c in columns if c not in present]:
+        raise CalibrationError(f"--columns: {', '.join(missing)} not in {name}")
 
 
 def parse_params(text: str, generator: str) -> dict[str, tuple[float, float]]:
@@ -159,6 +198,8 @@ def parse_params(text: str, generator: str) -> dict[str, tuple[float, float]]:
         if not item:
             continue
         key, _, bounds = (p.strip() for p in item.partition("="))
+        if key in out:
+            raise CalibrationError(f"--params: {key} named more than once")
         try:
             value = config_value(Config(), key)
         except AttributeError:
@@ -252,9 +293,8 @@ def calibrate(
     trials = DEFAULT_BUDGET[generator][0] if trials is None else trials
     max_nfev = DEFAULT_BUDGET[generator][1] if max_nfev is None else max_nfev
     obs = check_trajectory(trajectory)
+    check_columns(columns, list(obs.columns), "the trajectory")
     use = [c for c in (columns or KNOWN_COLUMNS) if c in obs.columns]
-    if columns is not None and (missing := [c for c in columns if c not in obs.columns]):
-        raise CalibrationError(f"columns: {', '.join(missing)} not in the trajectory")
     obs = obs[["cycle", *use]]
     obs = obs[obs[use].notna().any(axis=1)].reset_index(drop=True)
     means = dict(run_means or {})

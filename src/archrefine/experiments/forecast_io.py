@@ -102,6 +102,16 @@ def _from_directory(path: Path) -> Observed:
             f"{path}: a reproduce directory holds many conditions; forecast one run "
             "(archrefine run) or loop directory"
         )
+    if "point" in metrics.columns:  # its base config is none of the points'
+        raise ForecastError(
+            f"{path}: a sweep directory holds many points; forecast one of them "
+            f"({path / 'points'}/<point>)"
+        )
+    if not (path / "config.toml").is_file():  # the defaults would drive it, silently
+        raise ForecastError(
+            f"{path}: no config.toml, so not the run's schedule, k or population; forecast a "
+            "run or loop directory, or the metrics as a trajectory CSV (docs/forecast.md)"
+        )
     raw = _read_toml(path / "config.toml")
     real = any(k in raw for k in ("evaluate", "prompt", "novelty"))
     means = metrics.groupby("cycle").mean(numeric_only=True).reset_index()

@@ -14,7 +14,14 @@ import pandas as pd
 
 from archrefine.core.analysis import Phases
 from archrefine.core.config import Config, ConfigError
-from archrefine.core.store import atomic_write_text, close_run, open_run, write_json, write_parquet
+from archrefine.core.store import (
+    StoreError,
+    atomic_write_text,
+    close_run,
+    open_run,
+    write_json,
+    write_parquet,
+)
 from archrefine.experiments import intervene
 from archrefine.experiments.claims import (
     Claim,
@@ -160,8 +167,33 @@ def phases_found(claims: list[Claim] | list[dict]) -> bool | None:
     return None
 
 
+def check_figures(frame: pd.DataFrame, schedule_kind: str, name: str = "metrics.parquet") -> None:
+    """Refuse, before any figure is redrawn, metrics that lack what one of the four figures
+    draws (an experiment missing, or only conditions of names the figure does not know): a
+    StoreError naming the figure, the experiment and the conditions found."""
+    from archrefine.experiments.claims import SCHEDULE_KINDS, TOPK
+
+    exp, cond = phase_source(frame, schedule_kind)
+    needs = {
+        FIGURES[0]: ("trajectory", ["baseline"]),
+        FIGURES[1]: ("topk", [f"k={k}" for k in TOPK]),
+        FIGURES[2]: (exp, [cond]),
+        FIGURES[3]: ("schedules", list(SCHEDULE_KINDS)),
+    }
+    for figure, (experiment, known) in needs.items():
+        have = sorted(set(frame.condition[frame.experiment == experiment].astype(str)))
+        if not set(have) & set(known):
+            found = f"only conditions {', '.join(have)}" if have else "no rows"
+            want = " or ".join(known) if len(known) < 5 else f"{known[0]} … {known[-1]}"
+            raise StoreError(
+                f"{name}: {figure} needs the {experiment} experiment's condition {want}, and "
+                f"it has {found}; nothing was redrawn"
+            )
+
+
 def draw(out: Path, frame: pd.DataFrame, found: Phases, schedule_kind: str, **kw) -> None:
-    """Draw the four figures (see `drawing`, whose options `kw` are)."""
+    """Draw the four figures (see `drawing`, whose options `kw` are), after `check_figures`."""
+    check_figures(frame, schedule_kind, str(Path(out) / "metrics.parquet"))
     with drawing(out, frame, found, schedule_kind, **kw):
         pass
 
@@ -246,9 +278,8 @@ def check_plan(config: Config) -> None:
 
 def start(out: Path, config: Config, *, force: bool) -> float:
     check_plan(config)
-    open_run(
-        out, force=force, kind="reproduce", meta={"seed": config.seed, "trials": config.trials}
-    )
+    meta = {"seed": config.seed, "trials": config.trials}
+    open_run(out, force=force, kind="reproduce", meta=meta, fresh=True)
     atomic_write_text(out / "config.toml", config.to_toml())
     return time.time()
 

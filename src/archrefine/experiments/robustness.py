@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -70,23 +69,30 @@ class Settings:
     morris_trials: int | None = None  # None: min(trials, 30)
     levels: int = 4  # Morris grid levels
 
-    def validate(self) -> Settings:
-        if self.seeds < 1:
-            raise RobustnessError(f"--seeds: must be at least 1 (got {self.seeds})")
-        if self.trials < 1:
-            raise RobustnessError(f"--trials: must be at least 1 (got {self.trials})")
-        if not 0 <= self.perturb < 1:
-            raise RobustnessError(f"--perturb: must be in [0, 1) (got {self.perturb})")
-        if self.trajectories < 2:
-            raise RobustnessError(f"--trajectories: must be at least 2 (got {self.trajectories})")
-        if self.morris_trials is not None and self.morris_trials < 1:
-            raise RobustnessError(f"--morris-trials: must be at least 1 (got {self.morris_trials})")
-        known = free_parameters()
-        for p in self.params or ():
-            if p not in known:
-                raise RobustnessError(
-                    f"--param {p}: not a free parameter (one of {', '.join(known)})"
-                )
+    def validate(self, source: str | None = None) -> Settings:
+        """Refuse a wrong value, naming its option, or its key in `source` (a settings.json)."""
+
+        def refuse(name: str, why: str):
+            where = f"{source}: {name.replace('-', '_')}" if source else f"--{name}"
+            raise RobustnessError(f"{where}: {why}")
+
+        least = {"seeds": 1, "trials": 1, "trajectories": 2, "morris-trials": 1, "levels": 2}
+        for name, low in least.items():
+            if (v := getattr(self, name.replace("-", "_"))) is None and name == "morris-trials":
+                continue
+            if type(v) is not int or v < low:  # not a bool, a float or a string
+                kind = "" if type(v) is int else "an integer of "
+                refuse(name, f"must be {kind}at least {low} (got {v!r})")
+        if isinstance(p := self.perturb, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            refuse("perturb", f"must be in [0, 1) (got {p!r})")
+        params = self.params or ()
+        if not isinstance(params, tuple) or not all(isinstance(p, str) for p in params):
+            refuse("param", f"must be a list of parameter names (got {list(params)!r})")
+        if twice := sorted({p for p in params if params.count(p) > 1}):
+            refuse("param", f"{', '.join(map(str, twice))} named more than once")
+        for p in params:
+            if p not in (known := free_parameters()):
+                refuse(f"param {p}", f"not a free parameter (one of {', '.join(known)})")
         return self
 
     @property
@@ -320,13 +326,9 @@ def run_jobs(
         if on_job:
             on_job(job, "ran")
 
-    each_in_processes(
-        functools.partial(_timed, runner),
-        todo,
-        lambda job: job.config.model_dump_json(),
-        finish,
-        workers,
-    )
+    run = functools.partial(_timed, runner)
+    config = lambda job: job.config.model_dump_json()  # noqa: E731
+    each_in_processes(run, todo, config, finish, max(1, min(workers, len(todo))))  # none idle
     return results
 
 
@@ -348,6 +350,8 @@ def run_robustness(
     from archrefine.experiments.reproduce import check_plan
 
     settings.validate()
+    if workers is not None and (isinstance(workers, bool) or workers < 1):
+        raise RobustnessError(f"--workers: must be at least 1 (got {workers})")
     check_plan(base)
     out = Path(out)
     if resume:
@@ -358,13 +362,11 @@ def run_robustness(
     if on_plan:
         on_plan(len(jobs))
     meta = {"seed": base.seed, **asdict(settings), "jobs": len(jobs), "pid": os.getpid()}
-    open_run(out, force=force or resume, kind="robustness", meta=meta)
-    if force and not resume:
-        shutil.rmtree(out / "jobs", ignore_errors=True)
+    open_run(out, force=force or resume, kind="robustness", meta=meta, fresh=not resume)
     started = time.time()
     atomic_write_text(out / "config.toml", base.to_toml())
     write_json(out / "settings.json", asdict(settings))
-    n = workers or min(len(jobs), os.cpu_count() or 1)
+    n = min(workers or os.cpu_count() or 1, max(len(jobs), 1))
     results = run_jobs(out, jobs, workers=n, runner=runner, on_job=on_job)
     summary = report.aggregate(settings, jobs, results, info)
     write_json(out / "robustness.json", summary)
@@ -378,14 +380,18 @@ def run_robustness(
 
 
 def load_study(out: Path) -> tuple[Config, Settings]:
-    """The base config and settings a study directory was started with."""
-    out = Path(out)
+    """A study directory's base config and settings; errors name the file and the key."""
+    out, path = Path(out), Path(out) / "settings.json"
     try:
-        raw = json.loads((out / "settings.json").read_text())
-        base = load_config(out / "config.toml")
-        params = raw.get("params")
-        return base, Settings(**{**raw, "params": tuple(params) if params else None})
-    except (OSError, ValueError, TypeError, AttributeError):
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
         raise StoreError(
             f"{out}: no robustness study to resume (no readable settings.json)"
         ) from None
+    if not isinstance(raw, dict) or (other := set(raw) - set(Settings.__dataclass_fields__)):
+        why = f"unknown keys {', '.join(sorted(other))}" if isinstance(raw, dict) else "not a table"
+        raise StoreError(f"{path}: not a robustness study's settings ({why})")
+    params = raw.get("params") or None
+    settings = Settings(**{**raw, "params": tuple(params) if isinstance(params, list) else params})
+    settings.validate(str(path))
+    return load_config(out / "config.toml"), settings  # its errors name config.toml

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from archrefine.core.config import Config
+from archrefine.core.config import Config, ConfigError
 from archrefine.sim.loop import simulate
 
 Plan = dict[str, dict[str, dict]]  # experiment → condition → dotted overrides
@@ -46,7 +46,9 @@ def run_plan(
     unique: dict[str, Config] = {}
     for config in configs.values():
         unique.setdefault(config.model_dump_json(), config)
-    workers = workers or min(len(unique), os.cpu_count() or 1)
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers: {workers} is not at least 1")
+    workers = min(workers or os.cpu_count() or 1, len(unique))  # never more than the jobs
     results: dict[str, pd.DataFrame] = {}
     if workers <= 1:
         for key, config in unique.items():
@@ -96,7 +98,8 @@ def each_in_processes(
     import multiprocessing as mp
 
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method)) as pool:
+    context, workers = mp.get_context(method), min(workers, len(items))  # no idle processes
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         pending = {pool.submit(fn, arg(item)): item for item in items}
         try:
             while pending:

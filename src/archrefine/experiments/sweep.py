@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -231,7 +230,11 @@ def run_sweep(
     if not points:
         raise SweepError("a sweep needs at least one point")
     if backend == "ray":
-        _import_ray()  # missing Ray fails before the directory is made
+        from archrefine.sandbox.ray_backend import unreachable
+
+        _import_ray()  # missing Ray, or a cluster that does not answer, fails before the
+        if why := unreachable(address):  # directory is made
+            raise SweepError(f"--address {address}: cannot reach Ray ({why})")
     out_dir = Path(out_dir)
     if resume:
         saved = out_dir / "config.toml"
@@ -242,11 +245,7 @@ def run_sweep(
     for p in points:  # a point far too large for memory fails before anything is written
         check_memory(p.config)
     meta = {"seed": base.seed, "trials": base.trials, "backend": backend, "points": len(points)}
-    open_run(out_dir, force=force or resume, kind="sweep", meta=meta)
-    if force and not resume:
-        shutil.rmtree(out_dir / "points", ignore_errors=True)
-        for name in ("metrics.parquet", "sweep.png"):
-            (out_dir / name).unlink(missing_ok=True)
+    open_run(out_dir, force=force or resume, kind="sweep", meta=meta, fresh=not resume)
     started = time.time()
     atomic_write_text(out_dir / "config.toml", base.to_toml())
     grid: dict[str, list] = {}

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from archrefine.core.config import ConfigError
+from archrefine.core.config_base import read_text_file
 from archrefine.experiments.fitting import KNOWN_COLUMNS
 
 KHALID = resources.files("archrefine") / "data" / "khalid2026.csv"
@@ -28,6 +29,7 @@ class CalibrationError(ConfigError):
 
 
 MAX_CYCLES = 10_000  # the most cycles a loop may run (loop.cycles' bound)
+MAX_CSV_BYTES = 64 << 20  # far above MAX_CYCLES rows of every known column
 RUN_MEAN = "all"  # the cycle of a row that gives means over every cycle of the run
 
 
@@ -42,7 +44,9 @@ def read_trajectory(path: str | Path) -> tuple[pd.DataFrame, dict[str, float]]:
     cycles 1 to the file's last cycle}` (empty when the file has no `all` row)."""
     path = Path(str(path))
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a BOM (Notepad) is not in the header
+        # a regular file of bounded size (a FIFO would block, /dev/zero fill memory); a BOM
+        # (Notepad) is not in the header
+        text = read_text_file(path, encoding="utf-8-sig", limit=MAX_CSV_BYTES)
         _fields(text, str(path))
         frame = pd.read_csv(
             io.StringIO(text), comment="#", skip_blank_lines=True, dtype={"cycle": str}

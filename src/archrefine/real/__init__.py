@@ -13,7 +13,6 @@ used and a digest `--resume` checks (`real/trust.py`).
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,9 +33,6 @@ from archrefine.core.store import (
 from archrefine.real.config import RealConfig
 from archrefine.real.loop import Event, completed_cycles, run_loop
 from archrefine.real.text import GeneratorUnavailable, TextGenerator
-
-LOOP_STATE = ("state.json", "metrics.parquet", "generator", "candidates.sqlite",
-              "candidates.sqlite-wal", "candidates.sqlite-shm")  # fmt: skip
 
 __all__ = [
     "Event",
@@ -107,10 +103,14 @@ def start(
         return out
     # read (and checked) before anything is written
     text = template_text(config.prompt.template, references=config.prompt.references)
-    open_run(out, force=force, kind="loop", meta={"seed": config.seed, "isolation": level})
-    for name in LOOP_STATE:  # --force starts afresh: an old loop's state must not be resumed
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    from archrefine.sandbox.confine import seccomp_problem
+
+    meta = {
+        "seed": config.seed,
+        "isolation": level,
+        "syscall_filter": seccomp_problem() or "seccomp",
+    }
+    open_run(out, force=force, kind="loop", meta=meta, fresh=True)
     atomic_write_text(out / "config.toml", config.to_toml())
     atomic_write_text(out / TEMPLATE_FILE, text)
     trust.sign(out, level)

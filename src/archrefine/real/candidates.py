@@ -77,6 +77,7 @@ BATCH_ROWS, BATCH_CHARS = 10_000, 32_000_000
 """`export` streams rows a batch (one Parquet row group) at a time: so many rows, or about so
 many characters of prompts, replies and code, whichever comes first."""
 _KINDS = {"TEXT": str, "INTEGER": int, "REAL": float}
+_NAMES = {str: "text", int: "an integer", float: "a number"}
 _PANDAS = {_INT: "Int64", _REAL: "float64", _BOOL: "bool"}
 RECOVER = "sqlite3 {path} .recover | sqlite3 recovered.sqlite"
 
@@ -437,8 +438,22 @@ def _numeric(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _decode(row: tuple) -> dict[str, Any]:
+    """One stored row as a dict; a ValueError naming the row and column when a cell is not of
+    its column's type (SQLite keeps 'abc' in an INTEGER column as text), so that every reader
+    (export, report, cycle_rows) refuses it in one line instead of failing in Arrow or pandas."""
     rec = dict(zip(COLUMNS, row, strict=True))
+    for name, (decl, _) in COLUMNS.items():
+        value, want = rec[name], _KINDS[decl.split()[0]]
+        if value is None and "NOT NULL" not in decl:
+            continue
+        real = want is float and isinstance(value, int)  # a REAL column keeps integers exactly
+        if type(value) is not want and not real:
+            raise ValueError(f"row id {rec['id']!r}: {name} is {_short(value)}, not {_NAMES[want]}")
     rec["parent_ids"] = json.loads(rec["parent_ids"])
+    if not isinstance(rec["parent_ids"], list) or not all(
+        type(i) is int for i in rec["parent_ids"]
+    ):
+        raise ValueError(f"row id {rec['id']}: parent_ids is not a list of integers")
     if rec["params"] is not None:  # decimal text (an old file's migrated integers too)
         rec["params"] = int(rec["params"])
     rec["near_duplicate"], rec["selected"] = bool(rec["near_duplicate"]), bool(rec["selected"])
@@ -447,3 +462,9 @@ def _decode(row: tuple) -> dict[str, Any]:
 
 def _line(err: Exception) -> str:
     return " ".join(str(err).split())
+
+
+def _short(value: Any) -> str:
+    """A cell's value for a message: its repr, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

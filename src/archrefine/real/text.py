@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+from zipfile import BadZipFile
 
 import numpy as np
 
@@ -132,15 +133,30 @@ class LearnedTextGenerator:
     def save(self, directory: Path) -> None:
         """The model's checkpoint state (plain arrays, read back without pickle) and how many
         pairs it has learned from."""
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / "learned.npz", "wb") as f:
+        from archrefine.core.store import atomic_file, atomic_write_text
+
+        with atomic_file(directory / "learned.npz") as f:  # a kill never leaves half a file
             np.savez(f, **self.model.state())
-        (directory / "learned.json").write_text(json.dumps({"seen": self._seen}))
+        atomic_write_text(directory / "learned.json", json.dumps({"seen": self._seen}))
 
     def load(self, directory: Path) -> None:
-        with np.load(directory / "learned.npz", allow_pickle=False) as state:
-            self.model.load_state(dict(state))
-        self._seen = json.loads((directory / "learned.json").read_text())["seen"]
+        """Restore what `save` wrote; a missing or damaged file is a StoreError (one line)
+        naming it, never a traceback of the zip, JSON or torch reader."""
+        from archrefine.core.store import StoreError
+
+        path = directory / "learned.json"
+        try:
+            saved = json.loads(path.read_text())
+            seen = saved.get("seen") if isinstance(saved, dict) else None
+            if not isinstance(seen, int) or isinstance(seen, bool) or seen < 0:
+                raise ValueError('no count of pairs seen ("seen")')
+            path = directory / "learned.npz"
+            with np.load(path, allow_pickle=False) as state:
+                self.model.load_state(dict(state))
+        except (OSError, EOFError, ValueError, RuntimeError, BadZipFile) as err:
+            why = (str(err).splitlines() or [type(err).__name__])[0]
+            raise StoreError(f"{path}: not a readable generator state ({why})") from None
+        self._seen = seen
 
     def close(self) -> None:
         pass

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from archrefine.core.config import ConfigError
+from archrefine.core.store import StoreError, file_mode
 from archrefine.real.config import PromptConfig
 from archrefine.real.prompts import Reference, default_template, parse_template, prompt_room
 from archrefine.real.prompts import render_fitted as _render_fitted
@@ -231,16 +233,23 @@ def build_tiny_model(
     batch_size: int = 8,
     lr: float = 3e-3,
     on_step: Callable[[int, int, float], None] | None = None,
+    force: bool = False,
 ) -> Path:
     """Write a tiny GPT-2 and a byte-level BPE tokenizer trained on `corpus` (default: KNOWN's
     sources, valid variants and rendered prompts) to `directory`, loadable by `HFGenerator`.
 
     `steps=0` leaves the weights random (seconds: what the loop tests need); `steps > 0`
     trains on `examples(seed)` first (`on_step(step, steps, loss)` after each). Deterministic per
-    seed. The files are written beside `directory` and moved in one by one when all exist.
+    seed. The files are written beside `directory` and moved in one by one when all exist,
+    with the mode the umask gives (as `core.store`'s writers); none is left behind on failure.
+    `directory` is checked first (`check_directory`): a file, or a directory holding other
+    things than a tiny model unless `force`, is refused before any training.
     """
     if _MISSING is not None:
         raise GeneratorUnavailable(f"build_tiny_model needs archrefine[real]: {_MISSING}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ConfigError(f"--seed: must be an integer from 0 to 2**63 - 1 (got {seed!r})")
+    check_directory(Path(directory), force=force)
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -289,16 +298,48 @@ def build_tiny_model(
             losses = _train(model, tokenizer, seed, steps, batch_size, lr, on_step)
     partial = directory.with_name(f".{directory.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    tokenizer.save_pretrained(partial)
-    model.save_pretrained(partial)
-    if steps:
-        record = dict(seed=seed, steps=steps, batch_size=batch_size, lr=lr,
-                      max_new_tokens=TINY_MAX_NEW_TOKENS, first_loss=losses[0],
-                      last_loss=losses[-1], seconds=round(time.time() - began, 1))  # fmt: skip
-        (partial / "tiny.json").write_text(json.dumps(record, indent=1) + "\n")
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "tiny.json").unlink(missing_ok=True)  # an earlier build's record
-    for path in sorted(partial.iterdir()):
-        os.replace(path, directory / path.name)
-    partial.rmdir()
+    try:
+        tokenizer.save_pretrained(partial)
+        model.save_pretrained(partial)
+        if steps:
+            record = dict(seed=seed, steps=steps, batch_size=batch_size, lr=lr,
+                          max_new_tokens=TINY_MAX_NEW_TOKENS, first_loss=losses[0],
+                          last_loss=losses[-1], seconds=round(time.time() - began, 1))  # fmt: skip
+            (partial / "tiny.json").write_text(json.dumps(record, indent=1) + "\n")
+        for path in partial.iterdir():  # safetensors writes 0600 whatever the umask
+            os.chmod(path, file_mode())
+        check_directory(directory, force=force)  # again: it may have changed while training
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "tiny.json").unlink(missing_ok=True)  # an earlier build's record
+        for path in sorted(partial.iterdir()):
+            os.replace(path, directory / path.name)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return directory
+
+
+#: what a build writes (transformers versions differ in the tokenizer's files)
+MODEL_FILES = frozenset(
+    {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+     "tokenizer_config.json", "special_tokens_map.json", "tiny.json"}
+)  # fmt: skip
+
+
+def check_directory(directory: Path, *, force: bool = False) -> None:
+    """Refuse (a StoreError, one line) a `directory` that is a file, or a directory holding
+    anything but an earlier build's files (a run's results would be mixed with the model's)
+    unless `force`."""
+    try:
+        if directory.exists() and not directory.is_dir():
+            raise StoreError(f"{directory}: exists and is not a directory; choose another")
+        other = sorted(p.name for p in directory.iterdir() if p.name not in MODEL_FILES) if (
+            directory.is_dir()
+        ) else []  # fmt: skip
+    except OSError as err:
+        raise StoreError(f"{directory}: cannot hold the model ({err.strerror or err})") from None
+    if other and not force:
+        shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+        raise StoreError(
+            f"{directory}: not empty and not a tiny model (holds {shown}); choose another "
+            "directory or pass --force"
+        )

@@ -154,17 +154,32 @@ def start(tracking: TrackingConfig, track: str | None = None, *, warn: Warn = _s
 
 
 def for_directory(
-    directory: Path, uri: str | None = None, experiment: str | None = None, *, warn: Warn = _stderr
+    directory: Path,
+    uri: str | None = None,
+    experiment: str | None = None,
+    *,
+    warn: Warn = _stderr,
+    incomplete: bool = False,
 ) -> Tracker:
     """A tracker for logging an existing directory (`archrefine track DIR`): MLflow, at `uri`
-    and `experiment` if given, else at those of the directory's own `[tracking]` section."""
+    and `experiment` if given, else at those of the directory's own `[tracking]` section.
+    A directory whose run did not finish (interrupted, failed, still running) is refused in
+    one line unless `incomplete` (it is then logged as KILLED); so is an empty experiment."""
     from archrefine.core.config import validate_config
-    from archrefine.core.store import StoreError
+    from archrefine.core.store import StoreError, read_run
 
     directory = Path(directory)
     if not (directory / "run.json").is_file():
         raise StoreError(
             f"{directory}: no run.json (not a run, reproduce, sweep or loop directory)"
+        )
+    if experiment is not None and not experiment.strip():
+        raise ConfigError("--experiment: an empty name; name the MLflow experiment to log to")
+    status = read_run(directory).get("status")
+    if status != "complete" and not incomplete:
+        raise StoreError(
+            f"{directory}: its run did not finish (status {status!r}); finish it first (its "
+            "--resume), or pass --incomplete to log it as KILLED"
         )
     try:
         saved = tomllib.loads((directory / "config.toml").read_text()).get("tracking", {})
@@ -175,7 +190,7 @@ def for_directory(
     except ConfigError as err:
         raise ConfigError(f"{directory}/config.toml: tracking.{err}") from None
     chosen = {"backend": "mlflow", "uri": base.uri if uri is None else uri}
-    chosen["experiment"] = base.experiment if experiment is None else experiment
+    chosen["experiment"] = (base.experiment if experiment is None else experiment) or "archrefine"
     return start(TrackingConfig(**chosen), warn=warn)
 
 
@@ -188,6 +203,9 @@ def log_directory(
     try:
         with _quiet_mlflow():
             return _log(directory, uri, experiment or "archrefine")
+    except _Unreadable as err:  # the directory's own file, not MLflow: its files are not whole
+        warn(f"tracking: {directory} not logged to MLflow: {err}; repair or re-create it first")
+        return None
     except Exception as err:  # noqa: BLE001 - a tracking failure never fails the command
         warn(
             f"tracking: {directory} not logged to MLflow at {uri} ({_one_line(err)}); its files "
@@ -217,6 +235,18 @@ def _millis(stamp: Any) -> int | None:
         return int(datetime.fromisoformat(str(stamp)).timestamp() * 1000)
     except (TypeError, ValueError):
         return None
+
+
+class _Unreadable(Exception):
+    """One of the logged directory's own files cannot be read (not an MLflow failure)."""
+
+
+def _local(path: Path, read: Callable[[Path], Any]) -> Any:
+    """`read(path)` of a file of the directory; any failure is `_Unreadable` naming it."""
+    try:
+        return read(path)
+    except Exception as err:  # noqa: BLE001 - a damaged file fails in any reader's own way
+        raise _Unreadable(f"{path} cannot be read ({_one_line(err)})") from None
 
 
 def _parquet(path: Path) -> pd.DataFrame:
@@ -296,6 +326,9 @@ class _Session:
             self.client.log_batch(run_id, metrics=metrics[i : i + MAX_METRICS])
         return run_id
 
+    def cycles(self, frame: pd.DataFrame) -> list:
+        return _cycle_metrics(frame, self.stamp)
+
     def children(self, parent: str, frame: pd.DataFrame | None) -> list[str]:
         """One nested run per sweep point (its own config as params) or reproduce condition."""
         runs, nest = [], {"mlflow.parentRunId": parent}
@@ -303,13 +336,13 @@ class _Session:
             sweep = json.loads((self.directory / "sweep.json").read_text())
             for point in sweep.get("points", []):
                 where = self.directory / point["dir"]
-                metrics = _cycle_metrics(_parquet(where / "metrics.parquet"), self.stamp)
-                params = _read_config(where / "config.toml")
+                metrics = _local(where / "metrics.parquet", lambda p: self.cycles(_parquet(p)))
+                params = _local(where / "config.toml", _read_config)
                 runs.append(self.new_run(point["name"], params, metrics, **nest))
         elif frame is not None and set(GROUPS) <= set(frame.columns):
             for (exp, cond), sel in frame.groupby(list(GROUPS), sort=False):
                 params = {"experiment": str(exp), "condition": str(cond)}
-                metrics = _cycle_metrics(sel, self.stamp)
+                metrics = self.cycles(sel)
                 runs.append(self.new_run(f"{exp}/{cond}", params, metrics, **nest))
         return runs
 
@@ -325,14 +358,15 @@ class _Session:
 
 
 def _log(directory: Path, uri: str, experiment: str) -> str:
+    metrics_file = directory / "metrics.parquet"  # the directory's files, read before MLflow's
+    frame = _local(metrics_file, _parquet) if metrics_file.is_file() else None
+    params = _local(directory / "config.toml", _read_config)
     session = _Session(directory, uri, experiment)
-    metrics_file = directory / "metrics.parquet"
-    frame = _parquet(metrics_file) if metrics_file.is_file() else None
     nested = session.kind == "sweep" or (frame is not None and set(GROUPS) <= set(frame.columns))
-    own = _claim_metrics(directory / "claims.json", session.stamp)
+    own = _local(directory / "claims.json", lambda p: _claim_metrics(p, session.stamp))
     if frame is not None and not nested:
-        own += _cycle_metrics(frame, session.stamp)
-    parent = session.new_run(directory.name, _read_config(directory / "config.toml"), own)
+        own += _local(metrics_file, lambda _: session.cycles(frame))
+    parent = session.new_run(directory.name, params, own)
     try:
         runs = [*session.children(parent, frame), parent]
         session.artifacts(parent)

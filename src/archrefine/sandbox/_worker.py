@@ -44,6 +44,7 @@ from _worker_os import (  # the sibling file, bound next to this one
     _safe_json,
     _snapshot,
     _work_full,
+    job_filters,
     remove_tree,
 )
 
@@ -187,7 +188,8 @@ def _classify(exc: BaseException, stage: str) -> tuple[str, str]:
             return "forbidden", f"forbidden: process limit reached ({msg})"
         if code == errno.EMFILE:
             return "forbidden", "forbidden: open-file limit reached"
-        net = (errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL)
+        net = (errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL,
+               errno.EAFNOSUPPORT)  # the last: a socket the seccomp filter refused  # fmt: skip
         if isinstance(exc, ConnectionError) or code in net or "gaierror" in name:
             return "forbidden", f"forbidden: network unavailable in sandbox ({msg})"
         if code in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -353,6 +355,9 @@ def _child(job: dict, workdir: str, wfd: int, vm_bytes: int, cpu: int) -> None:
         (resource.RLIMIT_NPROC, (tasks, tasks)),
     ):
         resource.setrlimit(lim, value)
+    no_exec = job.get("audit", True) and job.get("device") != "cuda"  # (CUDA not checked so)
+    if (rules := FILTERS.get("no_exec" if no_exec else "plain")) is not None:
+        rules.load()  # the seccomp filter: this process and all it starts (`job_filters`)
     result: dict = {"status": "crashed", "reason": "crashed: evaluation did not finish"}
     _evaluate(job, result)
     if os.getpid() == me:  # processes forked by the candidate report nothing
@@ -490,6 +495,7 @@ def _parse_result(raw: bytes, status: int, cpu: int, used: float = 0.0) -> dict:
 CONFIG: dict = {}
 BASELINE: dict = {}
 FLAGS: list = [False, False, None]  # private work tmpfs, private ipc, mqueue mount
+FILTERS: dict = {}  # the jobs' seccomp filters, "plain" and "no_exec" (none without libseccomp)
 
 
 def main() -> None:
@@ -503,6 +509,8 @@ def main() -> None:
     if os.getuid() == 0 and cfg.get("cover") is not None:
         _private_view(cfg)
     _warm_up(bool(cfg.get("gpu")))
+    filters, no_filter = job_filters()  # libseccomp is found now, while the system is readable
+    FILTERS.update(filters)
     if os.getuid() == 0 and cfg.get("uid") is not None:
         if cfg.get("unshare_net"):  # CLONE_NEWNET, best effort: a loopback that is down, only
             _libc.unshare(0x40000000)
@@ -526,7 +534,8 @@ def main() -> None:
     FLAGS[:] = [bool(cfg.get("private_work")), bool(cfg.get("private_ipc")), cfg.get("mqueue")]
     BASELINE["state"] = _snapshot(workroot, *FLAGS)
     out = sys.stdout
-    out.write(json.dumps({"ready": True, "uid": os.getuid(), "vm_mb": vm_bytes >> 20}) + "\n")
+    hello = {"ready": True, "uid": os.getuid(), "vm_mb": vm_bytes >> 20, "filter": no_filter}
+    out.write(json.dumps(hello) + "\n")
     out.flush()
     gc.freeze()  # children then leave the warm heap alone: fewer copy-on-write faults per fork
     base_tasks = _count_my_tasks()  # once: scanning a host's /proc per job costs ~5 ms

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import re
 import resource
 import signal
+import socket
 import stat
 import time
 
@@ -155,10 +157,11 @@ def _snapshot(
     workroot: str, private_work: bool, private_ipc: bool, mqueue: str | None = None
 ) -> tuple:
     """What a job could have changed in this zygote or left for the next job, in one value:
-    our rlimits, niceness, CPU affinity, scheduling attributes and I/O priority, our uid's kernel
-    keys, parent and directory, the work root's owner, mode and (on its private tmpfs, and
-    /tmp's) inode and block counts, System V IPC objects, sockets (a private ipc and network
-    namespace) and POSIX message queues (its mqueue fs mounted at `mqueue`)."""
+    our rlimits, niceness (also our session's autogroup's, which a process a job starts may
+    set, and every later job shares), CPU affinity, scheduling attributes and I/O priority,
+    our uid's kernel keys, parent and directory, the work root's owner, mode and (on its
+    private tmpfs, and /tmp's) inode and block counts, System V IPC objects, sockets (a private
+    ipc and network namespace) and POSIX message queues (its mqueue fs mounted at `mqueue`)."""
     limits = tuple(
         resource.getrlimit(getattr(resource, n)) for n in sorted(dir(resource))
         if n.startswith("RLIMIT_")
@@ -194,8 +197,55 @@ def _snapshot(
         _sched_attr(),  # the rest of it (sched_setattr): slice, utilisation clamps, flags
         _ioprio(),
         _my_keys(),
+        _autogroup(),
     )
     return limits, me, os.getppid(), os.getcwd(), work, ipc
+
+
+CLONE_NEW = (0x20000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
+"""CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET: a job makes no namespace."""
+
+
+def job_filters() -> tuple[dict, str]:
+    """Seccomp filters for jobs (libseccomp, through pyseccomp), built once here and loaded by
+    each job's process (`load_filter`); every process it starts, also through exec, keeps it.
+    Socket buffers are kernel memory that the memory cgroup does not charge (cgroup v1 counts
+    TCP only with its own limit, UDP and netlink not at all), so a job of `memory_mb` 64 held
+    1.7 GB in netlink sockets, reached by exec'ing a fresh interpreter, which the audit hook
+    does not follow. So, for every job: sockets of no family but AF_UNIX (whose buffers the
+    cgroup charges), no io_uring (which makes sockets without `socket`), no namespaces (a user
+    and network namespace of its own would give raw sockets), no bpf, perf_event_open or
+    userfaultfd. With the audit policy on CPU jobs also no exec: the policy refuses every new
+    program, and a fresh interpreter has no policy. Returns ({"plain": filter, "no_exec":
+    filter}, "") or ({}, why not)."""
+    try:
+        import pyseccomp as sc
+    except (ImportError, RuntimeError, OSError) as exc:  # pyseccomp raises if no libseccomp
+        return {}, f"no seccomp filter: {type(exc).__name__}: {exc}"
+    eperm, enosys = sc.ERRNO(errno.EPERM), sc.ERRNO(errno.ENOSYS)
+    rules = [(sc.ERRNO(errno.EAFNOSUPPORT), call, sc.Arg(0, sc.NE, socket.AF_UNIX))
+             for call in ("socket", "socketpair")]  # fmt: skip
+    rules += [(enosys, call) for call in ("io_uring_setup", "io_uring_enter", "io_uring_register")]
+    rules += [(eperm, call) for call in ("unshare", "setns", "bpf", "perf_event_open")]
+    rules += [(eperm, "userfaultfd"), (enosys, "clone3")]  # clone3: glibc falls back to clone
+    if os.uname().machine in ("x86_64", "aarch64"):  # where clone's flags are its first argument
+        rules += [(eperm, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag)) for flag in CLONE_NEW]
+    filters, no_exec = {}, [(eperm, "execve"), (eperm, "execveat")]
+    try:
+        for kind, extra in (("plain", []), ("no_exec", no_exec)):
+            filters[kind] = sc.SyscallFilter(sc.ALLOW)
+            for action, call, *args in rules + extra:
+                filters[kind].add_rule(action, call, *args)
+    except (OSError, RuntimeError, ValueError) as exc:  # a call this libseccomp does not know
+        return {}, f"no seccomp filter: {type(exc).__name__}: {exc}"
+    return filters, ""
+
+
+def _autogroup() -> str:
+    """Our session's autogroup and its niceness (`/autogroup-12 nice 0`), "" without them."""
+    with contextlib.suppress(OSError), open("/proc/self/autogroup") as f:
+        return f.read(200)
+    return ""
 
 
 SCHED_GETATTR = {"x86_64": 315, "aarch64": 275, "i686": 352, "ppc64le": 356, "s390x": 346}

@@ -39,6 +39,7 @@ DATA_PACKAGES = frozenset(
     str.split("sklearn scikit_learn nas_bench_graph torchvision datasets tensorflow_datasets keras")
 )
 ROOTS = ("torch", "numpy")  # what a candidate may import besides the standard library
+HARNESS = ("pyseccomp",)  # what the worker itself imports besides (the jobs' seccomp filter)
 SYSTEM_HIDDEN = ("/usr/share", "/usr/local/share", "/usr/src", "/usr/games")
 
 
@@ -58,9 +59,10 @@ def _wanted(requirement: str) -> str | None:
 @functools.cache
 def allowed_entries() -> dict[str, frozenset[str]]:
     """site directory -> top-level names (packages, modules, `.libs`) of torch, numpy and what
-    they require, transitively; computed from the installed distributions' file lists."""
+    they require, transitively, and of the worker's own `HARNESS`; computed from the installed
+    distributions' file lists."""
     seen: set[str] = set()
-    todo = list(ROOTS)
+    todo = [*ROOTS, *HARNESS]
     found: dict[str, set[str]] = {}
     while todo:
         name = todo.pop()
@@ -300,6 +302,15 @@ def sweep_stale(parent: str) -> None:
             if match and not os.path.exists(f"/proc/{match.group(1)}"):
                 with contextlib.suppress(OSError):
                     os.rmdir(os.path.join(parent, name))
+
+
+@functools.cache
+def seccomp_problem() -> str:
+    """Why jobs would run without their seccomp filter here ("" when they will not): the
+    worker builds it with pyseccomp over libseccomp2 (`_worker_os.job_filters`)."""
+    from archrefine.sandbox._worker_os import job_filters
+
+    return job_filters()[1]
 
 
 def cgroup_problem() -> str:

@@ -236,3 +236,15 @@ def warn_fallback(why: str) -> None:
         SandboxWarning,
         stacklevel=4,
     )
+
+
+@functools.cache
+def warn_unfiltered(why: str) -> None:
+    """Say once per process, on stderr, that jobs run without the seccomp filter, and why."""
+    warnings.warn(
+        f"archrefine sandbox: jobs run without a system-call filter ({why}); a job's socket "
+        "buffers then escape its memory limit; pip install pyseccomp and have libseccomp2 "
+        "(docs/sandbox.md)",
+        SandboxWarning,
+        stacklevel=4,
+    )

@@ -53,6 +53,7 @@ from archrefine.sandbox.jobs import (
     one_line,
     parse_reply,
     resolve_isolation,
+    warn_unfiltered,
 )
 
 MAX_SOURCE = 1 << 20  # characters of candidate source accepted
@@ -225,6 +226,7 @@ class SandboxPool:
         if gpus and not self.devices:
             raise SandboxError("gpus: no NVIDIA device nodes (/dev/nvidia0, ...) on this machine")
         self.isolation = self.mode + ("+audit" if audit else "")
+        self.syscall_filter = ""  # "seccomp" once a worker runs, or why its jobs have none
         # "cgroup": memory_mb caps each job as a whole; "process": each of its processes
         problem = confine.cgroup_problem()
         self.memory_scope = "process" if problem else "cgroup"
@@ -423,8 +425,16 @@ class SandboxPool:
                 reply = {"status": "crashed", "reason": why, "dirty": True}
             if not w.ready:
                 w.ready = reply.get("ready") is True
+                self._filtered(reply.get("filter"))
             elif w.job:
                 self._finish(w, results, reply)
+
+    def _filtered(self, why: object) -> None:
+        """Note whether the worker's jobs run under the seccomp filter (`_worker_os.
+        job_filters`); warn once where they do not."""
+        self.syscall_filter = "seccomp" if why == "" else f"none ({str(why)[:200]})"
+        if why != "":
+            warn_unfiltered(str(why)[:200])
 
     def _finish(self, w: _Worker, results: list, reply: dict, kill: bool = False) -> None:
         job, w.job = w.job, None

@@ -13,6 +13,7 @@ of training, which is what this backend is for; on one machine the warm `Sandbox
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,6 +62,8 @@ class RayEvaluator:
             ) from None
         self._ray, self._started = ray, False
         if not ray.is_initialized():
+            if why := unreachable(address):
+                raise SandboxError(f"cannot reach Ray at {address}: {why}")
             try:
                 ray.init(
                     address=address or None,
@@ -113,3 +116,17 @@ class RayEvaluator:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def unreachable(address: str | None, timeout_s: float = 5.0) -> str:
+    """Why a Ray address that names a host and port does not answer within `timeout_s` (""
+    where it does, or names none: `auto`, a local instance). `ray.init` waits for such an
+    address for minutes: `sweep --address bogus:1` was still waiting after 100 s."""
+    host, sep, port = (address or "").split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return ""
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as err:  # no such host, refused, timed out
+        return str(err.strerror or err) if not isinstance(err, TimeoutError) else "timed out"
+    return ""

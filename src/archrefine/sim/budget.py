@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from archrefine.core.config import Config, ConfigError
+from archrefine.sim.landscapes import too_large
 
 METRIC_COLUMNS = 11  # trial, cycle, validity, novelty, diversity, fitness, best, rate, pool, ...
 TOKEN_BYTES = 2  # int16
@@ -46,14 +47,19 @@ def machine_bytes() -> int | None:
 
 
 def check_memory(config: Config, available: int | None = None) -> None:
-    """Refuse (ConfigError, one line) a config whose estimate exceeds the machine's memory."""
+    """Refuse (ConfigError, one line) a config whose estimate exceeds the machine's memory, or
+    whose NK fitness tables would be larger than `landscapes.MAX_CELLS`."""
     need = estimate_bytes(config)
     have = machine_bytes() if available is None else available
-    if have is None or need <= have:
-        return
-    gib = 2**30
-    raise ConfigError(
-        f"trials={config.trials} × loop.cycles={config.loop.cycles} needs at least "
-        f"{need / gib:.1f} GiB of memory (novelty archive and metrics), more than this "
-        f"machine's {have / gib:.1f} GiB: lower trials or loop.cycles"
-    )
+    if have is not None and need > have:
+        gib = 2**30
+        raise ConfigError(
+            f"trials={config.trials} × loop.cycles={config.loop.cycles} needs at least "
+            f"{need / gib:.1f} GiB of memory (novelty archive and metrics), more than this "
+            f"machine's {have / gib:.1f} GiB: lower trials or loop.cycles"
+        )
+    space, fitness = config.space, config.fitness
+    if fitness.kind == "nk" or (fitness.kind == "auto" and space.kind != "nasbench-graph"):
+        d, v = (space.length, space.vocab) if space.kind == "abstract" else (15, 30)
+        if problem := too_large(config.trials, d, v, fitness.k):
+            raise ConfigError(problem)

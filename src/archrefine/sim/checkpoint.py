@@ -24,6 +24,7 @@ replays exactly the same draws, before the saved state overwrites what the cycle
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -117,12 +118,11 @@ class Checkpoint:
         for key in records[0] if records else ():
             arrays[f"records/{key}"] = np.stack([r[key] for r in records])
         arrays |= {k: v for k, v in cap.arrays.items() if k.startswith("generator/")}
-        blobs = [np.ascontiguousarray(a) for a in arrays.values()]
-        header = cap.header | {
-            "arrays": [[k, b.dtype.str, b.shape] for k, b in zip(arrays, blobs, strict=True)]
-        }
+        blobs = [np.ascontiguousarray(a).tobytes() for a in arrays.values()]
+        header = cap.header | {"arrays": [[k, a.dtype.str, a.shape] for k, a in arrays.items()]}
+        header["digest"] = _digest(header, blobs)
         text = json.dumps(header).encode()
-        parts = [MAGIC, len(text).to_bytes(8, "little"), text, *(b.tobytes() for b in blobs)]
+        parts = [MAGIC, len(text).to_bytes(8, "little"), text, *blobs]
         atomic_write_bytes(self.path, b"".join(parts))
 
     def completed(self) -> int:
@@ -173,7 +173,7 @@ class Checkpoint:
             if not isinstance(header, dict):
                 raise ValueError("no header")
             at += size
-            found = {}
+            found, blobs = {}, []
             for name, dtype, shape in header["arrays"]:
                 kind = np.dtype(dtype)
                 if kind.hasobject:
@@ -181,6 +181,7 @@ class Checkpoint:
                 n = kind.itemsize * int(np.prod(shape))
                 if at + n > len(data):
                     raise ValueError("truncated")
+                blobs.append(data[at : at + n])
                 if arrays:
                     found[name] = np.frombuffer(data[at : at + n], kind).reshape(shape).copy()
                 at += n
@@ -190,11 +191,23 @@ class Checkpoint:
             if missing:
                 raise ValueError(f"header lacks {', '.join(sorted(missing))}")
             _check_cycle(header)
+            saved = header.pop("digest", None)  # (none in checkpoints written before it)
+            if saved is not None and saved != _digest(header, blobs):
+                raise ValueError("damaged: its bytes do not match the digest written with them")
         except FileNotFoundError:
             raise CheckpointError(f"{self.path}: no such file") from None
         except _BROKEN as err:
             raise CheckpointError(f"{self.path}: not a readable checkpoint ({_why(err)})") from None
         return header, found
+
+
+def _digest(header: dict, blobs: list) -> str:
+    """BLAKE2b of the header (every key but the digest, in a canonical form) and the arrays'
+    bytes: a flipped bit anywhere, which a resume would otherwise read as a state, is found."""
+    h = hashlib.blake2b(json.dumps(header, sort_keys=True).encode(), digest_size=16)
+    for blob in blobs:
+        h.update(blob)
+    return h.hexdigest()
 
 
 _now = time.monotonic  # a module attribute, so a test can run the clock

@@ -15,12 +15,8 @@ class NKLandscape:
     """Per-trial NK tables `(trials, d, V**(K+1))`, evaluated for whole batches at once."""
 
     def __init__(self, trials: int, length: int, vocab: int, k: int, rng: np.random.Generator):
-        cells = trials * length * vocab ** (k + 1)
-        if cells > 200_000_000:
-            raise ValueError(
-                f"fitness.k: {k} needs {cells:,} table entries for {trials} trials; "
-                "use a smaller k or fewer trials"
-            )
+        if problem := too_large(trials, length, vocab, k):
+            raise ValueError(problem)
         self.k, self.vocab, self.length = k, vocab, length
         self.tables = rng.random((trials, length, vocab ** (k + 1)), dtype=np.float32)
 
@@ -35,3 +31,17 @@ class NKLandscape:
         for j in range(1, self.k + 1):
             index += np.roll(seqs, -j, axis=2).astype(np.int32) * self.vocab**j
         return np.take(self.tables.reshape(-1), index).mean(axis=2, dtype=np.float64)
+
+
+MAX_CELLS = 200_000_000  # NK table entries (float32: 800 MB) a run may draw
+
+
+def too_large(trials: int, length: int, vocab: int, k: int) -> str:
+    """Why NK tables of this size are refused ("" where they are not)."""
+    cells = trials * length * vocab ** (k + 1)
+    if cells <= MAX_CELLS:
+        return ""
+    return (
+        f"fitness.k={k} with trials={trials} needs {cells:,} NK table entries, over "
+        f"{MAX_CELLS:,}: use a smaller k or fewer trials"
+    )

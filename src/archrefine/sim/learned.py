@@ -188,7 +188,17 @@ class LearnedGenerator:
 
     @torch.no_grad()
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        """Restore what `state` returned (the same config and trials)."""
+        """Restore what `state` returned (the same config and trials); a ValueError naming the
+        array when one is missing or of another shape or kind (a damaged or foreign state)."""
+        own = self.state()
+        for key, want in own.items():
+            got = state.get(key)
+            if got is None:
+                raise ValueError(f"no array {key!r}")
+            fixed = (want.shape[:1] + want.shape[2:]) if key == "data" else want.shape
+            shape = (got.shape[:1] + got.shape[2:]) if key == "data" else got.shape  # it grows
+            if got.ndim != want.ndim or shape != fixed or got.dtype.kind != want.dtype.kind:
+                raise ValueError(f"array {key!r} does not fit this config")
 
         def tensor(key: str) -> torch.Tensor:
             return torch.from_numpy(np.array(state[key]))

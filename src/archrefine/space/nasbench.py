@@ -22,19 +22,11 @@ from typing import Literal
 
 import numpy as np
 
+from archrefine.core.config import NASBENCH_DATASETS
+
 __all__ = ["DATASETS", "INPUTS", "LENGTH", "NODES", "OPS", "TOKENS", "NasBenchGraph"]
 
-DATASETS = (
-    "cora",
-    "citeseer",
-    "pubmed",
-    "cs",
-    "physics",
-    "photo",
-    "computers",
-    "arxiv",
-    "proteins",
-)
+DATASETS = NASBENCH_DATASETS
 """Dataset names the wheel ships measurements for (files `light/<name>.bench`)."""
 
 NODES = 4
