@@ -243,8 +243,8 @@ def versus_deap(trials: int, tmp: str) -> list[str]:
         "start": "interpreter start-up and exit",
         "imports": "imports (CLI, config, numpy, the simulator; not pandas), run directory, "
         "helpers forked",
-        "simulate": "`simulate` (numba loaded by a background thread; fitness and novelty on a "
-        "second thread)",
+        "simulate": "`simulate` (numba's kernels loaded before the first cycle; fitness and "
+        "novelty on a second thread)",
         "metrics": "metrics.parquet",
         "figure": "trajectory.png (the helper draws it: the wait for it)",
         "close": "run.json",

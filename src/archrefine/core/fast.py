@@ -37,25 +37,15 @@ def loaded() -> bool:
 
 def kernels() -> SimpleNamespace | None:
     """The compiled kernels, or None without numba. The first call costs numba's import and
-    start-up (~0.5 s of CPU on the 2-core Xeon, docs/performance.md), so callers load them only
-    for work that repays it (`archrefine.core.knn.choose`), or ahead, beside other work
-    (`preload`)."""
+    start-up (~0.3 s on the 2-core AMD EPYC, docs/performance.md), so callers load them only
+    for work that repays it (`archrefine.core.knn.choose`, `knn.preload`)."""
     if not _LOADED:
         if not available():
             return None
-        with _LOCK:  # one load, also when `preload`'s thread and a caller ask at once
+        with _LOCK:  # one load, also when two threads ask at once
             if not _LOADED:
                 _LOADED.append(_warm(_build(_import_numba())))
     return _LOADED[0]
-
-
-def preload() -> None:
-    """Load the kernels in a background thread, for a run that will need them: numba's import
-    and the loading of each cached kernel then run while the caller's numpy work (which releases
-    the GIL) goes on, instead of stopping the loop when its first large kNN comes. Nothing
-    waits for it; `loaded()` turns true when it is done, and results never depend on when."""
-    if not _LOADED and available():
-        threading.Thread(target=kernels, name="archrefine-numba", daemon=True).start()
 
 
 def _import_numba():

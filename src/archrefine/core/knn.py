@@ -110,15 +110,18 @@ def choose(seqs: np.ndarray, archive: np.ndarray) -> str:
 
 
 def preload(trials: int, queries: int, rows: int, vocab: int) -> None:
-    """Start loading numba in the background (`fast.preload`) when `auto` will pick it for
-    `trials` × `queries` against up to `rows` archive rows of tokens < `vocab`: the simulator
-    calls this before its first cycle, so the load overlaps the early cycles, which `auto`
-    leaves to numpy or faiss until the archive has grown."""
+    """Load numba's kernels now (`fast.kernels`) when `auto` will pick them for `trials` ×
+    `queries` against up to `rows` archive rows of tokens < `vocab`: the simulator calls this
+    before its first cycle, so every cycle runs the compiled proposal, sampling and kNN. Loading
+    them in a background thread beside the first cycles instead cost more than it hid: those
+    cycles ran numpy's slower twins (4× the time at 1000 trials) while the load's Python held
+    the GIL, and `archrefine run` took 1.54 s against 1.29 s loading first (medians of 5 on 2
+    cores, docs/performance.md)."""
     if fast.loaded() or vocab > 256 or trials * queries * rows < NUMBA_PAIRS:
         return
     if queries * rows >= PARALLEL and has_faiss():  # `choose` keeps such calls on faiss
         return
-    fast.preload()
+    fast.kernels()
 
 
 @functools.cache
