@@ -326,9 +326,8 @@ def run_jobs(
         if on_job:
             on_job(job, "ran")
 
-    run = functools.partial(_timed, runner)
-    config = lambda job: job.config.model_dump_json()  # noqa: E731
-    each_in_processes(run, todo, config, finish, max(1, min(workers, len(todo))))  # none idle
+    run = functools.partial(_timed, runner)  # in at most `workers` processes, and no more than jobs
+    each_in_processes(run, todo, lambda job: job.config.model_dump_json(), finish, workers)
     return results
 
 
