@@ -140,12 +140,16 @@ def test_robustness_refuses_fewer_than_one_worker(tmp_path, workers):
 
 
 def test_robustness_never_starts_more_processes_than_jobs(tmp_path, monkeypatch):
-    asked = []
-    monkeypatch.setattr(rb, "each_in_processes", lambda *a: asked.append(a[-1]))
+    from test_rough_edges_round17 import InlinePool
+
+    from archrefine.experiments import runner
+
+    monkeypatch.setattr(InlinePool, "asked", [])
+    monkeypatch.setattr(runner, "ProcessPoolExecutor", InlinePool)
     settings = rb.Settings(seeds=2, trials=2, perturb=0, trajectories=2)
     jobs, _ = rb.plan(Config().with_overrides({"loop.cycles": 4}), settings)
-    rb.run_jobs(tmp_path, jobs, workers=100_000)
-    assert asked == [len(jobs)] == [2]
+    rb.run_jobs(tmp_path, jobs, workers=100_000, runner=lambda config_json: [])
+    assert InlinePool.asked == [len(jobs)] == [2]
 
 
 @pytest.fixture

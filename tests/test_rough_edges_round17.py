@@ -40,31 +40,36 @@ def test_reproduce_refuses_fewer_than_one_worker(tmp_path, workers) -> None:
     assert not out.exists()
 
 
+class InlinePool:
+    """A stand-in for `ProcessPoolExecutor` that records the size asked for (`asked`) and runs
+    each job here, so a test sees how many processes a caller would start."""
+
+    asked: list[int] = []
+
+    def __init__(self, max_workers, **kwargs):
+        InlinePool.asked.append(max_workers)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        done = Future()
+        done.set_result(fn(*args))
+        return done
+
+
 def test_no_more_processes_than_jobs_however_many_workers_are_asked(monkeypatch) -> None:
-    asked = []
-
-    class Pool:  # records the size asked for, runs nothing in other processes
-        def __init__(self, max_workers, **kwargs):
-            asked.append(max_workers)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def submit(self, fn, *args):
-            from concurrent.futures import Future
-
-            done = Future()
-            done.set_result(fn(*args))
-            return done
-
-    monkeypatch.setattr(runner, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(InlinePool, "asked", [])
+    monkeypatch.setattr(runner, "ProcessPoolExecutor", InlinePool)
     base = Config().with_overrides({"trials": 2, "loop.cycles": 2})
     plan = {"e": {"a": {"loop.top_k": 2}, "b": {"loop.top_k": 3}}}
     frame = runner.run_plan(base, plan, workers=100_000)
-    assert asked == [2] and set(frame["condition"]) == {"a", "b"}
+    assert InlinePool.asked == [2] and set(frame["condition"]) == {"a", "b"}
     with pytest.raises(ValueError, match="at least 1"):
         runner.run_plan(base, plan, workers=0)
 
