@@ -12,11 +12,12 @@
   that each time the peer afresh (the peer's own speed drifts with the machine). Both the default
   `run` (config.toml, metrics.parquet, checkpoint.bin, trajectory.png, report.html) and
   `run --no-figures` (no figure, no report.html) are timed; the DEAP peer writes no file.
-  `archrefine run` runs once untimed first, so numba's compiled kernels are in their on-disk
-  cache (as for any run after the first on a machine).
+  The kernels' ahead-of-time module (`core/aot.py`) is built first and `archrefine run` runs
+  once untimed, so the kernels are compiled and on disk (as for any run after the first on a
+  machine).
 * Where a default `run`'s time goes, stage by stage, in one process (`_stages.py`), and
-  `simulate` called twice in a fresh process, with and without numba (CPU seconds): what the
-  first call costs beyond the loop.
+  `simulate` called twice in a fresh process, with the ahead-of-time kernels, numba's JIT and
+  no numba (CPU seconds): what the first call costs beyond the loop.
 * `archrefine --help` start-up (median of 5), `archrefine reproduce` at 100 trials (wall; peak
   RSS of the largest single process of its tree, from the kernel's `ru_maxrss`, and the peaks of
   the tree's summed RSS and summed PSS, sampled from /proc every 50 ms) and `archrefine run` at
@@ -46,6 +47,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _results import RESULTS, machine, update_results  # noqa: E402
+
+from archrefine.core import fast  # noqa: E402
 
 
 def tree_rss(root: int) -> tuple[int, int, dict[int, int]]:
@@ -174,12 +177,15 @@ print(json.dumps(spent))
 """
 
 
-def first_and_second(trials: int, archive: str, numba: bool) -> list[float]:
+SWITCHES = {"aot": {}, "jit": {"ARCHREFINE_NO_AOT": "1"}, "numpy": {"ARCHREFINE_NO_NUMBA": "1"}}
+
+
+def first_and_second(trials: int, archive: str, kernels: str) -> list[float]:
     """CPU seconds of `simulate` called twice in one fresh process: the first call pays for
-    numba's import and kernel load and first touches of memory, the second is the loop alone."""
-    env = {k: v for k, v in os.environ.items() if k != "ARCHREFINE_NO_NUMBA"}
-    if not numba:
-        env["ARCHREFINE_NO_NUMBA"] = "1"
+    loading the kernels (`kernels`: the ahead-of-time module, numba's JIT from its cache, or
+    none) and first touches of memory, the second is the loop alone."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHREFINE_NO_")}
+    env.update(SWITCHES[kernels])
     cmd = [sys.executable, "-c", FIRST_AND_SECOND, str(trials), archive]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -193,7 +199,8 @@ def ratio_range(blocks: list[tuple[dict[str, Any], ...]], i: int) -> str:
 
 def versus_deap(trials: int, tmp: str) -> list[str]:
     candidates = trials * 22 * 50
-    timed(run_cmd(f"{tmp}/warm", trials, "selected"))  # numba's cache, the OS's file cache
+    fast.build_ahead()  # the kernels' module (core/aot.py), as after any earlier run
+    timed(run_cmd(f"{tmp}/warm", trials, "selected"))  # the OS's file cache
     fixed = []
 
     def rate(t: dict[str, float]) -> str:
@@ -236,8 +243,7 @@ def versus_deap(trials: int, tmp: str) -> list[str]:
             f"{rate(bare)} | {ratio(peer, bare)} {ratios[1]} | "
             f"{max(b[1]['rss'] for b in blocks):.0f} MB |"
         )
-        fixed.append((archive, first_and_second(trials, archive, True),
-                      first_and_second(trials, archive, False)))  # fmt: skip
+        fixed.append((archive, *(first_and_second(trials, archive, k) for k in SWITCHES)))
     steps = stages(trials, "selected", f"{tmp}/stages")
     names = {
         "start": "interpreter start-up and exit",
@@ -268,12 +274,13 @@ def versus_deap(trials: int, tmp: str) -> list[str]:
         f"{steps['total']['cpu'] + steps['helper']['cpu']:.2f} s |",
         "",
         "`simulate` called twice in one fresh process, CPU seconds of the first call / the "
-        "second (the loop alone, candidates per CPU-second), with numba and with "
-        "`ARCHREFINE_NO_NUMBA=1`: "
+        "second (the loop alone, candidates per CPU-second), with the kernels compiled ahead "
+        "of time (the default), from numba's JIT cache (`ARCHREFINE_NO_AOT=1`) and without "
+        "numba (`ARCHREFINE_NO_NUMBA=1`): "
         + "; ".join(
-            f"{a}: {fast[0]:.2f} / {fast[1]:.2f} s ({candidates / fast[1]:,.0f}/s), without "
-            f"numba {slow[0]:.2f} / {slow[1]:.2f} s"
-            for a, fast, slow in fixed
+            f"{a}: {fast[0]:.2f} / {fast[1]:.2f} s ({candidates / fast[1]:,.0f}/s), JIT "
+            f"{jit[0]:.2f} / {jit[1]:.2f} s, without numba {slow[0]:.2f} / {slow[1]:.2f} s"
+            for a, fast, jit, slow in fixed
         )
         + ".",
     ]

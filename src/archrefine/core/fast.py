@@ -13,9 +13,12 @@ import importlib.util
 import os
 import sys
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+
+from archrefine.core import aot
 
 
 def available() -> bool:
@@ -36,16 +39,40 @@ def loaded() -> bool:
 
 
 def kernels() -> SimpleNamespace | None:
-    """The compiled kernels, or None without numba. The first call costs numba's import and
-    start-up (~0.3 s on the 2-core AMD EPYC, docs/performance.md), so callers load them only
-    for work that repays it (`archrefine.core.knn.choose`, `knn.preload`)."""
+    """The compiled kernels, or None without numba: the module `core/aot.py` built ahead of
+    time where there is one (~1 ms), else numba's JIT, whose first call costs numba's import
+    and start-up (~0.65 s of CPU on the 2-core AMD EPYC, docs/performance.md) and starts that
+    module's build for later processes. Callers load them only for work that repays a JIT
+    start (`archrefine.core.knn.choose`, `knn.preload`)."""
     if not _LOADED:
         if not available():
             return None
         with _LOCK:  # one load, also when two threads ask at once
             if not _LOADED:
-                _LOADED.append(_warm(_build(_import_numba())))
+                source = _source()
+                compiled = aot.load(source)  # built ahead of time: no numba import at all
+                if compiled is None:
+                    compiled = _warm(_build(_import_numba()))
+                    aot.start(source)  # for the next process
+                _LOADED.append(compiled)
     return _LOADED[0]
+
+
+def build_ahead() -> Path | None:
+    """Build the ahead-of-time module here and now where it is missing (benchmarks do, before
+    they time a process); its path, or None where numba is missing or AOT is switched off."""
+    if not available() or not aot.enabled():
+        return None
+    path = aot.module_path(_source())
+    if not path.exists():
+        aot.build(_build(_import_numba()), path)
+    return path
+
+
+def _source() -> bytes:
+    """This file, which holds the kernels' code: the ahead-of-time module's key."""
+    with open(__file__, "rb") as f:
+        return f.read()
 
 
 def _import_numba():
@@ -219,3 +246,9 @@ def pack_bytes(x: np.ndarray, words: int) -> np.ndarray:
     out = np.zeros((*x.shape[:-1], 8 * words), np.uint8)
     out[..., : x.shape[-1]] = x
     return out.view(np.uint64)
+
+
+if __name__ == "__main__":  # `aot.start`'s detached build
+    if len(sys.argv) != 3 or sys.argv[1] != "--aot":
+        sys.exit("usage: python -m archrefine.core.fast --aot PATH")
+    aot.build(_build(_import_numba()), Path(sys.argv[2]))
