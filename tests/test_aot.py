@@ -146,7 +146,15 @@ def test_the_first_process_starts_a_detached_build_for_the_next(tmp_path: Path, 
 def test_start_does_nothing_when_off_built_or_failed_before(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
     started = []
-    monkeypatch.setattr(aot.subprocess, "Popen", lambda *a, **k: started.append(a))
+
+    class Popen:  # records what would start
+        def __init__(self, *args, **kwargs):
+            started.append(args)
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(aot.subprocess, "Popen", Popen)
     path = aot.module_path(b"a kernel")
     path.parent.mkdir(parents=True)
     path.with_suffix(".failed").write_text("CompilerError: no cc\n")
@@ -156,5 +164,10 @@ def test_start_does_nothing_when_off_built_or_failed_before(tmp_path: Path, monk
     assert started == [] and aot.load(b"another kernel") is None
     monkeypatch.delenv("ARCHREFINE_NO_AOT")
     assert aot.module_path(b"a kernel") != aot.module_path(b"another kernel")
-    path.write_bytes(b"not a shared object")  # damaged: not loaded (and not a crash)
-    assert aot.load(b"a kernel") is None
+    path.with_suffix(".failed").unlink()
+    path.write_bytes(b"not a shared object")
+    aot.start(b"a kernel")  # built already: nothing to do
+    assert started == []
+    assert aot.load(b"a kernel") is None and not path.exists()  # damaged: removed for a rebuild
+    aot.start(b"a kernel")
+    assert len(started) == 1 and "--aot" in started[0][0]

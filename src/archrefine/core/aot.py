@@ -100,7 +100,8 @@ def module_path(source: bytes) -> Path:
 
 def load(source: bytes) -> SimpleNamespace | None:
     """The kernels from the module built for `source` on this machine, or None where there is
-    none (or it cannot be imported: it is then built again)."""
+    none, or it is off, or it cannot be imported (damaged: it is removed, so `start` builds it
+    again)."""
     path = module_path(source)
     if not enabled() or not path.is_file():
         return None
@@ -108,9 +109,11 @@ def load(source: bytes) -> SimpleNamespace | None:
         spec = importlib.util.spec_from_file_location(path.name.split(".")[0], path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        wrapped = {n: _typed(getattr(module, n), spec) for n, (_, spec) in SIGNATURES.items()}
+        wrapped = {n: _typed(getattr(module, n), types) for n, (_, types) in SIGNATURES.items()}
         return SimpleNamespace(**wrapped)
     except (ImportError, AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            path.unlink()
         return None
 
 
@@ -199,6 +202,6 @@ def build(kernels: SimpleNamespace, path: Path) -> None:
                     cc.export(name, signature)(getattr(kernels, name).py_func)
                 cc.compile()
                 os.replace(os.path.join(tmp, cc.output_file), path)
-        except Exception as exc:  # no compiler, no Python headers, ...: the JIT it stays
+        except Exception as exc:  # no compiler, no Python headers, ...: the JIT stays in use
             path.with_suffix(".failed").write_text(f"{type(exc).__name__}: {exc}\n")
             raise

@@ -41,7 +41,7 @@ def loaded() -> bool:
 def kernels() -> SimpleNamespace | None:
     """The compiled kernels, or None without numba: the module `core/aot.py` built ahead of
     time where there is one (~1 ms), else numba's JIT, whose first call costs numba's import
-    and start-up (~0.65 s of CPU on the 2-core AMD EPYC, docs/performance.md) and starts that
+    and start-up (~0.55 s of CPU on a 2-core AMD EPYC, docs/performance.md) and starts that
     module's build for later processes. Callers load them only for work that repays a JIT
     start (`archrefine.core.knn.choose`, `knn.preload`)."""
     if not _LOADED:
