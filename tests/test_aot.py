@@ -171,3 +171,19 @@ def test_start_does_nothing_when_off_built_or_failed_before(tmp_path: Path, monk
     assert aot.load(b"a kernel") is None and not path.exists()  # damaged: removed for a rebuild
     aot.start(b"a kernel")
     assert len(started) == 1 and "--aot" in started[0][0]
+
+
+def test_the_key_ignores_the_clock_but_not_the_cpu(monkeypatch) -> None:
+    """A machine that scales its clock reports another `cpu MHz` at every read: in the key, it
+    would have had each process build a module of its own."""
+    entry = "processor\t: 0\nmodel name\t: {}\ncpu MHz\t\t: {}\nflags\t\t: sse2 avx2\n\n"
+    read, keys = aot._read, []
+    for model, mhz in [("Xeon", "2000.0"), ("Xeon", "3412.5"), ("EPYC", "2000.0")]:
+        cpuinfo = (entry.format(model, mhz) * 2).encode()
+
+        def fake(path, cpuinfo=cpuinfo):
+            return cpuinfo if path == "/proc/cpuinfo" else read(path)
+
+        monkeypatch.setattr(aot, "_read", fake)
+        keys.append(aot.key(b"kernels"))
+    assert keys[0] == keys[1] != keys[2]

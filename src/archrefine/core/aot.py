@@ -76,11 +76,18 @@ def _version_file(package: str) -> bytes:
     return _read(os.path.join(where[0], "_version.py")) if where else b""
 
 
+CPU_FIELDS = (b"vendor_id", b"cpu family", b"model", b"model name", b"flags",
+              b"CPU implementer", b"CPU part", b"Features")  # fmt: skip
+"""/proc/cpuinfo's lines that name the CPU and its instructions (x86, then ARM); not `cpu MHz`
+or `bogomips`, which change from one read to the next on a machine that scales its clock."""
+
+
 def _cpu() -> bytes:
     """This machine's CPU model and features (the module uses whatever instructions they
     allow), from the first processor's entry in /proc/cpuinfo where there is one."""
-    text = _read("/proc/cpuinfo").split(b"\n\n", 1)[0]
-    return text or os.uname().machine.encode()
+    block = _read("/proc/cpuinfo").split(b"\n\n", 1)[0].splitlines()
+    kept = [line for line in block if line.split(b":", 1)[0].strip() in CPU_FIELDS]
+    return b"\n".join(kept) or os.uname().machine.encode()
 
 
 def key(source: bytes) -> str:
